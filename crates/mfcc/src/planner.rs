@@ -1,0 +1,281 @@
+//! [`Mfcc`]: a planner built once per configuration that turns signals into mel-dB spectrograms and MFCCs.
+
+use std::sync::Arc;
+
+use realfft::{RealFftPlanner, RealToComplex};
+
+use crate::config::MfccConfig;
+use crate::error::{Error, Result};
+use crate::mel::{MelFilterbank, dct_ortho_matrix, periodic_hann_padded};
+
+/// Frames below which a signal is not worth splitting over threads.
+const MIN_FRAMES_PER_THREAD: usize = 512;
+
+/// `power_to_db`'s floor on power values.
+pub const AMIN: f64 = 1e-10;
+
+/// A sample type the planner accepts.
+pub trait Sample: Copy {
+    /// The value as `f64` (all computation runs in `f64`).
+    fn to_f64(self) -> f64;
+}
+
+impl Sample for f32 {
+    fn to_f64(self) -> f64 {
+        f64::from(self)
+    }
+}
+
+impl Sample for f64 {
+    fn to_f64(self) -> f64 {
+        self
+    }
+}
+
+/// A dense row-major matrix of features, `(rows, cols)`: coefficients or mel bands by frames.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Features {
+    rows: usize,
+    cols: usize,
+    data: Vec<f64>,
+}
+
+impl Features {
+    /// `(rows, cols)`.
+    #[must_use]
+    pub fn shape(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+
+    /// Row `r` (one coefficient or band over all frames).
+    ///
+    /// # Panics
+    /// When `r ≥ rows`.
+    #[must_use]
+    pub fn row(&self, r: usize) -> &[f64] {
+        &self.data[r * self.cols..(r + 1) * self.cols]
+    }
+
+    /// Iterates over the rows.
+    pub fn rows(&self) -> impl ExactSizeIterator<Item = &[f64]> {
+        self.data.chunks_exact(self.cols.max(1)).take(self.rows)
+    }
+
+    /// All values, row-major.
+    #[must_use]
+    pub fn as_slice(&self) -> &[f64] {
+        &self.data
+    }
+
+    /// All values, row-major, consuming the matrix.
+    #[must_use]
+    pub fn into_vec(self) -> Vec<f64> {
+        self.data
+    }
+
+    /// The matrix with only its first `cols` columns (frames), e.g. 501 → 500.
+    #[must_use]
+    pub fn crop_cols(&self, cols: usize) -> Self {
+        let cols = cols.min(self.cols);
+        let data = self.rows().flat_map(|r| r[..cols].iter().copied()).collect();
+        Self { rows: self.rows, cols, data }
+    }
+}
+
+/// The MFCC pipeline for one [`MfccConfig`]: window, mel filterbank, DCT matrix and FFT plan are computed
+/// once in [`Mfcc::new`]; [`Mfcc::mfcc`] and [`Mfcc::mel_db`] can then be called from any thread.
+#[derive(Clone)]
+pub struct Mfcc {
+    cfg: MfccConfig,
+    window: Vec<f64>,
+    mel: MelFilterbank,
+    dct: Vec<f64>,
+    fft: Arc<dyn RealToComplex<f64>>,
+}
+
+impl std::fmt::Debug for Mfcc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mfcc").field("cfg", &self.cfg).finish_non_exhaustive()
+    }
+}
+
+impl Mfcc {
+    /// Validates `cfg` and plans everything.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when a parameter is out of range.
+    pub fn new(cfg: MfccConfig) -> Result<Self> {
+        cfg.validate()?;
+        let window = periodic_hann_padded(cfg.win_length, cfg.n_fft);
+        let mel = MelFilterbank::slaney(&cfg);
+        let dct = dct_ortho_matrix(cfg.n_mfcc, cfg.n_mels);
+        let fft = RealFftPlanner::<f64>::new().plan_fft_forward(cfg.n_fft);
+        Ok(Self { cfg, window, mel, dct, fft })
+    }
+
+    /// The configuration.
+    #[must_use]
+    pub fn config(&self) -> &MfccConfig {
+        &self.cfg
+    }
+
+    /// The mel filterbank, `(n_mels, n_fft / 2 + 1)`, with librosa's float32 values.
+    #[must_use]
+    pub fn mel_basis(&self) -> Features {
+        let (rows, cols) = (self.cfg.n_mels, self.cfg.n_bins());
+        Features { rows, cols, data: self.mel.dense(cols) }
+    }
+
+    /// The analysis window, zero-padded to `n_fft`.
+    #[must_use]
+    pub fn window(&self) -> &[f64] {
+        &self.window
+    }
+
+    /// Number of frames for a signal of `len` samples.
+    ///
+    /// # Errors
+    /// [`Error::Empty`] for `len = 0`, [`Error::TooShort`] when `center` is off and `len < n_fft`.
+    pub fn n_frames(&self, len: usize) -> Result<usize> {
+        if len == 0 {
+            return Err(Error::Empty);
+        }
+        let padded = if self.cfg.center { len + 2 * (self.cfg.n_fft / 2) } else { len };
+        if padded < self.cfg.n_fft {
+            return Err(Error::TooShort { len, n_fft: self.cfg.n_fft });
+        }
+        Ok(1 + (padded - self.cfg.n_fft) / self.cfg.hop_length)
+    }
+
+    /// The log-power mel spectrogram, `(n_mels, frames)`, in dB with the `top_db` floor applied:
+    /// librosa's `power_to_db(melspectrogram(y))`.
+    ///
+    /// # Errors
+    /// See [`Mfcc::n_frames`]; [`Error::NonFinite`] for a NaN or infinite sample.
+    pub fn mel_db<T: Sample>(&self, signal: &[T]) -> Result<Features> {
+        let (frames, by_frame) = self.mel_db_by_frame(signal)?;
+        Ok(transpose(&by_frame, frames, self.cfg.n_mels))
+    }
+
+    /// The MFCCs, `(n_mfcc, frames)`: librosa's `feature.mfcc(y=y, …)`.
+    ///
+    /// # Errors
+    /// As [`Mfcc::mel_db`].
+    pub fn mfcc<T: Sample>(&self, signal: &[T]) -> Result<Features> {
+        let (frames, by_frame) = self.mel_db_by_frame(signal)?;
+        let (n_mfcc, n_mels) = (self.cfg.n_mfcc, self.cfg.n_mels);
+        // DCT per frame, frame-major, then one transpose to (n_mfcc, frames).
+        let mut cepstra = vec![0.0; frames * n_mfcc];
+        for_frame_chunks(&mut cepstra, n_mfcc, |first, chunk| {
+            let mel = &by_frame[first * n_mels..];
+            for (out, col) in chunk.chunks_exact_mut(n_mfcc).zip(mel.chunks_exact(n_mels)) {
+                for (o, basis) in out.iter_mut().zip(self.dct.chunks_exact(n_mels)) {
+                    *o = basis.iter().zip(col).map(|(a, b)| a * b).sum();
+                }
+            }
+            f64::NEG_INFINITY
+        });
+        Ok(transpose(&cepstra, frames, n_mfcc))
+    }
+
+    /// dB mel values laid out frame-major, `(frames, n_mels)`.
+    fn mel_db_by_frame<T: Sample>(&self, signal: &[T]) -> Result<(usize, Vec<f64>)> {
+        let frames = self.n_frames(signal.len())?;
+        let cfg = &self.cfg;
+        let pad = if cfg.center { cfg.n_fft / 2 } else { 0 };
+        // The padded signal in f64, once: every frame is then a plain slice of it.
+        let mut padded = vec![0.0; signal.len() + 2 * pad];
+        for (i, (p, s)) in padded[pad..].iter_mut().zip(signal).enumerate() {
+            *p = s.to_f64();
+            if !p.is_finite() {
+                return Err(Error::NonFinite { index: i, value: *p });
+            }
+        }
+
+        let mut out = vec![0.0; frames * cfg.n_mels];
+        // Mel power and 10·log10(max(S, amin)) per frame, in parallel; each chunk reports its maximum.
+        let max =
+            for_frame_chunks(&mut out, cfg.n_mels, |first, chunk| self.mel_db_frames(&padded, first, chunk));
+        // The floor at (clip maximum − top_db).
+        if let Some(top_db) = cfg.top_db {
+            let floor = max - top_db;
+            for v in &mut out {
+                *v = v.max(floor);
+            }
+        }
+        Ok((frames, out))
+    }
+
+    /// dB mel power of frames `first_frame..` into `out` (`n_mels` values per frame), from the padded
+    /// signal, without the `top_db` floor; returns the largest value.
+    fn mel_db_frames(&self, padded: &[f64], first_frame: usize, out: &mut [f64]) -> f64 {
+        let cfg = &self.cfg;
+        // Only the window's non-zero span [left, left + win_length) contributes.
+        let left = (cfg.n_fft - cfg.win_length) / 2;
+        let span = left..left + cfg.win_length;
+        let window = &self.window[span.clone()];
+        let mut buf = self.fft.make_input_vec();
+        let mut spec = self.fft.make_output_vec();
+        let mut scratch = self.fft.make_scratch_vec();
+        let mut power = vec![0.0; cfg.n_bins()];
+        for (t, mel_col) in out.chunks_exact_mut(cfg.n_mels).enumerate() {
+            let start = (first_frame + t) * cfg.hop_length + span.start;
+            buf.fill(0.0);
+            for ((b, w), x) in buf[span.clone()].iter_mut().zip(window).zip(&padded[start..]) {
+                *b = w * x;
+            }
+            self.fft
+                .process_with_scratch(&mut buf, &mut spec, &mut scratch)
+                .expect("buffers come from the plan, so their lengths fit");
+            for (p, c) in power.iter_mut().zip(&spec) {
+                *p = c.norm_sqr();
+            }
+            self.mel.apply(&power, mel_col);
+        }
+        let mut max = f64::NEG_INFINITY;
+        for v in out {
+            *v = 10.0 * v.max(AMIN).log10();
+            max = max.max(*v);
+        }
+        max
+    }
+}
+
+/// Splits `out` (`per_frame` values per frame) into one chunk of whole frames per available core (when
+/// there are enough frames to be worth it) and runs `f(first_frame, chunk)` on each; returns the maximum of
+/// the results.
+fn for_frame_chunks<F>(out: &mut [f64], per_frame: usize, f: F) -> f64
+where
+    F: Fn(usize, &mut [f64]) -> f64 + Sync,
+{
+    let frames = out.len() / per_frame;
+    let threads = if frames >= 2 * MIN_FRAMES_PER_THREAD {
+        std::thread::available_parallelism().map_or(1, |n| n.get()).min(frames / MIN_FRAMES_PER_THREAD)
+    } else {
+        1
+    };
+    let per_thread = frames.div_ceil(threads).max(1);
+    let f = &f;
+    std::thread::scope(|scope| {
+        let mut chunks = out.chunks_mut(per_thread * per_frame).enumerate();
+        let last = chunks.next_back();
+        let handles: Vec<_> =
+            chunks.map(|(i, chunk)| scope.spawn(move || f(i * per_thread, chunk))).collect();
+        let mut max = last.map_or(f64::NEG_INFINITY, |(i, chunk)| f(i * per_thread, chunk));
+        for h in handles {
+            max = max.max(h.join().expect("an MFCC worker thread panicked"));
+        }
+        max
+    })
+}
+
+/// `(frames, n)` frame-major values as `(n, frames)` [`Features`].
+fn transpose(by_frame: &[f64], frames: usize, n: usize) -> Features {
+    let mut data = vec![0.0; n * frames];
+    for (t, col) in by_frame.chunks_exact(n).enumerate() {
+        for (r, &v) in col.iter().enumerate() {
+            data[r * frames + t] = v;
+        }
+    }
+    Features { rows: n, cols: frames, data }
+}

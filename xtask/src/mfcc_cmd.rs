@@ -1,0 +1,72 @@
+//! `cargo xtask mfcc --input FILE.wav --output OUT.json [--config project|librosa]`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use mfcc::{Mfcc, MfccConfig};
+use serde::Serialize;
+
+/// Which MFCC parameter set to use.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Preset {
+    /// 16 kHz, 13 coefficients, n_fft 512, window 400, hop 160, 40 mel bands (the audio encoder's input).
+    Project,
+    /// librosa's defaults: 22 050 Hz, 20 coefficients, n_fft 2048, hop 512, 128 mel bands.
+    Librosa,
+}
+
+/// Arguments of `mfcc`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The WAV file to analyse.
+    #[arg(long)]
+    input: PathBuf,
+    /// Where to write the JSON result.
+    #[arg(long)]
+    output: PathBuf,
+    /// The parameter set; the audio is resampled to its rate when the file's rate differs.
+    #[arg(long, value_enum, default_value = "project")]
+    config: Preset,
+}
+
+#[derive(Serialize)]
+struct Output<'a> {
+    config: &'a MfccConfig,
+    sample_rate: u32,
+    /// The file's own rate when it was resampled to `sample_rate`, else `null`.
+    resampled_from: Option<u32>,
+    shape: [usize; 2],
+    /// One row per coefficient, one value per frame.
+    mfcc: Vec<&'a [f64]>,
+}
+
+/// Runs the command.
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let cfg = match args.config {
+        Preset::Project => MfccConfig::project(),
+        Preset::Librosa => MfccConfig::librosa_default(),
+    };
+    let planner = Mfcc::new(cfg)?;
+    let audio = eav::audio::read_wav(&args.input)?;
+    let native = audio.sample_rate;
+    let audio = eav::audio::resample(audio, planner.config().sample_rate, &args.input)?;
+    let feats = planner.mfcc(&audio.samples).with_context(|| args.input.display().to_string())?;
+    let (rows, cols) = feats.shape();
+    let out = Output {
+        config: planner.config(),
+        sample_rate: audio.sample_rate,
+        resampled_from: (native != audio.sample_rate).then_some(native),
+        shape: [rows, cols],
+        mfcc: feats.rows().collect(),
+    };
+    let json = serde_json::to_vec(&out)?;
+    std::fs::write(&args.output, json).with_context(|| format!("writing {}", args.output.display()))?;
+    let note = out.resampled_from.map_or(String::new(), |r| format!(", resampled from {r} Hz"));
+    println!(
+        "{}: {rows} × {cols} MFCC at {} Hz{note} → {}",
+        args.input.display(),
+        audio.sample_rate,
+        args.output.display()
+    );
+    Ok(())
+}
