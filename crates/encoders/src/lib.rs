@@ -1,1 +1,42 @@
-//! encoders
+//! EEG and audio encoders, the emotion classifier, and the layers they are built from, on candle.
+//!
+//! - [`Conv1d`]: a 1-D convolution lowered to im2col + matmul, whose gradients are correct (candle 0.11.1's
+//!   native CPU `conv1d` backward is not).
+//! - [`EegEncoder`], [`AudioEncoder`]: `Conv1d → BatchNorm1d → ReLU` blocks, mean over time, to a
+//!   128-d [`core_types::Latent`]; [`EncoderConfig::eeg`] and [`EncoderConfig::audio`] are the reference sizes.
+//! - [`EmotionClassifier`]: `128 → 64 → 5` logits.
+//! - [`Dropout`] with seeded masks, and [`init_pytorch_default`]: seeded PyTorch-default initialisation.
+//!
+//! Tensor names equal the PyTorch reference's `state_dict` names. Layers are built with
+//! `new(&cfg, vb)` and run with `ModuleT::forward_t(x, train)`. No IO.
+//!
+//! # Example
+//! ```
+//! use candle_core::{DType, Device, Tensor};
+//! use candle_nn::{VarBuilder, VarMap};
+//! use encoders::{EegEncoder, EncoderConfig, init_pytorch_default};
+//!
+//! let varmap = VarMap::new();
+//! let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+//! let encoder = EegEncoder::new(&EncoderConfig::eeg(30), vb.pp("eeg_encoder"))?;
+//! init_pytorch_default(&varmap, 42)?;
+//!
+//! let eeg = Tensor::randn(0f32, 1.0, (4, 30, 500), &Device::Cpu)?;
+//! let latent = encoder.encode(&eeg, false)?;
+//! assert_eq!((latent.batch(), latent.dim()), (4, 128));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod classifier;
+mod conv;
+mod dropout;
+mod encoder;
+mod error;
+mod init;
+
+pub use classifier::{ClassifierConfig, EmotionClassifier};
+pub use conv::{Conv1d, Conv1dConfig};
+pub use dropout::Dropout;
+pub use encoder::{AudioEncoder, BN_EPS, BN_MOMENTUM, ConvSpec, EegEncoder, EncoderConfig, LATENT_DIM};
+pub use error::{Error, Result};
+pub use init::init_pytorch_default;

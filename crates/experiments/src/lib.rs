@@ -1,1 +1,26 @@
-//! experiments
+//! Emotion models built from the workspace's layers, their checkpoints, and (to come) training and
+//! evaluation.
+//!
+//! [`EmotionModel`] is the EEG-only model (classifier on the EEG latent) or the EEG+audio model (encoders,
+//! [`fusion::Fusion`], classifier). Tensor names equal the PyTorch reference's `state_dict` names, so
+//! [`EmotionModel::save`] and [`EmotionModel::load`] move weights to and from PyTorch.
+//!
+//! # Example
+//! ```
+//! use candle_core::{Device, Tensor};
+//! use core_types::FusionMode;
+//! use experiments::{EmotionModel, ModelConfig};
+//!
+//! let model = EmotionModel::new(&ModelConfig::fused(30, FusionMode::Gated), &Device::Cpu, 7)?;
+//! let eeg = Tensor::randn(0f32, 1.0, (2, 30, 500), &Device::Cpu)?;
+//! let mfcc = Tensor::randn(0f32, 1.0, (2, 13, 500), &Device::Cpu)?;
+//! let logits = model.forward(&eeg, Some(&mfcc), false)?;
+//! assert_eq!(logits.dims(), &[2, 5]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod error;
+mod model;
+
+pub use error::{Error, Result};
+pub use model::{EmotionModel, Intermediates, ModelConfig, is_running_stat};

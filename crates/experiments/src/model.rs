@@ -1,0 +1,267 @@
+//! [`EmotionModel`]: EEG-only or EEG+audio emotion classifier, with its own parameters and checkpoints.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, ModuleT, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use core_types::{FusionMode, Latent};
+use encoders::{AudioEncoder, ClassifierConfig, EegEncoder, EmotionClassifier, EncoderConfig};
+use fusion::{Fusion, FusionConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The whole model: encoders, optional fusion, classifier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    /// The EEG encoder (its `in_channels` come from the data: 30 on EAV, 28 in the reference).
+    pub eeg: EncoderConfig,
+    /// The audio encoder (used only when `fusion` is set).
+    pub audio: EncoderConfig,
+    /// The fusion layer; `None` is the EEG-only model (classifier directly on the EEG latent).
+    pub fusion: Option<FusionConfig>,
+    /// The classifier head.
+    pub classifier: ClassifierConfig,
+}
+
+impl Default for ModelConfig {
+    /// The reference EEG+audio model with concat fusion over 28 EEG channels.
+    fn default() -> Self {
+        Self::fused(28, FusionMode::Concat)
+    }
+}
+
+impl ModelConfig {
+    /// The EEG-only reference model for `channels` electrodes.
+    #[must_use]
+    pub fn eeg_only(channels: usize) -> Self {
+        Self {
+            eeg: EncoderConfig::eeg(channels),
+            audio: EncoderConfig::audio(),
+            fusion: None,
+            classifier: ClassifierConfig::default(),
+        }
+    }
+
+    /// The EEG+audio reference model with fusion `mode`.
+    #[must_use]
+    pub fn fused(channels: usize, mode: FusionMode) -> Self {
+        Self { fusion: Some(FusionConfig { mode, ..FusionConfig::default() }), ..Self::eeg_only(channels) }
+    }
+
+    /// Sets every dropout probability (0 disables dropout, as the reference's gradient check does).
+    #[must_use]
+    pub fn with_dropout(mut self, p: f32) -> Self {
+        self.classifier.dropout = p;
+        if let Some(f) = &mut self.fusion {
+            f.dropout = p;
+        }
+        self
+    }
+
+    /// Sets the seed of every dropout mask generator.
+    #[must_use]
+    pub fn with_dropout_seed(mut self, seed: u64) -> Self {
+        self.classifier.seed = seed;
+        if let Some(f) = &mut self.fusion {
+            f.seed = seed;
+        }
+        self
+    }
+
+    /// `eeg_only` or the fusion mode's name.
+    #[must_use]
+    pub fn name(&self) -> &'static str {
+        self.fusion.as_ref().map_or("eeg_only", |f| f.mode.as_str())
+    }
+}
+
+/// Every intermediate of one forward pass.
+#[derive(Debug, Clone)]
+pub struct Intermediates {
+    /// `(B, 128)`.
+    pub eeg_latent: Tensor,
+    /// `(B, 128)` (fused models).
+    pub audio_latent: Option<Tensor>,
+    /// `(B, 128)` (fused models).
+    pub fused: Option<Tensor>,
+    /// `(B, 5)`.
+    pub logits: Tensor,
+}
+
+/// An emotion model that owns its parameters (a [`VarMap`] whose names are the PyTorch `state_dict` names).
+pub struct EmotionModel {
+    cfg: ModelConfig,
+    varmap: VarMap,
+    device: Device,
+    eeg: EegEncoder,
+    audio: Option<AudioEncoder>,
+    fusion: Option<Fusion>,
+    classifier: EmotionClassifier,
+}
+
+impl std::fmt::Debug for EmotionModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmotionModel").field("cfg", &self.cfg).finish_non_exhaustive()
+    }
+}
+
+/// Whether a tensor name is a BatchNorm running statistic (state, not a trained parameter).
+#[must_use]
+pub fn is_running_stat(name: &str) -> bool {
+    name.ends_with("running_mean") || name.ends_with("running_var")
+}
+
+impl EmotionModel {
+    /// Builds the model in f32 on `device` and initialises it with PyTorch's default schemes from `seed`.
+    ///
+    /// # Errors
+    /// Invalid configs; candle errors.
+    pub fn new(cfg: &ModelConfig, device: &Device, seed: u64) -> Result<Self> {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
+        let eeg = EegEncoder::new(&cfg.eeg, vb.pp("eeg_encoder"))?;
+        let (audio, fusion) = match &cfg.fusion {
+            Some(f) => (
+                Some(AudioEncoder::new(&cfg.audio, vb.pp("audio_encoder"))?),
+                Some(Fusion::new(f, vb.pp("fusion"))?),
+            ),
+            None => (None, None),
+        };
+        let classifier = EmotionClassifier::new(&cfg.classifier, vb.pp("classifier"))?;
+        encoders::init_pytorch_default(&varmap, seed)?;
+        Ok(Self { cfg: cfg.clone(), varmap, device: device.clone(), eeg, audio, fusion, classifier })
+    }
+
+    /// The configuration.
+    #[must_use]
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// The device the parameters live on.
+    #[must_use]
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The fusion layer, for inspection (fused models).
+    #[must_use]
+    pub fn fusion(&self) -> Option<&Fusion> {
+        self.fusion.as_ref()
+    }
+
+    /// Every tensor by name, running statistics included, sorted by name.
+    #[must_use]
+    pub fn named_tensors(&self) -> Vec<(String, Var)> {
+        let data = self.varmap.data().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut v: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// The trained parameters (everything but BatchNorm running statistics), sorted by name.
+    #[must_use]
+    pub fn parameters(&self) -> Vec<(String, Var)> {
+        self.named_tensors().into_iter().filter(|(n, _)| !is_running_stat(n)).collect()
+    }
+
+    /// Number of trained scalars (PyTorch's `sum(p.numel() for p in model.parameters())`).
+    #[must_use]
+    pub fn num_parameters(&self) -> usize {
+        self.parameters().iter().map(|(_, v)| v.elem_count()).sum()
+    }
+
+    /// Runs the model and keeps every intermediate. `audio` is required by fused models and ignored by the
+    /// EEG-only one. `train` uses batch statistics (updating the running ones) and dropout.
+    ///
+    /// # Errors
+    /// [`Error::Input`] when a fused model gets no audio; shape errors for wrong inputs.
+    pub fn forward_intermediates(&self, eeg: &Tensor, audio: Option<&Tensor>, train: bool) -> Result<Intermediates> {
+        let eeg_latent = self.eeg.encode(eeg, train)?;
+        let (audio_latent, fused, z) = match (&self.audio, &self.fusion) {
+            (Some(enc), Some(fusion)) => {
+                let audio = audio.ok_or_else(|| Error::Input(format!("the {} model needs audio input", self.cfg.name())))?;
+                core_types::same_batch("MFCC input", eeg_latent.batch(), audio)?;
+                let a = enc.encode(audio, train)?;
+                let f = fusion.fuse(&eeg_latent, &a, train)?;
+                (Some(a.into_tensor()), Some(f.tensor().clone()), f)
+            }
+            _ => (None, None, eeg_latent.clone()),
+        };
+        let logits = self.classifier.forward_t(z.tensor(), train)?;
+        Ok(Intermediates { eeg_latent: eeg_latent.into_tensor(), audio_latent, fused, logits })
+    }
+
+    /// Logits `(B, 5)`.
+    ///
+    /// # Errors
+    /// As [`EmotionModel::forward_intermediates`].
+    pub fn forward(&self, eeg: &Tensor, audio: Option<&Tensor>, train: bool) -> Result<Tensor> {
+        Ok(self.forward_intermediates(eeg, audio, train)?.logits)
+    }
+
+    /// The EEG latent alone, `(B, 128)`.
+    ///
+    /// # Errors
+    /// Shape errors for a wrong input.
+    pub fn encode_eeg(&self, eeg: &Tensor, train: bool) -> Result<Latent> {
+        Ok(self.eeg.encode(eeg, train)?)
+    }
+
+    /// Saves every tensor (running statistics included) as safetensors with the PyTorch `state_dict`
+    /// names, atomically (a temporary file renamed into place).
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming the file.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let tensors: HashMap<String, Tensor> =
+            self.named_tensors().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
+        let tmp = path.with_extension("safetensors.tmp");
+        candle_core::safetensors::save(&tensors, &tmp).map_err(|e| Error::Io {
+            path: tmp.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        std::fs::rename(&tmp, path).map_err(|source| Error::Io { path: path.into(), source })
+    }
+
+    /// Loads every tensor from a safetensors file written by [`EmotionModel::save`] or by PyTorch
+    /// (`num_batches_tracked` buffers are ignored). Nothing is changed unless every tensor fits.
+    ///
+    /// # Errors
+    /// [`Error::CheckpointMismatch`] listing the missing, unexpected and mis-shaped tensors;
+    /// [`Error::Checkpoint`] for an unreadable file.
+    pub fn load(&self, path: &Path) -> Result<()> {
+        if !path.is_file() {
+            return Err(Error::Io { path: path.into(), source: std::io::ErrorKind::NotFound.into() });
+        }
+        let file = candle_core::safetensors::load(path, &self.device)
+            .map_err(|source| Error::Checkpoint { path: path.into(), source })?;
+        let own = self.named_tensors();
+        let mut missing = Vec::new();
+        let mut misshaped = Vec::new();
+        for (name, var) in &own {
+            match file.get(name) {
+                None => missing.push(name.clone()),
+                Some(t) if t.dims() != var.dims() => {
+                    misshaped.push(format!("{name}: file {:?} vs model {:?}", t.dims(), var.dims()));
+                }
+                Some(_) => {}
+            }
+        }
+        let mut unexpected: Vec<String> = file
+            .keys()
+            .filter(|k| !k.ends_with("num_batches_tracked") && !own.iter().any(|(n, _)| n == *k))
+            .cloned()
+            .collect();
+        unexpected.sort();
+        if !(missing.is_empty() && unexpected.is_empty() && misshaped.is_empty()) {
+            return Err(Error::CheckpointMismatch { path: path.into(), missing, unexpected, misshaped });
+        }
+        for (name, var) in &own {
+            var.set(&file[name].to_dtype(var.dtype())?)?;
+        }
+        Ok(())
+    }
+}
