@@ -74,7 +74,9 @@ impl Conv1d {
     /// [`Error::Config`] when the tensors do not have the config's shapes.
     pub fn from_tensors(cfg: &Conv1dConfig, weight: Tensor, bias: Tensor) -> Result<Self> {
         cfg.validate()?;
-        if weight.dims() != [cfg.out_channels, cfg.in_channels, cfg.kernel] || bias.dims() != [cfg.out_channels] {
+        if weight.dims() != [cfg.out_channels, cfg.in_channels, cfg.kernel]
+            || bias.dims() != [cfg.out_channels]
+        {
             return Err(Error::Config(format!(
                 "conv1d weight {:?} / bias {:?} do not fit {cfg:?}",
                 weight.dims(),
@@ -166,7 +168,8 @@ mod tests {
     fn grad_error(cfg: &Conv1dConfig, batch: usize, len: usize, conv: ConvFn, seed: u64) -> f64 {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let x = Var::from_tensor(&random(&[batch, cfg.in_channels, len], &mut rng)).unwrap();
-        let w = Var::from_tensor(&random(&[cfg.out_channels, cfg.in_channels, cfg.kernel], &mut rng)).unwrap();
+        let w =
+            Var::from_tensor(&random(&[cfg.out_channels, cfg.in_channels, cfg.kernel], &mut rng)).unwrap();
         let b = Var::from_tensor(&random(&[cfg.out_channels], &mut rng)).unwrap();
         let out_len = cfg.out_len(len).unwrap();
         let r = random(&[batch, cfg.out_channels, out_len], &mut rng);
@@ -221,7 +224,10 @@ mod tests {
     fn native_conv1d_backward_fails_the_same_check() {
         let cfg = Conv1dConfig { in_channels: 3, out_channels: 4, kernel: 3, stride: 2, padding: 0 };
         let err = grad_error(&cfg, 2, 11, native, 7);
-        assert!(err > 1e-3, "candle's conv1d backward now matches finite differences ({err}); it can be used");
+        assert!(
+            err > 1e-3,
+            "candle's conv1d backward now matches finite differences ({err}); it can be used"
+        );
         // The forward passes agree, so only the backward differs.
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
         let (x, w, b) = (random(&[2, 3, 11], &mut rng), random(&[4, 3, 3], &mut rng), random(&[4], &mut rng));
@@ -233,7 +239,8 @@ mod tests {
     fn wrong_input_is_a_shape_error() {
         let cfg = Conv1dConfig { in_channels: 3, out_channels: 2, kernel: 3, stride: 1, padding: 0 };
         let w = Tensor::zeros((2, 3, 3), DType::F32, &Device::Cpu).unwrap();
-        let conv = Conv1d::from_tensors(&cfg, w, Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap()).unwrap();
+        let conv =
+            Conv1d::from_tensors(&cfg, w, Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap()).unwrap();
         let x = Tensor::zeros((1, 4, 10), DType::F32, &Device::Cpu).unwrap();
         assert!(matches!(conv.try_forward(&x), Err(Error::Shape(e)) if e.axis == core_types::Axis::Channels));
         let short = Tensor::zeros((1, 3, 2), DType::F32, &Device::Cpu).unwrap();

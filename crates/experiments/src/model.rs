@@ -178,11 +178,18 @@ impl EmotionModel {
     ///
     /// # Errors
     /// [`Error::Input`] when a fused model gets no audio; shape errors for wrong inputs.
-    pub fn forward_intermediates(&self, eeg: &Tensor, audio: Option<&Tensor>, train: bool) -> Result<Intermediates> {
+    pub fn forward_intermediates(
+        &self,
+        eeg: &Tensor,
+        audio: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Intermediates> {
         let eeg_latent = self.eeg.encode(eeg, train)?;
         let (audio_latent, fused, z) = match (&self.audio, &self.fusion) {
             (Some(enc), Some(fusion)) => {
-                let audio = audio.ok_or_else(|| Error::Input(format!("the {} model needs audio input", self.cfg.name())))?;
+                let audio = audio.ok_or_else(|| {
+                    Error::Input(format!("the {} model needs audio input", self.cfg.name()))
+                })?;
                 core_types::same_batch("MFCC input", eeg_latent.batch(), audio)?;
                 let a = enc.encode(audio, train)?;
                 let f = fusion.fuse(&eeg_latent, &a, train)?;
@@ -219,10 +226,8 @@ impl EmotionModel {
         let tensors: HashMap<String, Tensor> =
             self.named_tensors().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
         let tmp = path.with_extension("safetensors.tmp");
-        candle_core::safetensors::save(&tensors, &tmp).map_err(|e| Error::Io {
-            path: tmp.clone(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+        candle_core::safetensors::save(&tensors, &tmp)
+            .map_err(|e| Error::Io { path: tmp.clone(), source: std::io::Error::other(e.to_string()) })?;
         std::fs::rename(&tmp, path).map_err(|source| Error::Io { path: path.into(), source })
     }
 

@@ -20,8 +20,11 @@ pub(crate) struct MultiHeadAttention {
 impl MultiHeadAttention {
     pub(crate) fn new(embed: usize, heads: usize, vb: VarBuilder) -> Result<Self> {
         let bound = (6.0 / (4 * embed) as f64).sqrt();
-        let in_proj_weight =
-            vb.get_with_hints((3 * embed, embed), "in_proj_weight", candle_nn::Init::Uniform { lo: -bound, up: bound })?;
+        let in_proj_weight = vb.get_with_hints(
+            (3 * embed, embed),
+            "in_proj_weight",
+            candle_nn::Init::Uniform { lo: -bound, up: bound },
+        )?;
         let in_proj_bias = vb.get_with_hints(3 * embed, "in_proj_bias", candle_nn::Init::Const(0.0))?;
         let out_proj = candle_nn::linear(embed, embed, vb.pp("out_proj"))?;
         Ok(Self { in_proj_weight, in_proj_bias, out_proj, embed, heads })

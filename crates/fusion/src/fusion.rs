@@ -94,7 +94,10 @@ impl Fusion {
                 proj_fc: candle_nn::linear(2 * d, d, vb.pp("proj_fc"))?,
             },
             FusionMode::CrossAttention => {
-                let fits = cfg.tokens > 0 && d % cfg.tokens == 0 && cfg.heads > 0 && (d / cfg.tokens) % cfg.heads == 0;
+                let fits = cfg.tokens > 0
+                    && d.is_multiple_of(cfg.tokens)
+                    && cfg.heads > 0
+                    && (d / cfg.tokens).is_multiple_of(cfg.heads);
                 if !fits {
                     return Err(Error::Config(format!(
                         "latent_dim {d} must split into {} tokens whose size is divisible by {} heads",
@@ -188,7 +191,8 @@ impl Fusion {
                 let e_ctx = (et + e_ctx)?.reshape((b, d))?;
                 let a_ctx = (at + a_ctx)?.reshape((b, d))?;
                 let w = candle_nn::ops::softmax(blend_logits, 0)?;
-                let m = (e_ctx.broadcast_mul(&w.narrow(0, 0, 1)?)? + a_ctx.broadcast_mul(&w.narrow(0, 1, 1)?)?)?;
+                let m = (e_ctx.broadcast_mul(&w.narrow(0, 0, 1)?)?
+                    + a_ctx.broadcast_mul(&w.narrow(0, 1, 1)?)?)?;
                 (proj.forward(&m)?, None, Some((w_e2a, w_a2e)))
             }
         };
@@ -201,7 +205,9 @@ impl Fusion {
     /// # Errors
     /// [`Error::WrongMode`] in other modes; shape errors as [`Fusion::fuse`].
     pub fn gate_values(&self, eeg: &Latent, audio: &Latent) -> Result<Tensor> {
-        self.forward_inspect(eeg, audio, false)?.gates.ok_or_else(|| self.wrong_mode("gate values", FusionMode::Gated))
+        self.forward_inspect(eeg, audio, false)?
+            .gates
+            .ok_or_else(|| self.wrong_mode("gate values", FusionMode::Gated))
     }
 
     /// Attention weights (EEG → audio, audio → EEG), `(B, heads, tokens, tokens)` each (cross_attention only).
@@ -212,5 +218,123 @@ impl Fusion {
         self.forward_inspect(eeg, audio, false)?
             .attention
             .ok_or_else(|| self.wrong_mode("attention weights", FusionMode::CrossAttention))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, IndexOp};
+    use candle_nn::VarMap;
+    use proptest::prelude::*;
+
+    fn build(mode: FusionMode, seed: u64) -> (VarMap, Fusion) {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let f = Fusion::new(&FusionConfig { mode, ..FusionConfig::default() }, vb).unwrap();
+        encoders::init_pytorch_default(&varmap, seed).unwrap();
+        (varmap, f)
+    }
+
+    fn latent(batch: usize, seed: u64) -> Latent {
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let v: Vec<f32> = (0..batch * 128)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect();
+        Latent::new(Tensor::from_vec(v, (batch, 128), &Device::Cpu).unwrap(), 128).unwrap()
+    }
+
+    fn max_abs(t: &Tensor) -> f32 {
+        t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    }
+
+    fn mode() -> impl Strategy<Value = FusionMode> {
+        prop::sample::select(FusionMode::ALL.to_vec())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        #[test]
+        fn shapes_ranges_and_gradients(mode in mode(), batch in 1usize..17, seed in any::<u64>()) {
+            let (varmap, f) = build(mode, seed);
+            let (e, a) = (latent(batch, seed), latent(batch, seed ^ 1));
+            let out = f.forward_inspect(&e, &a, true).unwrap();
+            prop_assert_eq!(out.fused.dims(), &[batch, 128]);
+            prop_assert!(max_abs(&out.fused).is_finite());
+            if let Some(g) = &out.gates {
+                prop_assert_eq!(g.dims(), &[batch, 256]);
+                let lo = g.flatten_all().unwrap().min(0).unwrap().to_scalar::<f32>().unwrap();
+                prop_assert!(lo >= 0.0 && max_abs(g) <= 1.0);
+            }
+            if let Some((w1, w2)) = &out.attention {
+                for w in [w1, w2] {
+                    prop_assert_eq!(w.dims(), &[batch, 4, 8, 8]);
+                    let dev = (w.sum(3).unwrap() - 1.0).unwrap();
+                    prop_assert!(max_abs(&dev) < 1e-5, "attention rows must sum to 1");
+                }
+            }
+            // Every fusion parameter receives a finite, non-zero gradient.
+            let loss = out.fused.sqr().unwrap().sum_all().unwrap();
+            let grads = loss.backward().unwrap();
+            for (name, var) in varmap.data().lock().unwrap().iter() {
+                let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{mode}: no gradient for {name}"));
+                let m = max_abs(g);
+                prop_assert!(m.is_finite() && m > 0.0, "{} {}: gradient max {}", mode, name, m);
+            }
+        }
+
+        #[test]
+        fn a_zero_scale_removes_that_channel(mode in mode(), channel in 0usize..128, audio in any::<bool>(), seed in any::<u64>()) {
+            let (varmap, f) = build(mode, seed);
+            let name = if audio { "audio_scale" } else { "eeg_scale" };
+            let mut scale = vec![1.0f32; 128];
+            scale[channel] = 0.0;
+            varmap.data().lock().unwrap()[name].set(&Tensor::new(scale, &Device::Cpu).unwrap()).unwrap();
+            let (e, a) = (latent(3, seed), latent(3, seed ^ 1));
+            let base = f.fuse(&e, &a, false).unwrap().into_tensor();
+            let mut bump = vec![0.0f32; 128];
+            bump[channel] = 5.0;
+            let bump = Tensor::new(bump, &Device::Cpu).unwrap();
+            let shifted = |l: &Latent| Latent::new(l.tensor().broadcast_add(&bump).unwrap(), 128).unwrap();
+            let moved = if audio { f.fuse(&e, &shifted(&a), false) } else { f.fuse(&shifted(&e), &a, false) };
+            let d = max_abs(&(moved.unwrap().into_tensor() - &base).unwrap());
+            prop_assert!(d == 0.0, "channel {} of {} still changes the output by {}", channel, name, d);
+            // …while with its scale at 1 it does matter.
+            let (_, g) = build(mode, seed);
+            let moved = if audio { g.fuse(&e, &shifted(&a), false) } else { g.fuse(&shifted(&e), &a, false) };
+            let d = max_abs(&(moved.unwrap().into_tensor() - g.fuse(&e, &a, false).unwrap().into_tensor()).unwrap());
+            prop_assert!(d > 0.0);
+        }
+    }
+
+    #[test]
+    fn eval_output_of_a_sample_ignores_the_rest_of_its_batch() {
+        for mode in FusionMode::ALL.iter().copied() {
+            let (_, f) = build(mode, 3);
+            let (e, a) = (latent(5, 10), latent(5, 11));
+            let all = f.fuse(&e, &a, false).unwrap().into_tensor();
+            let one = |l: &Latent| Latent::new(l.tensor().i(2..3).unwrap(), 128).unwrap();
+            let alone = f.fuse(&one(&e), &one(&a), false).unwrap().into_tensor();
+            assert!(max_abs(&(alone - all.i(2..3).unwrap()).unwrap()) < 1e-6, "{mode}");
+        }
+    }
+
+    #[test]
+    fn wrong_inputs_and_modes_are_errors() {
+        let (_, f) = build(FusionMode::Concat, 0);
+        let short = Latent::new(Tensor::zeros((2, 64), DType::F32, &Device::Cpu).unwrap(), 64).unwrap();
+        assert!(matches!(f.fuse(&latent(2, 0), &short, false), Err(Error::Shape(_))));
+        assert!(matches!(f.fuse(&latent(2, 0), &latent(3, 0), false), Err(Error::Shape(_))));
+        assert!(matches!(f.gate_values(&latent(2, 0), &latent(2, 1)), Err(Error::WrongMode { .. })));
+        assert!(f.blend_weights().is_err());
+        let (_, x) = build(FusionMode::CrossAttention, 0);
+        let w = x.blend_weights().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(w, vec![0.5, 0.5]);
     }
 }
