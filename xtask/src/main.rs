@@ -3,6 +3,7 @@
 //! Each command lives in its own module with an `Args` struct and a `run` function.
 
 mod bench;
+mod mat_cmd;
 mod mfcc_cmd;
 
 use clap::{Parser, Subcommand};
@@ -19,13 +20,26 @@ struct Cli {
 enum Command {
     /// MFCC features of one WAV file, as JSON.
     Mfcc(mfcc_cmd::Args),
+    /// What is inside a MATLAB file: names, classes, dims and statistics of every variable.
+    Mat(mat_cmd::Args),
     /// Throughput figures (MFCC × real time), as a table or JSON.
     Bench(bench::Args),
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse().command) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Mfcc(args) => mfcc_cmd::run(&args),
+        Command::Mat(args) => mat_cmd::run(&args),
         Command::Bench(args) => bench::run(&args),
     }
 }

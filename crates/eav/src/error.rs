@@ -21,6 +21,18 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A MAT file is malformed or of an unsupported kind.
+    #[error("{}{}: {reason} (at byte {offset})", path.display(), variable.as_ref().map(|v| format!(", variable `{v}`")).unwrap_or_default())]
+    Mat {
+        /// The file.
+        path: PathBuf,
+        /// The variable being read, when known.
+        variable: Option<String>,
+        /// Byte offset in the file of the element being read.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
     /// Resampling failed.
     #[error("{}: resampling {from} Hz → {to} Hz failed: {reason}", path.display())]
     Resample {

@@ -13,5 +13,6 @@
 
 pub mod audio;
 mod error;
+pub mod mat;
 
 pub use error::{Error, Result};

@@ -175,3 +175,210 @@ mod wav_fuzz {
         }
     }
 }
+
+mod mat {
+    use super::*;
+    use eav::Error;
+    use eav::mat::{Endian, MatClass, MatData, read_mat, write_mat};
+    use proptest::prelude::*;
+
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/mat").join(name)
+    }
+
+    fn all(_: &str) -> bool {
+        true
+    }
+
+    #[test]
+    fn scipy_files_load_with_shapes_and_values() {
+        for kind in ["plain", "compressed"] {
+            let f = read_mat(&fixture(&format!("scipy_eeg_{kind}.mat")), &all).unwrap();
+            assert_eq!(f.endian, Endian::Little);
+            let v = f.get("seg1").unwrap();
+            assert_eq!(
+                (v.class, v.dims.as_slice(), v.compressed),
+                (MatClass::Double, &[50, 3, 4][..], kind == "compressed")
+            );
+            let data = v.data.as_ref().unwrap();
+            assert!(data.iter().enumerate().all(|(i, &x)| (x - i as f64 / 7.0).abs() < 1e-12));
+
+            let l = read_mat(&fixture(&format!("scipy_label_{kind}.mat")), &all).unwrap();
+            let label = l.get("label").unwrap();
+            assert_eq!(label.dims, vec![10, 4]);
+            let ones: Vec<usize> = label
+                .data
+                .as_ref()
+                .unwrap()
+                .iter()
+                .enumerate()
+                .filter(|(_, x)| **x == 1.0)
+                .map(|(i, _)| i)
+                .collect();
+            assert_eq!(ones, vec![1, 10 + 3, 20 + 4, 30 + 9]);
+        }
+    }
+
+    #[test]
+    fn every_class_is_listed_and_non_numeric_data_skipped() {
+        for kind in ["plain", "compressed"] {
+            let f = read_mat(&fixture(&format!("scipy_mixed_{kind}.mat")), &all).unwrap();
+            let class = |n: &str| f.get(n).unwrap_or_else(|| panic!("{kind}: no {n}")).class;
+            assert_eq!(class("seg"), MatClass::Double);
+            assert_eq!(class("cellvar"), MatClass::Cell);
+            assert_eq!(class("structvar"), MatClass::Struct);
+            assert_eq!(class("name"), MatClass::Char);
+            assert_eq!(class("single"), MatClass::Single);
+            assert_eq!(class("i16"), MatClass::Int16);
+            assert_eq!(class("boolvar"), MatClass::Logical);
+            assert!(f.get("cplx").unwrap().complex);
+            assert_eq!(f.get("single").unwrap().data.as_ref().unwrap(), &vec![0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
+            assert_eq!(f.get("i16").unwrap().data.as_ref().unwrap(), &vec![-3.0, 7.0]);
+            assert_eq!(f.get("cplx").unwrap().data.as_ref().unwrap(), &vec![1.0, 3.0]);
+            assert!(f.get("cellvar").unwrap().data.is_none());
+            assert_eq!(f.get("seg").unwrap().dims, vec![50, 3, 2]);
+        }
+    }
+
+    #[test]
+    fn only_requested_variables_are_decoded() {
+        let f = read_mat(&fixture("scipy_mixed_compressed.mat"), &|n| n == "i16").unwrap();
+        assert!(f.get("seg").unwrap().data.is_none());
+        assert!(f.get("i16").unwrap().data.is_some());
+    }
+
+    #[test]
+    fn own_writer_round_trips_both_ways() {
+        let values: Vec<f64> = (0..24).map(|i| f64::from(i) * 0.5 - 3.0).collect();
+        let single: Vec<f32> = values.iter().map(|&v| v as f32).collect();
+        for compress in [false, true] {
+            let p = tmp(&format!("own_{compress}.mat"));
+            write_mat(
+                &p,
+                &[("a", &[2, 3, 4], MatData::F64(&values)), ("b", &[4, 6], MatData::F32(&single))],
+                compress,
+            )
+            .unwrap();
+            let f = read_mat(&p, &all).unwrap();
+            assert_eq!(f.get("a").unwrap().data.as_ref().unwrap(), &values);
+            assert_eq!(f.get("a").unwrap().dims, vec![2, 3, 4]);
+            assert_eq!(f.get("b").unwrap().class, MatClass::Single);
+            assert_eq!(f.get("b").unwrap().compressed, compress);
+        }
+    }
+
+    /// A `double` array whose data MATLAB stored as `uint8`, in a big-endian file with a small-element name.
+    fn handcrafted(big: bool, storage: u32, payload: &[u8]) -> Vec<u8> {
+        let w32 = |v: u32| if big { v.to_be_bytes() } else { v.to_le_bytes() };
+        let mut body = Vec::new();
+        body.extend(w32(6));
+        body.extend(w32(8));
+        body.extend(w32(6));
+        body.extend(w32(0)); // flags: double
+        body.extend(w32(5));
+        body.extend(w32(8));
+        body.extend(w32(1));
+        body.extend(w32(3)); // dims 1×3
+        body.extend(w32((1 << 16) | 1));
+        body.extend(b"x\0\0\0"); // small-element name "x"
+        body.extend(w32(storage));
+        body.extend(w32(payload.len() as u32));
+        body.extend(payload);
+        body.resize(body.len().div_ceil(8) * 8, 0);
+        let mut out = b"MATLAB 5.0 MAT-file, handcrafted".to_vec();
+        out.resize(124, b' ');
+        out.extend(if big { [0x01, 0x00] } else { [0x00, 0x01] });
+        out.extend(if big { b"MI" } else { b"IM" });
+        out.extend(w32(14));
+        out.extend(w32(body.len() as u32));
+        out.extend(body);
+        out
+    }
+
+    #[test]
+    fn narrowed_storage_and_big_endian_files_read() {
+        for big in [false, true] {
+            let p = tmp(&format!("narrow_{big}.mat"));
+            std::fs::write(&p, handcrafted(big, 2, &[7, 0, 255])).unwrap();
+            let f = read_mat(&p, &all).unwrap();
+            assert_eq!(f.endian, if big { Endian::Big } else { Endian::Little });
+            let x = f.get("x").unwrap();
+            assert_eq!((x.class, x.data.clone().unwrap()), (MatClass::Double, vec![7.0, 0.0, 255.0]));
+            // int16 storage, endianness applied.
+            let vals: Vec<u8> = [-2i16, 300, 5]
+                .iter()
+                .flat_map(|v| if big { v.to_be_bytes() } else { v.to_le_bytes() })
+                .collect();
+            std::fs::write(&p, handcrafted(big, 3, &vals)).unwrap();
+            assert_eq!(
+                read_mat(&p, &all).unwrap().get("x").unwrap().data.clone().unwrap(),
+                vec![-2.0, 300.0, 5.0]
+            );
+        }
+    }
+
+    fn mat_error(bytes: &[u8], name: &str) -> String {
+        let p = tmp(name);
+        std::fs::write(&p, bytes).unwrap();
+        match read_mat(&p, &all) {
+            Err(e @ Error::Mat { .. }) => {
+                let msg = e.to_string();
+                assert!(msg.contains(name), "{msg}");
+                msg
+            }
+            other => panic!("{name}: expected a MAT error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn damaged_and_unsupported_files_are_named_errors() {
+        let plain = std::fs::read(fixture("scipy_eeg_plain.mat")).unwrap();
+        assert!(mat_error(&plain[..plain.len() - 100], "cut.mat").contains("truncated"));
+        let packed = std::fs::read(fixture("scipy_eeg_compressed.mat")).unwrap();
+        let mut bad = packed.clone();
+        for b in &mut bad[300..340] {
+            *b ^= 0x5A;
+        }
+        let msg = mat_error(&bad, "badzlib.mat");
+        assert!(msg.contains("compressed"), "{msg}");
+        assert!(
+            mat_error(&handcrafted(false, 11, &[0; 8]), "unknown_type.mat")
+                .contains("unknown numeric data type 11")
+        );
+        let mut v73 = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: x HDF5 schema 1.00 .".to_vec();
+        v73.resize(128, b' ');
+        assert!(mat_error(&v73, "v73.mat").contains("-v7"));
+        let v4 = std::fs::read(fixture("scipy_v4.mat")).unwrap();
+        assert!(mat_error(&v4, "v4.mat").contains("level 4"));
+        assert!(mat_error(b"hello", "short.mat").contains("not a MAT file"));
+        let mut bad_name = handcrafted(false, 2, &[1, 2, 3]);
+        bad_name[128 + 8 + 32 + 4] = 0xFF;
+        let msg = mat_error(&bad_name, "badname.mat");
+        assert!(msg.contains("UTF-8") && msg.contains("byte"), "{msg}");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+
+        /// Mutated or cut MAT files give a result or a typed error, never a panic.
+        #[test]
+        fn damaged_mat_never_panics(
+            which in 0usize..3,
+            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
+            cut in any::<prop::sample::Index>(),
+            case in 0u32..1_000_000,
+        ) {
+            let name = ["scipy_eeg_plain.mat", "scipy_mixed_compressed.mat", "scipy_label_plain.mat"][which];
+            let mut bytes = std::fs::read(fixture(name)).unwrap();
+            for (i, b) in edits {
+                let i = i.index(bytes.len());
+                bytes[i] = b;
+            }
+            bytes.truncate(cut.index(bytes.len() + 1).max(bytes.len() / 2));
+            let p = tmp(&format!("matfuzz_{case}.mat"));
+            std::fs::write(&p, &bytes).unwrap();
+            let _ = read_mat(&p, &all);
+            std::fs::remove_file(&p).unwrap();
+        }
+    }
+}
