@@ -14,5 +14,6 @@
 pub mod audio;
 mod error;
 pub mod mat;
+pub mod signal;
 
 pub use error::{Error, Result};

@@ -1,0 +1,177 @@
+//! EEG signal processing: polyphase down-sampling and a zero-phase Butterworth band-pass, both equal to
+//! scipy's (`resample_poly(x, 1, q)`, `butter(N, [lo, hi], 'bandpass', output='sos')`, `sosfiltfilt`).
+
+use num_complex::Complex64;
+use std::f64::consts::PI;
+
+/// Modified Bessel function of the first kind, order 0 (power series; converges fast for Kaiser betas).
+fn bessel_i0(x: f64) -> f64 {
+    let (mut sum, mut term, mut k) = (1.0, 1.0, 1.0);
+    while term > 1e-17 * sum {
+        term *= (x / (2.0 * k)).powi(2);
+        sum += term;
+        k += 1.0;
+    }
+    sum
+}
+
+/// The anti-aliasing filter of `scipy.signal.resample_poly(x, 1, down)`: a `20·down + 1`-tap windowed sinc
+/// with cutoff `1/down` (of Nyquist), Kaiser window β = 5, normalised to unit DC gain.
+fn decimation_filter(down: usize) -> Vec<f64> {
+    let half = 10 * down;
+    let n = 2 * half + 1;
+    let cutoff = 1.0 / down as f64;
+    let beta = 5.0;
+    let mut h: Vec<f64> = (0..n)
+        .map(|i| {
+            let m = i as f64 - half as f64;
+            let sinc = if m == 0.0 { 1.0 } else { (PI * cutoff * m).sin() / (PI * cutoff * m) };
+            let r = 2.0 * i as f64 / (n - 1) as f64 - 1.0;
+            cutoff * sinc * bessel_i0(beta * (1.0 - r * r).max(0.0).sqrt()) / bessel_i0(beta)
+        })
+        .collect();
+    let sum: f64 = h.iter().sum();
+    h.iter_mut().for_each(|v| *v /= sum);
+    h
+}
+
+/// Down-samples by an integer factor with scipy's `resample_poly(x, 1, down)` (zero padding at the ends):
+/// `ceil(len / down)` samples.
+#[must_use]
+pub fn decimate(x: &[f64], down: usize) -> Vec<f64> {
+    if down <= 1 {
+        return x.to_vec();
+    }
+    let h = decimation_filter(down);
+    let half = (h.len() - 1) / 2;
+    let n_out = x.len().div_ceil(down);
+    (0..n_out)
+        .map(|m| {
+            // y[m] = Σ_i h[i] · x[m·down + half − i]
+            let centre = m * down + half;
+            let lo = centre.saturating_sub(x.len() - 1);
+            let hi = centre.min(h.len() - 1);
+            (lo..=hi).map(|i| h[i] * x[centre - i]).sum()
+        })
+        .collect()
+}
+
+/// One second-order section `[b0, b1, b2, 1, a1, a2]`.
+pub type Sos = [f64; 6];
+
+/// A digital Butterworth band-pass of order `order` (a filter of order `2·order`) between `lo` and `hi`
+/// Hz at sample rate `fs`, as second-order sections: scipy's `butter(order, [lo, hi], 'bandpass', fs=fs,
+/// output='sos')` (analog prototype, band-pass transform, bilinear transform with pre-warping).
+///
+/// # Panics
+/// Never for `0 < lo < hi < fs / 2`; other bands give a filter with non-finite coefficients, which
+/// [`crate::PreprocessConfig::validate`] rules out first.
+#[must_use]
+pub fn butter_bandpass(order: usize, lo: f64, hi: f64, fs: f64) -> Vec<Sos> {
+    // Pre-warped analog edges (scipy normalises to fs = 2, hence 2·fs_n = 4).
+    let warp = |f: f64| 4.0 * (PI * (f / (fs / 2.0)) / 2.0).tan();
+    let (w1, w2) = (warp(lo), warp(hi));
+    let (bw, w0) = (w2 - w1, (w1 * w2).sqrt());
+    let n = order as f64;
+    let mut poles = Vec::with_capacity(2 * order);
+    for k in 0..order {
+        // Butterworth prototype pole: −exp(iπ(2k − N + 1) / 2N).
+        let m = 2.0 * k as f64 - n + 1.0;
+        let p = -Complex64::from_polar(1.0, PI * m / (2.0 * n));
+        let pl = p * (bw / 2.0);
+        let root = (pl * pl - w0 * w0).sqrt();
+        poles.push(pl + root);
+        poles.push(pl - root);
+    }
+    // Bilinear transform (fs_n = 2): s → z = (4 + s) / (4 − s). The N zeros at s = 0 go to z = 1 and the N
+    // zeros at infinity to z = −1.
+    let gain_analog = bw.powi(order as i32);
+    let num = Complex64::new(4.0, 0.0).powi(order as i32);
+    let den = poles.iter().fold(Complex64::new(1.0, 0.0), |acc, p| acc * (4.0 - p));
+    let gain = gain_analog * (num / den).re;
+    let zpoles: Vec<Complex64> = poles.iter().map(|p| (4.0 + p) / (4.0 - p)).collect();
+
+    // Pair conjugate poles; real poles pair with each other.
+    let mut sections = Vec::new();
+    let mut reals: Vec<f64> = Vec::new();
+    for p in &zpoles {
+        if p.im > 1e-12 {
+            sections.push([1.0, 0.0, -1.0, 1.0, -2.0 * p.re, p.norm_sqr()]);
+        } else if p.im.abs() <= 1e-12 {
+            reals.push(p.re);
+        }
+    }
+    for pair in reals.chunks(2) {
+        let (a, b) = (pair[0], pair.get(1).copied().unwrap_or(0.0));
+        sections.push([1.0, 0.0, -1.0, 1.0, -(a + b), a * b]);
+    }
+    if let Some(first) = sections.first_mut() {
+        for v in &mut first[..3] {
+            *v *= gain;
+        }
+    }
+    sections
+}
+
+/// `|H(e^{iω})|` of a section cascade at frequency `f` (Hz) and sample rate `fs`.
+#[must_use]
+pub fn sos_gain(sos: &[Sos], f: f64, fs: f64) -> f64 {
+    let z1 = Complex64::from_polar(1.0, -2.0 * PI * f / fs); // z⁻¹
+    sos.iter()
+        .map(|s| ((s[0] + s[1] * z1 + s[2] * z1 * z1) / (s[3] + s[4] * z1 + s[5] * z1 * z1)).norm())
+        .product()
+}
+
+/// Filters `x` in place through the cascade (transposed direct form II), starting from state `zi`.
+fn sosfilt(sos: &[Sos], x: &mut [f64], mut zi: Vec<[f64; 2]>) {
+    for v in x.iter_mut() {
+        let mut s = *v;
+        for (sec, z) in sos.iter().zip(zi.iter_mut()) {
+            let y = sec[0] * s + z[0];
+            z[0] = sec[1] * s - sec[4] * y + z[1];
+            z[1] = sec[2] * s - sec[5] * y;
+            s = y;
+        }
+        *v = s;
+    }
+}
+
+/// Steady-state initial state of each section for a unit step (scipy's `sosfilt_zi`).
+fn sosfilt_zi(sos: &[Sos]) -> Vec<[f64; 2]> {
+    let mut scale = 1.0;
+    sos.iter()
+        .map(|s| {
+            let dc = (s[0] + s[1] + s[2]) / (s[3] + s[4] + s[5]);
+            // For a constant input u: y = dc·u, z2 = b2·u − a2·y, z1 = b1·u − a1·y + z2.
+            let z2 = s[2] - s[5] * dc;
+            let z1 = s[1] - s[4] * dc + z2;
+            let out = [z1 * scale, z2 * scale];
+            scale *= dc;
+            out
+        })
+        .collect()
+}
+
+/// Zero-phase filtering, scipy's `sosfiltfilt(sos, x)`: odd extension of `3·(2·sections + 1)` samples at
+/// both ends, steady-state initial conditions, forward then backward.
+#[must_use]
+pub fn sosfiltfilt(sos: &[Sos], x: &[f64]) -> Vec<f64> {
+    let n = x.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    let pad = (3 * (2 * sos.len() + 1)).min(n - 1);
+    let mut ext = Vec::with_capacity(n + 2 * pad);
+    ext.extend((1..=pad).rev().map(|i| 2.0 * x[0] - x[i]));
+    ext.extend_from_slice(x);
+    ext.extend((1..=pad).map(|i| 2.0 * x[n - 1] - x[n - 1 - i]));
+    let zi = sosfilt_zi(sos);
+    let scaled = |zi: &[[f64; 2]], v: f64| zi.iter().map(|z| [z[0] * v, z[1] * v]).collect::<Vec<_>>();
+    let first = ext[0];
+    sosfilt(sos, &mut ext, scaled(&zi, first));
+    ext.reverse();
+    let first = ext[0];
+    sosfilt(sos, &mut ext, scaled(&zi, first));
+    ext.reverse();
+    ext[pad..pad + n].to_vec()
+}
