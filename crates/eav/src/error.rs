@@ -33,6 +33,14 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// The dataset's layout or content is wrong.
+    #[error("{}: {reason}", path.display())]
+    Dataset {
+        /// The file or folder.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// Resampling failed.
     #[error("{}: resampling {from} Hz → {to} Hz failed: {reason}", path.display())]
     Resample {
@@ -56,6 +64,11 @@ pub enum Error {
 }
 
 impl Error {
+    /// A dataset error about `path`.
+    pub(crate) fn dataset(path: impl AsRef<std::path::Path>, reason: impl Into<String>) -> Self {
+        Self::Dataset { path: path.as_ref().into(), reason: reason.into() }
+    }
+
     /// A WAV error about `path`.
     pub(crate) fn wav(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
         Self::Wav { path: path.into(), reason: reason.into() }

@@ -12,8 +12,12 @@
 //! ```
 
 pub mod audio;
+pub mod dataset;
 mod error;
 pub mod mat;
 pub mod signal;
+pub mod split;
+pub mod subject;
+pub mod synth;
 
 pub use error::{Error, Result};

@@ -427,3 +427,226 @@ mod signal {
         assert!(d < 1e-9, "sosfiltfilt max diff {d}");
     }
 }
+
+mod dataset {
+    use super::*;
+    use eav::Error;
+    use eav::dataset::{Channels, PreprocessConfig, preprocess};
+    use eav::mat::{MatData, write_mat};
+    use eav::split::{Protocol, Standardizer, kfold, loso, official};
+    use eav::subject::{discover, load_subject};
+    use eav::synth::{SynthConfig, emotion_of_trial, write_synthetic};
+    use std::collections::HashSet;
+
+    fn small() -> SynthConfig {
+        SynthConfig { subjects: 2, trials: 10, ..SynthConfig::default() }
+    }
+
+    fn tree(name: &str, cfg: &SynthConfig) -> PathBuf {
+        let root = tmp(name);
+        let _ = std::fs::remove_dir_all(&root);
+        write_synthetic(&root, cfg, &|_| {}).unwrap();
+        root
+    }
+
+    #[test]
+    fn synthetic_tree_round_trips_through_the_real_loader() {
+        let root = tree("synth_rt", &small());
+        let subjects = discover(&root).unwrap();
+        assert_eq!(subjects.iter().map(|s| s.id).collect::<Vec<_>>(), vec![1, 2]);
+        let s = load_subject(&subjects[0]).unwrap();
+        assert_eq!((s.channels, s.samples_per_trial, s.trials.len()), (30, 10_000, 10));
+        for t in &s.trials {
+            assert_eq!(t.emotion, emotion_of_trial(t.index));
+            assert_eq!(t.speaking, t.index % 2 == 1);
+            assert_eq!(t.audio.is_some(), t.speaking);
+        }
+        let pre = preprocess(&s, &PreprocessConfig::default()).unwrap();
+        assert_eq!(pre.samples.len(), 40);
+        assert_eq!(pre.eeg_len, 500);
+        for smp in &pre.samples {
+            assert_eq!(smp.eeg.len(), 30 * 500);
+            assert!(smp.eeg.iter().all(|v| v.is_finite()));
+            assert_eq!(smp.mfcc.as_ref().map(Vec::len), smp.speaking.then_some(13 * 500));
+        }
+        // Same seed, same bytes; another seed, other bytes.
+        let again = tree("synth_rt2", &small());
+        let eeg = |r: &Path| std::fs::read(r.join("subject1/EEG/subject1_eeg.mat")).unwrap();
+        assert_eq!(eeg(&root), eeg(&again));
+        let other = tree("synth_rt3", &SynthConfig { seed: 8, ..small() });
+        assert_ne!(eeg(&root), eeg(&other));
+        // Dropping FP1 and FP2 leaves 28 channels.
+        let cfg = PreprocessConfig {
+            channels: Channels::parse("drop:FP1,FP2").unwrap(),
+            audio: false,
+            ..PreprocessConfig::default()
+        };
+        let pre28 = preprocess(&s, &cfg).unwrap();
+        assert_eq!(pre28.channels.len(), 28);
+        assert_eq!(pre28.samples[0].eeg.len(), 28 * 500);
+        assert_eq!(&pre28.samples[0].eeg[..500], &pre.samples[0].eeg[2 * 500..3 * 500]);
+    }
+
+    #[test]
+    fn padded_folders_and_capital_aud_are_accepted() {
+        let root = tree("synth_padded", &SynthConfig { subjects: 1, ..small() });
+        std::fs::rename(root.join("subject1"), root.join("subject01")).unwrap();
+        let audio = root.join("subject01/Audio");
+        let first = std::fs::read_dir(&audio).unwrap().next().unwrap().unwrap().path();
+        let renamed = first.to_string_lossy().replace("_aud.wav", "_Aud.wav");
+        std::fs::rename(&first, &renamed).unwrap();
+        let subjects = discover(&root).unwrap();
+        assert_eq!(subjects[0].id, 1);
+        let s = load_subject(&subjects[0]).unwrap();
+        assert_eq!(s.trials.iter().filter(|t| t.audio.is_some()).count(), 5);
+    }
+
+    fn expect_dataset_error(root: &Path, needle: &str, file: &str) {
+        let subjects = discover(root).unwrap();
+        let err = load_subject(&subjects[0])
+            .and_then(|s| preprocess(&s, &PreprocessConfig::default()))
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains(needle) && msg.contains(file), "expected `{needle}` about {file}, got: {msg}");
+    }
+
+    #[test]
+    fn bad_inputs_are_named_errors() {
+        let cfg = SynthConfig { subjects: 1, trials: 4, ..small() };
+        let eeg_file = "subject1_eeg.mat";
+        let label_file = "subject1_eeg_label.mat";
+        let seg = vec![0.0f64; 10_000 * 30 * 4];
+
+        let root = tree("bad_varname", &cfg);
+        write_mat(
+            &root.join("subject1/EEG").join(eeg_file),
+            &[("data", &[10_000, 30, 4], MatData::F64(&seg))],
+            true,
+        )
+        .unwrap();
+        expect_dataset_error(&root, "no variable `seg1` or `seg`", eeg_file);
+
+        let root = tree("bad_2d", &cfg);
+        write_mat(
+            &root.join("subject1/EEG").join(eeg_file),
+            &[("seg", &[10_000, 120], MatData::F64(&seg))],
+            false,
+        )
+        .unwrap();
+        expect_dataset_error(&root, "has 2 dims", eeg_file);
+
+        let root = tree("bad_labels", &cfg);
+        let label = vec![0.0f64; 10 * 3];
+        write_mat(
+            &root.join("subject1/EEG").join(label_file),
+            &[("label", &[10, 3], MatData::F64(&label))],
+            true,
+        )
+        .unwrap();
+        expect_dataset_error(&root, "expected [10, 4]", label_file);
+
+        let root = tree("bad_onehot", &cfg);
+        write_mat(
+            &root.join("subject1/EEG").join(label_file),
+            &[("label", &[10, 4], MatData::F64(&vec![0.0; 40]))],
+            true,
+        )
+        .unwrap();
+        expect_dataset_error(&root, "not one-hot", label_file);
+
+        let root = tree("missing_label", &cfg);
+        std::fs::remove_file(root.join("subject1/EEG").join(label_file)).unwrap();
+        expect_dataset_error(&root, "no *_eeg_label.mat file", "EEG");
+
+        let root = tree("nan_eeg", &cfg);
+        let mut bad = seg.clone();
+        bad[10_000 * 31 + 5] = f64::NAN;
+        write_mat(
+            &root.join("subject1/EEG").join(eeg_file),
+            &[("seg1", &[10_000, 30, 4], MatData::F64(&bad))],
+            true,
+        )
+        .unwrap();
+        expect_dataset_error(&root, "non-finite sample NaN at trial 2, channel 2, time 5", eeg_file);
+
+        let root = tree("mismatch_audio", &cfg);
+        let audio = root.join("subject1/Audio");
+        let wav = std::fs::read_dir(&audio).unwrap().map(|e| e.unwrap().path()).min().unwrap();
+        let name = wav.file_name().unwrap().to_string_lossy().replace("Neutral", "Anger");
+        std::fs::rename(&wav, audio.join(&name)).unwrap();
+        expect_dataset_error(&root, "names anger but the label file says trial 2 is neutral", &name);
+
+        let root = tree("not_wav", &cfg);
+        let wav = std::fs::read_dir(audio_dir(&root)).unwrap().map(|e| e.unwrap().path()).min().unwrap();
+        std::fs::write(&wav, b"RIFF....WAVEnope, not audio").unwrap();
+        expect_dataset_error(&root, "not a readable WAV", &wav.file_name().unwrap().to_string_lossy());
+
+        let empty = tmp("empty_root");
+        std::fs::create_dir_all(&empty).unwrap();
+        assert!(matches!(discover(&empty), Err(Error::Dataset { .. })));
+        assert!(matches!(discover(&tmp("does_not_exist")), Err(Error::Io { .. })));
+    }
+
+    fn audio_dir(root: &Path) -> PathBuf {
+        root.join("subject1/Audio")
+    }
+
+    #[test]
+    fn splits_are_honest() {
+        let root = tree("splits", &SynthConfig { trials: 20, ..small() });
+        let mut samples = Vec::new();
+        let cfg = PreprocessConfig { audio: false, ..PreprocessConfig::default() };
+        for sd in discover(&root).unwrap() {
+            samples.extend(preprocess(&load_subject(&sd).unwrap(), &cfg).unwrap().samples);
+        }
+        let trial_of = |i: &usize| (samples[*i].subject, samples[*i].trial);
+        let check = |split: &eav::split::Split, all: bool| {
+            let parts = [&split.train, &split.val, &split.test]
+                .map(|p| p.iter().map(trial_of).collect::<HashSet<_>>());
+            for a in 0..3 {
+                for b in a + 1..3 {
+                    assert!(parts[a].is_disjoint(&parts[b]), "a trial straddles parts {a} and {b}");
+                }
+            }
+            if all {
+                assert_eq!(split.train.len() + split.val.len() + split.test.len(), samples.len());
+            }
+        };
+        let s = official(&samples, 0.7, 0.0);
+        check(&s, true);
+        // 4 trials per class and subject: 3 (70 % rounded) train, 1 test, and test trials come last.
+        assert_eq!((s.train.len(), s.test.len()), (2 * 5 * 3 * 4, 2 * 5 * 4));
+        for &t in &s.test {
+            let same_class_train = s.train.iter().filter(|&&i| {
+                samples[i].subject == samples[t].subject && samples[i].emotion == samples[t].emotion
+            });
+            assert!(same_class_train.into_iter().all(|&i| samples[i].trial < samples[t].trial));
+        }
+        let with_val = official(&samples, 0.7, 0.34);
+        check(&with_val, true);
+        assert!(!with_val.val.is_empty());
+        let test_set: HashSet<_> = s.test.iter().collect();
+        assert!(
+            with_val.val.iter().all(|i| !test_set.contains(i)),
+            "validation must come from training trials"
+        );
+        let mut covered = HashSet::new();
+        for fold in 0..4 {
+            let f = kfold(&samples, 4, fold, 0.0);
+            check(&f, true);
+            covered.extend(f.test);
+        }
+        assert_eq!(covered.len(), samples.len());
+        let l = loso(&samples, 2, 0.2);
+        check(&l, true);
+        assert!(l.test.iter().all(|&i| samples[i].subject == 2));
+        assert!(l.train.iter().chain(&l.val).all(|&i| samples[i].subject == 1));
+        assert_eq!("kfold:5".parse::<Protocol>().unwrap(), Protocol::KFold(5));
+        assert!("kfold:1".parse::<Protocol>().is_err());
+
+        let st = Standardizer::fit(&samples, &s.train, 30, 500);
+        let mut w = samples[s.train[0]].eeg.clone();
+        st.apply(&mut w, 500);
+        assert!(w.iter().all(|v| v.is_finite()));
+    }
+}

@@ -1,0 +1,267 @@
+//! From a loaded [`Subject`] to model-ready windows: EEG `(channels, 500)` and MFCC `(13, 500)` per 5 s.
+
+use core_types::Emotion;
+use mfcc::{Mfcc, MfccConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::signal::{butter_bandpass, decimate, sosfiltfilt};
+use crate::subject::{CHANNEL_NAMES, EEG_RATE, Subject};
+
+/// Which EEG channels to keep.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Channels {
+    /// Every channel in the file.
+    #[default]
+    All,
+    /// Only these (names from [`CHANNEL_NAMES`] or 1-based numbers), in this order.
+    Keep(Vec<String>),
+    /// Every channel but these.
+    Drop(Vec<String>),
+}
+
+impl Channels {
+    /// Parses `all`, `drop:FP1,FP2` or a list `O1,OZ,O2` (names or 1-based numbers).
+    ///
+    /// # Errors
+    /// An empty list.
+    pub fn parse(s: &str) -> std::result::Result<Self, String> {
+        let list = |t: &str| {
+            t.split(',').map(|c| c.trim().to_uppercase()).filter(|c| !c.is_empty()).collect::<Vec<_>>()
+        };
+        match s.trim() {
+            "all" | "" => Ok(Self::All),
+            t => {
+                let (drop, rest) = t.strip_prefix("drop:").map_or((false, t), |r| (true, r));
+                let names = list(rest);
+                if names.is_empty() {
+                    return Err(format!("no channels in `{s}`"));
+                }
+                Ok(if drop { Self::Drop(names) } else { Self::Keep(names) })
+            }
+        }
+    }
+
+    /// The kept channel indices for a file with `n` channels.
+    fn resolve(&self, n: usize) -> std::result::Result<Vec<usize>, String> {
+        let index = |name: &String| -> std::result::Result<usize, String> {
+            if let Ok(k) = name.parse::<usize>() {
+                return (1..=n)
+                    .contains(&k)
+                    .then(|| k - 1)
+                    .ok_or_else(|| format!("channel {k} not in 1..={n}"));
+            }
+            if n != CHANNEL_NAMES.len() {
+                return Err(format!("channel names need the 30-channel EAV layout, the file has {n}"));
+            }
+            CHANNEL_NAMES
+                .iter()
+                .position(|c| c == name)
+                .ok_or_else(|| format!("unknown channel `{name}`; known: {}", CHANNEL_NAMES.join(" ")))
+        };
+        match self {
+            Self::All => Ok((0..n).collect()),
+            Self::Keep(names) => names.iter().map(index).collect(),
+            Self::Drop(names) => {
+                let drop = names.iter().map(index).collect::<std::result::Result<Vec<_>, _>>()?;
+                Ok((0..n).filter(|i| !drop.contains(i)).collect())
+            }
+        }
+    }
+}
+
+/// Preprocessing settings; the defaults are the official EAV pipeline's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreprocessConfig {
+    /// EEG down-sampling factor (500 Hz → 100 Hz), polyphase like scipy's `resample_poly`.
+    pub decimation: usize,
+    /// Band-pass edges in Hz (0.5–45).
+    pub band_hz: (f64, f64),
+    /// Butterworth order (5), applied forward and backward (zero phase).
+    pub filter_order: usize,
+    /// Window length in seconds (5).
+    pub window_seconds: f64,
+    /// Windows per trial (4 of 5 s in a 20 s trial).
+    pub windows_per_trial: usize,
+    /// EEG channel selection.
+    pub channels: Channels,
+    /// MFCC frames kept per window (5 s at hop 160 gives 501; the first 500 are kept).
+    pub mfcc_frames: usize,
+    /// Whether to compute MFCC windows for speaking trials.
+    pub audio: bool,
+}
+
+impl Default for PreprocessConfig {
+    fn default() -> Self {
+        Self {
+            decimation: 5,
+            band_hz: (0.5, 45.0),
+            filter_order: 5,
+            window_seconds: 5.0,
+            windows_per_trial: 4,
+            channels: Channels::All,
+            mfcc_frames: 500,
+            audio: true,
+        }
+    }
+}
+
+impl PreprocessConfig {
+    /// The EEG rate after down-sampling.
+    #[must_use]
+    pub fn eeg_rate(&self) -> f64 {
+        EEG_RATE / self.decimation.max(1) as f64
+    }
+
+    /// EEG samples per window after down-sampling (500).
+    #[must_use]
+    pub fn eeg_window(&self) -> usize {
+        (self.window_seconds * self.eeg_rate()).round() as usize
+    }
+
+    /// Checks the settings.
+    ///
+    /// # Errors
+    /// A message naming the bad setting.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let nyquist = self.eeg_rate() / 2.0;
+        let (lo, hi) = self.band_hz;
+        if self.decimation == 0
+            || self.windows_per_trial == 0
+            || self.window_seconds <= 0.0
+            || self.filter_order == 0
+        {
+            return Err(format!("decimation, filter order, windows and window length must be > 0: {self:?}"));
+        }
+        if !(lo > 0.0 && lo < hi && hi < nyquist) {
+            return Err(format!("band {lo}–{hi} Hz must satisfy 0 < low < high < {nyquist} Hz"));
+        }
+        Ok(())
+    }
+}
+
+/// One 5 s window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    /// Subject number.
+    pub subject: u32,
+    /// 0-based trial index.
+    pub trial: usize,
+    /// Window index within the trial.
+    pub window: usize,
+    /// The class.
+    pub emotion: Emotion,
+    /// Speaking trial (audio available) or listening.
+    pub speaking: bool,
+    /// EEG, `[channel][time]`.
+    pub eeg: Vec<f32>,
+    /// MFCC, `[coefficient][frame]` (speaking trials with audio).
+    pub mfcc: Option<Vec<f32>>,
+}
+
+/// A subject's windows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubjectSamples {
+    /// Subject number.
+    pub subject: u32,
+    /// Kept channel indices (0-based, file order).
+    pub channels: Vec<usize>,
+    /// EEG samples per window.
+    pub eeg_len: usize,
+    /// MFCC frames per window.
+    pub mfcc_frames: usize,
+    /// Windows, in trial then window order.
+    pub samples: Vec<Sample>,
+    /// Non-fatal findings (short audio padded with silence, …).
+    pub notes: Vec<String>,
+}
+
+/// Preprocesses every trial of `subject`: EEG decimated, band-passed, cut into windows; audio of speaking
+/// trials resampled to the MFCC rate, cut into the same windows and turned into MFCCs.
+///
+/// # Errors
+/// [`Error::Dataset`] for a bad config or trials too short for the windows; audio errors naming the file.
+pub fn preprocess(subject: &Subject, cfg: &PreprocessConfig) -> Result<SubjectSamples> {
+    cfg.validate().map_err(|m| Error::dataset(&subject.dir, m))?;
+    let channels = cfg.channels.resolve(subject.channels).map_err(|m| Error::dataset(&subject.dir, m))?;
+    let win = cfg.eeg_window();
+    let decimated_len = subject.samples_per_trial.div_ceil(cfg.decimation);
+    if decimated_len < win * cfg.windows_per_trial {
+        return Err(Error::dataset(
+            &subject.dir,
+            format!(
+                "trials of {} samples give {decimated_len} after decimation, fewer than {} windows of {win}",
+                subject.samples_per_trial, cfg.windows_per_trial
+            ),
+        ));
+    }
+    let sos = butter_bandpass(cfg.filter_order, cfg.band_hz.0, cfg.band_hz.1, cfg.eeg_rate());
+    let planner =
+        Mfcc::new(MfccConfig::project()).map_err(|e| Error::Mfcc { path: subject.dir.clone(), source: e })?;
+    let audio_rate = planner.config().sample_rate;
+    let audio_win = (cfg.window_seconds * f64::from(audio_rate)).round() as usize;
+    let mut samples = Vec::with_capacity(subject.trials.len() * cfg.windows_per_trial);
+    let mut notes = Vec::new();
+    for trial in &subject.trials {
+        let raw = subject.eeg_trial(trial.index);
+        let filtered: Vec<Vec<f64>> = channels
+            .iter()
+            .map(|&c| {
+                let x: Vec<f64> = raw[c * subject.samples_per_trial..(c + 1) * subject.samples_per_trial]
+                    .iter()
+                    .map(|&v| f64::from(v))
+                    .collect();
+                sosfiltfilt(&sos, &decimate(&x, cfg.decimation))
+            })
+            .collect();
+        let audio = match (&trial.audio, cfg.audio && trial.speaking) {
+            (Some(path), true) => {
+                let a = crate::audio::load_mono(path, audio_rate)?;
+                let need = audio_win * cfg.windows_per_trial;
+                if a.samples.len() < need {
+                    notes.push(format!(
+                        "{}: {:.2} s of audio, {:.2} s needed: padded with silence",
+                        path.display(),
+                        a.seconds(),
+                        need as f64 / f64::from(audio_rate)
+                    ));
+                }
+                Some((path.clone(), a.samples))
+            }
+            _ => None,
+        };
+        for w in 0..cfg.windows_per_trial {
+            let eeg: Vec<f32> =
+                filtered.iter().flat_map(|ch| ch[w * win..(w + 1) * win].iter().map(|&v| v as f32)).collect();
+            let mfcc = match &audio {
+                Some((path, a)) => {
+                    let mut seg = vec![0.0f32; audio_win];
+                    let start = (w * audio_win).min(a.len());
+                    let end = ((w + 1) * audio_win).min(a.len());
+                    seg[..end - start].copy_from_slice(&a[start..end]);
+                    let m = planner.mfcc(&seg).map_err(|e| Error::Mfcc { path: path.clone(), source: e })?;
+                    Some(m.crop_cols(cfg.mfcc_frames).as_slice().iter().map(|&v| v as f32).collect())
+                }
+                None => None,
+            };
+            samples.push(Sample {
+                subject: subject.id,
+                trial: trial.index,
+                window: w,
+                emotion: trial.emotion,
+                speaking: trial.speaking,
+                eeg,
+                mfcc,
+            });
+        }
+    }
+    Ok(SubjectSamples {
+        subject: subject.id,
+        channels,
+        eeg_len: win,
+        mfcc_frames: cfg.mfcc_frames,
+        samples,
+        notes,
+    })
+}

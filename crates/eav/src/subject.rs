@@ -1,0 +1,245 @@
+//! One subject of the EAV dataset as released: `subject{N}/EEG/*_eeg.mat`, `*_eeg_label.mat`,
+//! `Audio/{NNN}_Trial_{TT}_Speaking_{Emotion}_aud.wav`, `Video/`.
+
+use std::path::{Path, PathBuf};
+
+use core_types::Emotion;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::mat::read_mat;
+
+/// The 30 EEG channel names in file order (from a third party's reading of the files; unverified).
+pub const CHANNEL_NAMES: [&str; 30] = [
+    "FP1", "FP2", "F7", "F3", "FZ", "F4", "F8", "FC5", "FC1", "FC2", "FC6", "T7", "C3", "CZ", "C4", "T8",
+    "CP5", "CP1", "CP2", "CP6", "P7", "P3", "PZ", "P4", "P8", "PO9", "O1", "OZ", "O2", "PO10",
+];
+
+/// EEG sample rate of the released files, in Hz.
+pub const EEG_RATE: f64 = 500.0;
+
+/// One trial's metadata.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Trial {
+    /// 0-based index in the EEG file (the audio name's `NNN` is this + 1).
+    pub index: usize,
+    /// The emotion from the label file.
+    pub emotion: Emotion,
+    /// Speaking (odd rows of the label file) or listening.
+    pub speaking: bool,
+    /// The matched audio file (speaking trials).
+    pub audio: Option<PathBuf>,
+}
+
+/// A subject folder found under the data root.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SubjectDir {
+    /// The subject number (`subject7` and `subject07` are both 7).
+    pub id: u32,
+    /// The folder.
+    pub path: PathBuf,
+}
+
+/// Lists `subjectN` / `subject0N` folders under `root`, sorted by number.
+///
+/// # Errors
+/// [`Error::Io`] when `root` cannot be read; [`Error::Dataset`] when it holds no subject folder.
+pub fn discover(root: &Path) -> Result<Vec<SubjectDir>> {
+    let entries = std::fs::read_dir(root).map_err(|source| Error::Io { path: root.into(), source })?;
+    let mut subjects = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| Error::Io { path: root.into(), source })?;
+        let name = entry.file_name().to_string_lossy().to_lowercase();
+        if let Some(id) = name.strip_prefix("subject").and_then(|n| n.parse::<u32>().ok())
+            && entry.path().is_dir()
+        {
+            subjects.push(SubjectDir { id, path: entry.path() });
+        }
+    }
+    if subjects.is_empty() {
+        return Err(Error::dataset(root, "no subject folders (expected subject1 … subjectN)"));
+    }
+    subjects.sort();
+    Ok(subjects)
+}
+
+/// A loaded subject: EEG of every trial, labels and matched audio files.
+#[derive(Debug, Clone)]
+pub struct Subject {
+    /// Subject number.
+    pub id: u32,
+    /// Its folder.
+    pub dir: PathBuf,
+    /// EEG channels per trial.
+    pub channels: usize,
+    /// EEG samples per trial and channel.
+    pub samples_per_trial: usize,
+    /// Trials in file order.
+    pub trials: Vec<Trial>,
+    /// Files found in `Video/` (listed, not used).
+    pub video_files: usize,
+    /// Audio files that could not be matched to a trial (name not understood); not fatal.
+    pub unmatched_audio: Vec<PathBuf>,
+    /// EEG, trial-major: `[trial][channel][time]`.
+    eeg: Vec<f32>,
+}
+
+impl Subject {
+    /// EEG of trial `i`, `[channel][time]`.
+    ///
+    /// # Panics
+    /// When `i ≥ trials.len()`.
+    #[must_use]
+    pub fn eeg_trial(&self, i: usize) -> &[f32] {
+        let n = self.channels * self.samples_per_trial;
+        &self.eeg[i * n..(i + 1) * n]
+    }
+}
+
+fn find_one(dir: &Path, pred: impl Fn(&str) -> bool, what: &str) -> Result<PathBuf> {
+    let entries = std::fs::read_dir(dir).map_err(|source| Error::Io { path: dir.into(), source })?;
+    let mut found: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().is_some_and(|n| pred(&n.to_string_lossy().to_lowercase())))
+        .collect();
+    found.sort();
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(Error::dataset(dir, format!("no {what} file"))),
+        _ => Err(Error::dataset(dir, format!("several {what} files: {found:?}"))),
+    }
+}
+
+/// An audio file name understood: the 1-based trial number and the emotion it names.
+fn parse_audio_name(name: &str) -> Option<(usize, Emotion)> {
+    let stem = name.strip_suffix(".wav").or_else(|| name.strip_suffix(".WAV"))?;
+    let parts: Vec<&str> = stem.split('_').collect();
+    let [num, .., speaking, emotion, aud] = parts.as_slice() else { return None };
+    if !aud.eq_ignore_ascii_case("aud") || !speaking.eq_ignore_ascii_case("speaking") || num.len() != 3 {
+        return None;
+    }
+    Some((num.parse().ok()?, emotion.parse().ok()?))
+}
+
+/// Loads one subject: EEG (`seg1` or `seg`, dims (time, channel, trial)), labels (`label`, (10, trial),
+/// one-hot per column, row = 2·emotion + speaking) and audio files matched to speaking trials.
+///
+/// # Errors
+/// [`Error::Dataset`] or [`Error::Mat`] naming the file and the reason: missing files, wrong variable name,
+/// wrong dims, label columns ≠ trials, a column that is not one-hot, NaN/Inf samples, an audio file whose
+/// emotion disagrees with the label or whose trial is not a speaking trial.
+pub fn load_subject(sd: &SubjectDir) -> Result<Subject> {
+    let eeg_dir = sd.path.join("EEG");
+    let eeg_path = find_one(&eeg_dir, |n| n.ends_with("_eeg.mat"), "*_eeg.mat")?;
+    let label_path = find_one(&eeg_dir, |n| n.ends_with("_eeg_label.mat"), "*_eeg_label.mat")?;
+
+    let mat = read_mat(&eeg_path, &|n| n == "seg1" || n == "seg")?;
+    let Some(var) = mat.get("seg1").or_else(|| mat.get("seg")) else {
+        let names: Vec<&str> = mat.variables.iter().map(|v| v.name.as_str()).collect();
+        return Err(Error::dataset(&eeg_path, format!("no variable `seg1` or `seg` (found {names:?})")));
+    };
+    let &[samples, channels, n_trials] = var.dims.as_slice() else {
+        return Err(Error::dataset(
+            &eeg_path,
+            format!(
+                "variable `{}` has {} dims {:?}, expected 3 (time, channel, trial)",
+                var.name,
+                var.dims.len(),
+                var.dims
+            ),
+        ));
+    };
+    let data = var.data.as_ref().ok_or_else(|| {
+        Error::dataset(
+            &eeg_path,
+            format!("variable `{}` is {}, not a numeric array", var.name, var.class.name()),
+        )
+    })?;
+    if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+        let (t, c, n) = (i % samples, (i / samples) % channels, i / (samples * channels));
+        return Err(Error::dataset(
+            &eeg_path,
+            format!("non-finite sample {} at trial {}, channel {}, time {t}", data[i], n + 1, c + 1),
+        ));
+    }
+    // Column-major (time, channel, trial) is row-major [trial][channel][time]: the order is kept.
+    let eeg: Vec<f32> = data.iter().map(|&v| v as f32).collect();
+    drop(mat);
+
+    let labels = read_mat(&label_path, &|n| n == "label")?;
+    let lab = labels.get("label").ok_or_else(|| Error::dataset(&label_path, "no variable `label`"))?;
+    if lab.dims.len() != 2 || lab.dims[0] != 10 || lab.dims[1] != n_trials {
+        return Err(Error::dataset(
+            &label_path,
+            format!(
+                "`label` has dims {:?}, expected [10, {n_trials}] (10 rows, one column per EEG trial)",
+                lab.dims
+            ),
+        ));
+    }
+    let ld = lab.data.as_ref().ok_or_else(|| Error::dataset(&label_path, "`label` is not numeric"))?;
+    let mut trials = Vec::with_capacity(n_trials);
+    for (index, col) in ld.chunks_exact(10).enumerate() {
+        let hot: Vec<usize> = col.iter().enumerate().filter(|(_, v)| **v != 0.0).map(|(r, _)| r).collect();
+        let [row] = hot.as_slice() else {
+            return Err(Error::dataset(
+                &label_path,
+                format!("column {} is not one-hot (non-zero rows {hot:?})", index + 1),
+            ));
+        };
+        if col[*row] != 1.0 {
+            return Err(Error::dataset(
+                &label_path,
+                format!("column {} holds {} instead of 1", index + 1, col[*row]),
+            ));
+        }
+        let emotion = Emotion::from_index(row / 2).unwrap_or(Emotion::Neutral);
+        trials.push(Trial { index, emotion, speaking: row % 2 == 1, audio: None });
+    }
+
+    let mut unmatched_audio = Vec::new();
+    let audio_dir = sd.path.join("Audio");
+    if audio_dir.is_dir() {
+        let entries =
+            std::fs::read_dir(&audio_dir).map_err(|source| Error::Io { path: audio_dir.clone(), source })?;
+        let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        files.sort();
+        for path in files {
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let Some((number, emotion)) = parse_audio_name(&name) else {
+                unmatched_audio.push(path);
+                continue;
+            };
+            let Some(trial) = number.checked_sub(1).and_then(|i| trials.get_mut(i)) else {
+                return Err(Error::dataset(
+                    &path,
+                    format!("trial {number} does not exist ({n_trials} trials)"),
+                ));
+            };
+            if !trial.speaking {
+                return Err(Error::dataset(
+                    &path,
+                    format!("trial {number} is a listening trial in the label file"),
+                ));
+            }
+            if trial.emotion != emotion {
+                return Err(Error::dataset(
+                    &path,
+                    format!("names {emotion} but the label file says trial {number} is {}", trial.emotion),
+                ));
+            }
+            trial.audio = Some(path);
+        }
+    }
+    let video_files = std::fs::read_dir(sd.path.join("Video")).map_or(0, |d| d.count());
+    Ok(Subject {
+        id: sd.id,
+        dir: sd.path.clone(),
+        channels,
+        samples_per_trial: samples,
+        trials,
+        video_files,
+        unmatched_audio,
+        eeg,
+    })
+}
