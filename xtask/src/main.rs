@@ -3,8 +3,11 @@
 //! Each command lives in its own module with an `Args` struct and a `run` function.
 
 mod bench;
+mod inspect;
 mod mat_cmd;
 mod mfcc_cmd;
+mod progress;
+mod synth;
 
 use clap::{Parser, Subcommand};
 
@@ -18,6 +21,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Write a synthetic EAV tree (same layout and file formats as the real dataset).
+    Synth(synth::Args),
+    /// Validate and summarise an EAV copy; non-zero exit when a subject is unusable.
+    Inspect(inspect::Args),
     /// MFCC features of one WAV file, as JSON.
     Mfcc(mfcc_cmd::Args),
     /// What is inside a MATLAB file: names, classes, dims and statistics of every variable.
@@ -38,6 +45,8 @@ fn main() -> std::process::ExitCode {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Synth(args) => synth::run(&args),
+        Command::Inspect(args) => inspect::run(&args),
         Command::Mfcc(args) => mfcc_cmd::run(&args),
         Command::Mat(args) => mat_cmd::run(&args),
         Command::Bench(args) => bench::run(&args),

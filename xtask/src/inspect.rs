@@ -1,0 +1,146 @@
+//! `cargo xtask inspect --data-dir DIR [--json]`: validates and summarises an EAV copy.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use core_types::Emotion;
+use eav::subject::{discover, load_subject};
+use serde::Serialize;
+
+/// Arguments of `inspect`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The EAV root (holding `subject1`, `subject2`, …).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct SubjectReport {
+    id: u32,
+    path: String,
+    usable: bool,
+    trials: usize,
+    channels: usize,
+    samples_per_trial: usize,
+    sample_rate: f64,
+    speaking_trials: usize,
+    audio_files: usize,
+    video_files: usize,
+    class_counts: BTreeMap<String, usize>,
+    problems: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    data_dir: String,
+    subjects: Vec<SubjectReport>,
+    problems: Vec<String>,
+    peak_memory_mib: Option<f64>,
+}
+
+/// Peak resident memory of this process (Linux), in MiB.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Runs the command; exits non-zero when any subject is unusable.
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let mut report = Report {
+        data_dir: args.data_dir.display().to_string(),
+        subjects: Vec::new(),
+        problems: Vec::new(),
+        peak_memory_mib: None,
+    };
+    match discover(&args.data_dir) {
+        Err(e) => report.problems.push(e.to_string()),
+        Ok(dirs) => {
+            let bar = crate::progress::bar(dirs.len() as u64, "checking subjects");
+            for sd in dirs {
+                let mut r = SubjectReport {
+                    id: sd.id,
+                    path: sd.path.display().to_string(),
+                    usable: false,
+                    trials: 0,
+                    channels: 0,
+                    samples_per_trial: 0,
+                    sample_rate: eav::subject::EEG_RATE,
+                    speaking_trials: 0,
+                    audio_files: 0,
+                    video_files: 0,
+                    class_counts: Emotion::ALL.iter().map(|e| (e.to_string(), 0)).collect(),
+                    problems: Vec::new(),
+                };
+                match load_subject(&sd) {
+                    Ok(s) => {
+                        r.usable = true;
+                        r.trials = s.trials.len();
+                        r.channels = s.channels;
+                        r.samples_per_trial = s.samples_per_trial;
+                        r.speaking_trials = s.trials.iter().filter(|t| t.speaking).count();
+                        r.audio_files = s.trials.iter().filter(|t| t.audio.is_some()).count();
+                        r.video_files = s.video_files;
+                        for t in &s.trials {
+                            *r.class_counts.entry(t.emotion.to_string()).or_default() += 1;
+                        }
+                        for t in s.trials.iter().filter(|t| t.speaking && t.audio.is_none()) {
+                            r.problems.push(format!("speaking trial {} has no audio file", t.index + 1));
+                        }
+                        for p in &s.unmatched_audio {
+                            r.problems.push(format!("{}: audio file name not understood", p.display()));
+                        }
+                    }
+                    Err(e) => r.problems.push(e.to_string()),
+                }
+                if !r.usable {
+                    report.problems.push(format!("subject {} is unusable", r.id));
+                }
+                report.subjects.push(r);
+                bar.inc(1);
+            }
+            bar.finish_and_clear();
+        }
+    }
+    report.peak_memory_mib = peak_rss_mib();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{}: {} subjects", report.data_dir, report.subjects.len());
+        println!(
+            "{:>7} {:>6} {:>8} {:>8} {:>8} {:>6}  classes (n/s/a/h/c)  problems",
+            "subject", "trials", "channels", "samples", "speaking", "audio"
+        );
+        for s in &report.subjects {
+            let classes: Vec<String> =
+                Emotion::ALL.iter().map(|e| s.class_counts[e.as_str()].to_string()).collect();
+            println!(
+                "{:>7} {:>6} {:>8} {:>8} {:>8} {:>6}  {:<19}  {}",
+                s.id,
+                s.trials,
+                s.channels,
+                s.samples_per_trial,
+                s.speaking_trials,
+                s.audio_files,
+                classes.join("/"),
+                s.problems.join("; ")
+            );
+        }
+        for p in &report.problems {
+            println!("problem: {p}");
+        }
+        if let Some(m) = report.peak_memory_mib {
+            println!("peak memory: {m:.0} MiB");
+        }
+    }
+    if report.problems.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("{} problem(s) found", report.problems.len())
+    }
+}

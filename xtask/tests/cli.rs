@@ -1,0 +1,110 @@
+//! The command line end to end: each command on real files, its output files and exit status.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn xtask(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_xtask")).args(args).output().expect("the xtask binary runs")
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("xtask-cli-{}", std::process::id())).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn repo(rel: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel).display().to_string()
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn synth_then_inspect_reports_the_tree_and_fails_on_a_broken_subject() {
+    let root = tmp("tree");
+    let r = root.display().to_string();
+    let out = xtask(&["synth", "--out", &r, "--subjects", "2", "--trials", "10", "--plain"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report = json(&xtask(&["inspect", "--data-dir", &r, "--json"]));
+    let subjects = report["subjects"].as_array().unwrap();
+    assert_eq!(subjects.len(), 2);
+    for s in subjects {
+        assert_eq!(s["trials"], 10);
+        assert_eq!(s["channels"], 30);
+        assert_eq!(s["samples_per_trial"], 10_000);
+        assert_eq!(s["speaking_trials"], 5);
+        assert_eq!(s["audio_files"], 5);
+        assert_eq!(s["class_counts"]["anger"], 2);
+        assert!(s["problems"].as_array().unwrap().is_empty());
+    }
+    assert!(report["problems"].as_array().unwrap().is_empty());
+
+    std::fs::remove_file(root.join("subject2/EEG/subject2_eeg_label.mat")).unwrap();
+    let out = xtask(&["inspect", "--data-dir", &r, "--json"]);
+    assert!(!out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let problems = report["subjects"][1]["problems"].as_array().unwrap();
+    assert!(problems[0].as_str().unwrap().contains("_eeg_label.mat"), "{problems:?}");
+
+    let out = xtask(&["inspect", "--data-dir", &tmp("empty").display().to_string()]);
+    assert!(!out.status.success());
+}
+
+#[test]
+fn mat_lists_variables_and_rejects_damaged_files() {
+    let report =
+        json(&xtask(&["mat", &repo("crates/eav/tests/data/mat/scipy_mixed_compressed.mat"), "--json"]));
+    assert_eq!(report["format"], "level5");
+    assert_eq!(report["endian"], "little");
+    let vars = report["variables"].as_array().unwrap();
+    let seg = vars.iter().find(|v| v["name"] == "seg").unwrap();
+    assert_eq!(seg["class"], "double");
+    assert_eq!(seg["dims"], serde_json::json!([50, 3, 2]));
+    assert_eq!(seg["compressed"], true);
+    assert_eq!(seg["stats"]["nan"], 0);
+    assert_eq!(vars.iter().find(|v| v["name"] == "cellvar").unwrap()["class"], "cell");
+
+    let damaged = tmp("damaged").join("cut.mat");
+    let bytes = std::fs::read(repo("crates/eav/tests/data/mat/scipy_eeg_plain.mat")).unwrap();
+    std::fs::write(&damaged, &bytes[..bytes.len() - 64]).unwrap();
+    let out = xtask(&["mat", &damaged.display().to_string()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cut.mat") && err.contains("truncated") && err.contains("seg1"), "{err}");
+}
+
+#[test]
+fn mfcc_writes_the_documented_json() {
+    let out_file = tmp("mfcc").join("speech.json");
+    let out = xtask(&[
+        "mfcc",
+        "--input",
+        &repo("crates/eav/tests/data/speech_16k.wav"),
+        "--output",
+        &out_file.display().to_string(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&out_file).unwrap()).unwrap();
+    assert_eq!(v["sample_rate"], 16_000);
+    assert_eq!(v["resampled_from"], serde_json::Value::Null);
+    assert_eq!(v["shape"], serde_json::json!([13, 486]));
+    assert_eq!(v["mfcc"].as_array().unwrap().len(), 13);
+    assert_eq!(v["config"]["n_mels"], 40);
+    // librosa's config resamples the 16 kHz file to 22 050 Hz and says so.
+    let out = xtask(&[
+        "mfcc",
+        "--input",
+        &repo("crates/eav/tests/data/speech_16k.wav"),
+        "--output",
+        &out_file.display().to_string(),
+        "--config",
+        "librosa",
+    ]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&out_file).unwrap()).unwrap();
+    assert_eq!((v["sample_rate"].as_u64(), v["resampled_from"].as_u64()), (Some(22_050), Some(16_000)));
+}
