@@ -3,6 +3,7 @@
 //! Each command lives in its own module with an `Args` struct and a `run` function.
 
 mod bench;
+mod compare;
 mod inspect;
 mod mat_cmd;
 mod mfcc_cmd;
@@ -25,6 +26,10 @@ enum Command {
     Synth(synth::Args),
     /// Validate and summarise an EAV copy; non-zero exit when a subject is unusable.
     Inspect(inspect::Args),
+    /// EEG-only vs EEG+audio for a fusion mode (or all), per subject and overall; saves the results.
+    Compare(compare::CompareArgs),
+    /// Train and test one configuration (EEG-only, or EEG+audio with `--use-audio`).
+    Baseline(compare::BaselineArgs),
     /// MFCC features of one WAV file, as JSON.
     Mfcc(mfcc_cmd::Args),
     /// What is inside a MATLAB file: names, classes, dims and statistics of every variable.
@@ -46,6 +51,8 @@ fn main() -> std::process::ExitCode {
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Synth(args) => synth::run(&args),
+        Command::Compare(args) => compare::run_compare(&args),
+        Command::Baseline(args) => compare::run_baseline(&args),
         Command::Inspect(args) => inspect::run(&args),
         Command::Mfcc(args) => mfcc_cmd::run(&args),
         Command::Mat(args) => mat_cmd::run(&args),

@@ -28,6 +28,9 @@ pub struct Args {
     /// Write plain MAT files (scipy's default) instead of compressed ones (MATLAB's).
     #[arg(long)]
     plain: bool,
+    /// Store the EEG as `double` (as MATLAB usually does) instead of `single`.
+    #[arg(long)]
+    double: bool,
     /// Seed; the same seed writes the same files.
     #[arg(long, default_value_t = SynthConfig::default().seed)]
     seed: u64,
@@ -43,6 +46,7 @@ impl Args {
             eeg_signal: !self.no_eeg_signal,
             audio_signal: !self.no_audio_signal,
             compress: !self.plain,
+            single: !self.double,
             seed: self.seed,
             ..SynthConfig::default()
         }

@@ -3,10 +3,11 @@
 //!
 //! Class structure: the EEG carries the class as the frequency of a rhythm over the posterior channels
 //! (6, 10 or 20 Hz) and the speech as the pitch of a voiced, syllable-modulated tone (120, 180 or 260 Hz).
-//! Each modality separates only three groups: EEG {neutral, sadness} {anger, happiness} {calmness}; audio
-//! {neutral} {sadness, anger} {happiness, calmness}. Alone each can reach at most 60 % accuracy; together
-//! they identify every class. `eeg_signal` / `audio_signal` switch a modality's class information off
-//! (pure noise), `snr` sets the difficulty.
+//! With both modalities informative, each separates only three groups: EEG {neutral, sadness}
+//! {anger, happiness} {calmness}; audio {neutral} {sadness, anger} {happiness, calmness}. Alone each can
+//! reach at most 60 % accuracy; together they identify every class. When `eeg_signal` or `audio_signal`
+//! switches one modality off (pure noise), the other carries all five classes (five rhythms or five
+//! pitches). `snr` sets the difficulty.
 
 use std::path::Path;
 
@@ -41,16 +42,19 @@ pub struct SynthConfig {
     pub audio_signal: bool,
     /// Write the EEG compressed (MATLAB's default) rather than plain (scipy's default).
     pub compress: bool,
+    /// Store the EEG as class `single` (half the size) rather than `double`.
+    pub single: bool,
     /// Seed: the same seed writes the same files.
     pub seed: u64,
 }
 
 impl Default for SynthConfig {
-    /// Two subjects × 40 trials of 20 s, 30 channels, 16 kHz audio, SNR 0.6, both modalities informative.
+    /// Two subjects × 60 trials of 20 s, 30 channels (stored as `single`), 16 kHz audio, SNR 0.6, both
+    /// modalities informative.
     fn default() -> Self {
         Self {
             subjects: 2,
-            trials: 40,
+            trials: 60,
             trial_seconds: 20.0,
             channels: 30,
             audio_rate: 16_000,
@@ -58,17 +62,20 @@ impl Default for SynthConfig {
             eeg_signal: true,
             audio_signal: true,
             compress: true,
+            single: true,
             seed: 7,
         }
     }
 }
 
-/// The EEG group of each emotion (rhythm frequency index).
-const EEG_GROUP: [usize; 5] = [0, 0, 1, 1, 2];
-/// The audio group of each emotion (pitch index).
-const AUDIO_GROUP: [usize; 5] = [0, 1, 1, 2, 2];
-const EEG_HZ: [f64; 3] = [6.0, 10.0, 20.0];
-const PITCH_HZ: [f64; 3] = [120.0, 180.0, 260.0];
+/// The EEG rhythm (Hz) of each emotion when both modalities carry the class: three groups.
+const EEG_HZ_SHARED: [f64; 5] = [6.0, 6.0, 10.0, 10.0, 20.0];
+/// The pitch (Hz) of each emotion when both modalities carry the class: three other groups.
+const PITCH_HZ_SHARED: [f64; 5] = [120.0, 180.0, 180.0, 260.0, 260.0];
+/// One rhythm per emotion, when the EEG alone carries the class.
+const EEG_HZ_ALONE: [f64; 5] = [5.0, 8.0, 11.0, 16.0, 22.0];
+/// One pitch per emotion, when the audio alone carries the class.
+const PITCH_HZ_ALONE: [f64; 5] = [110.0, 150.0, 200.0, 260.0, 330.0];
 
 /// The emotion of trial `n`: pairs of (listening, speaking) trials cycle through the five classes.
 #[must_use]
@@ -108,7 +115,7 @@ pub fn write_synthetic(root: &Path, cfg: &SynthConfig, progress: &dyn Fn(u32)) -
             let emotion = emotion_of_trial(n);
             let speaking = n % 2 == 1;
             label[n * 10 + 2 * emotion.index() + usize::from(speaking)] = 1.0;
-            let hz = EEG_HZ[EEG_GROUP[emotion.index()]];
+            let hz = if cfg.audio_signal { EEG_HZ_SHARED } else { EEG_HZ_ALONE }[emotion.index()];
             for c in 0..cfg.channels {
                 let base = (n * cfg.channels + c) * samples;
                 let phase = rng.random_range(0.0..std::f64::consts::TAU);
@@ -130,15 +137,18 @@ pub fn write_synthetic(root: &Path, cfg: &SynthConfig, progress: &dyn Fn(u32)) -
                     capitalised(emotion.as_str())
                 );
                 let path = dir.join("Audio").join(name);
-                write_speech(&path, cfg, audio_len, AUDIO_GROUP[emotion.index()], &mut rng)?;
+                let pitch = if cfg.eeg_signal { PITCH_HZ_SHARED } else { PITCH_HZ_ALONE }[emotion.index()];
+                write_speech(&path, cfg, audio_len, pitch, &mut rng)?;
             }
         }
         let eeg_path = dir.join("EEG").join(format!("subject{s}_eeg.mat"));
-        write_mat(
-            &eeg_path,
-            &[("seg1", &[samples, cfg.channels, cfg.trials], MatData::F64(&eeg))],
-            cfg.compress,
-        )?;
+        let dims = [samples, cfg.channels, cfg.trials];
+        if cfg.single {
+            let eeg: Vec<f32> = eeg.iter().map(|&v| v as f32).collect();
+            write_mat(&eeg_path, &[("seg1", &dims, MatData::F32(&eeg))], cfg.compress)?;
+        } else {
+            write_mat(&eeg_path, &[("seg1", &dims, MatData::F64(&eeg))], cfg.compress)?;
+        }
         let label_path = dir.join("EEG").join(format!("subject{s}_eeg_label.mat"));
         write_mat(&label_path, &[("label", &[10, cfg.trials], MatData::F64(&label))], cfg.compress)?;
         progress(s);
@@ -151,14 +161,9 @@ fn capitalised(s: &str) -> String {
     c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
 }
 
-/// A voiced tone at the group's pitch (five harmonics), amplitude-modulated at a syllable rate, in noise.
-fn write_speech(
-    path: &Path,
-    cfg: &SynthConfig,
-    len: usize,
-    group: usize,
-    rng: &mut ChaCha8Rng,
-) -> Result<()> {
+/// A voiced tone at `pitch` (five harmonics, ±5 % per file), amplitude-modulated at a syllable rate, in
+/// noise; without audio signal, noise alone.
+fn write_speech(path: &Path, cfg: &SynthConfig, len: usize, pitch: f64, rng: &mut ChaCha8Rng) -> Result<()> {
     let spec = hound::WavSpec {
         channels: 1,
         sample_rate: cfg.audio_rate,
@@ -167,7 +172,6 @@ fn write_speech(
     };
     let mut w = hound::WavWriter::create(path, spec).map_err(|e| Error::wav(path, e.to_string()))?;
     let rate = f64::from(cfg.audio_rate);
-    let pitch = if cfg.audio_signal { PITCH_HZ[group] } else { PITCH_HZ[rng.random_range(0..3)] };
     let pitch = pitch * rng.random_range(0.95..1.05);
     let syllable = rng.random_range(3.0..5.0);
     let noise = Normal::new(0.0, 0.05).map_err(|e| Error::dataset(path, e.to_string()))?;

@@ -36,6 +36,21 @@ pub enum Error {
         /// The parser's error.
         source: candle_core::Error,
     },
+    /// The training loss stopped being finite.
+    #[error(
+        "training loss became {loss} at epoch {epoch}, step {step}; the model keeps the best weights seen so far"
+    )]
+    NonFinite {
+        /// 1-based epoch.
+        epoch: usize,
+        /// 1-based step within the epoch.
+        step: usize,
+        /// The loss value.
+        loss: f64,
+    },
+    /// The dataset could not be read.
+    #[error(transparent)]
+    Eav(#[from] eav::Error),
     /// A required input is missing (audio for a fused model).
     #[error("{0}")]
     Input(String),

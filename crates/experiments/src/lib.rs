@@ -19,8 +19,12 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod compare;
+pub mod data;
 mod error;
+pub mod metrics;
 mod model;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use model::{EmotionModel, Intermediates, ModelConfig, is_running_stat};

@@ -282,3 +282,87 @@ fn every_model_learns_a_separable_problem() {
         assert!(acc >= 0.95, "{name}: training accuracy {acc} after 50 steps");
     }
 }
+
+mod runs {
+    use super::*;
+    use eav::synth::{SynthConfig, write_synthetic};
+    use experiments::compare::{ExperimentConfig, Quiet, Results, run, write_config};
+
+    fn tree(name: &str, cfg: &SynthConfig) -> PathBuf {
+        let root = std::env::temp_dir().join(format!("experiments-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        write_synthetic(&root, cfg, &|_| {}).unwrap();
+        root
+    }
+
+    /// Everything of each run but its wall time, as JSON.
+    fn numbers(r: &Results) -> Vec<String> {
+        r.runs
+            .iter()
+            .map(|x| {
+                let mut x = x.clone();
+                x.train_seconds = 0.0;
+                serde_json::to_string(&x).unwrap()
+            })
+            .collect()
+    }
+
+    /// When only the audio carries the class, EEG+audio learns it and EEG-only stays near chance.
+    #[test]
+    fn audio_only_tree_separates_the_modalities() {
+        let root = tree(
+            "audio-only",
+            &SynthConfig { subjects: 1, trials: 40, eeg_signal: false, ..SynthConfig::default() },
+        );
+        let mut cfg = ExperimentConfig::new(root, vec![FusionMode::Concat]);
+        cfg.train.epochs = 10;
+        let r = run(&cfg, &Quiet).unwrap();
+        let acc = |m: &str| r.summary.iter().find(|s| s.modality == m).unwrap().accuracy_mean;
+        assert!(acc("eeg_audio") >= 0.8, "EEG+audio accuracy {}", acc("eeg_audio"));
+        assert!(acc("eeg_only") <= 0.4, "EEG-only accuracy {}", acc("eeg_only"));
+    }
+
+    /// The same config (also read back from its `config.json`) gives the same numbers.
+    #[test]
+    fn same_seed_same_results_and_config_json_repeats_the_run() {
+        let root = tree("determinism", &SynthConfig { subjects: 1, trials: 20, ..SynthConfig::default() });
+        let mut cfg = ExperimentConfig::new(root.clone(), vec![FusionMode::Gated]);
+        cfg.train.epochs = 2;
+        let a = run(&cfg, &Quiet).unwrap();
+        write_config(&root.join("run"), &cfg).unwrap();
+        let back: ExperimentConfig =
+            serde_json::from_slice(&std::fs::read(root.join("run/config.json")).unwrap()).unwrap();
+        assert_eq!(back, cfg);
+        let b = run(&back, &Quiet).unwrap();
+        assert_eq!(numbers(&a), numbers(&b));
+        assert_eq!(a.runs.len(), 2);
+        cfg.seed += 1;
+        let c = run(&cfg, &Quiet).unwrap();
+        assert_ne!(numbers(&a), numbers(&c), "another seed should give other numbers");
+    }
+
+    #[test]
+    fn a_diverging_run_stops_with_a_named_error() {
+        let root = tree("diverge", &SynthConfig { subjects: 1, trials: 20, ..SynthConfig::default() });
+        let mut cfg = ExperimentConfig::new(root, vec![]);
+        cfg.train.lr = 1e30;
+        cfg.train.grad_clip = None;
+        cfg.train.epochs = 3;
+        let err = run(&cfg, &Quiet).unwrap_err();
+        assert!(matches!(err, Error::NonFinite { .. }), "{err}");
+        assert!(err.to_string().contains("epoch"));
+    }
+
+    #[test]
+    fn missing_subjects_and_cuda_without_the_feature_are_clear_errors() {
+        let root = tree("errors", &SynthConfig { subjects: 1, trials: 10, ..SynthConfig::default() });
+        let mut cfg = ExperimentConfig::new(root, vec![FusionMode::Concat]);
+        cfg.subjects = vec![9];
+        assert!(run(&cfg, &Quiet).unwrap_err().to_string().contains("subject 9 not found"));
+        cfg.subjects = vec![];
+        cfg.device = "cuda".into();
+        if !candle_core::utils::cuda_is_available() {
+            assert!(run(&cfg, &Quiet).unwrap_err().to_string().contains("--features cuda"));
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Samples as tensors: the EEG, MFCC and label arrays of a set of windows.
+
+use candle_core::{Device, Tensor};
+use eav::dataset::Sample;
+use eav::split::Standardizer;
+
+use crate::error::{Error, Result};
+
+/// A set of windows held as tensors: EEG `(N, C, T)`, MFCC `(N, 13, F)` (when every window has audio),
+/// labels `(N)` (`u32`).
+#[derive(Debug, Clone)]
+pub struct TensorSet {
+    /// EEG windows.
+    pub eeg: Tensor,
+    /// MFCC windows.
+    pub mfcc: Option<Tensor>,
+    /// Class indices.
+    pub labels: Tensor,
+    /// Class indices, on the host.
+    pub label_vec: Vec<usize>,
+}
+
+/// How EEG and MFCC windows are standardised: fitted on the training windows only.
+#[derive(Debug, Clone)]
+pub struct Normalisation {
+    /// Per EEG channel.
+    pub eeg: Standardizer,
+    /// Per MFCC coefficient.
+    pub mfcc: Option<Standardizer>,
+}
+
+impl Normalisation {
+    /// Fits on `train` windows of `samples`.
+    #[must_use]
+    pub fn fit(
+        samples: &[Sample],
+        train: &[usize],
+        channels: usize,
+        eeg_len: usize,
+        mfcc_frames: usize,
+    ) -> Self {
+        let eeg = Standardizer::fit(samples, train, channels, eeg_len);
+        let with_audio: Vec<usize> = train.iter().copied().filter(|&i| samples[i].mfcc.is_some()).collect();
+        let mfcc = (!with_audio.is_empty()).then(|| {
+            let as_eeg: Vec<Sample> = with_audio
+                .iter()
+                .map(|&i| Sample {
+                    eeg: samples[i].mfcc.clone().unwrap_or_default(),
+                    mfcc: None,
+                    ..samples[i].clone()
+                })
+                .collect();
+            let idx: Vec<usize> = (0..as_eeg.len()).collect();
+            Standardizer::fit(&as_eeg, &idx, 13, mfcc_frames)
+        });
+        Self { eeg, mfcc }
+    }
+}
+
+impl TensorSet {
+    /// The windows `indices` of `samples`, standardised, on `device`.
+    ///
+    /// # Errors
+    /// [`Error::Input`] for an empty selection; candle errors.
+    pub fn build(
+        samples: &[Sample],
+        indices: &[usize],
+        norm: &Normalisation,
+        eeg_len: usize,
+        mfcc_frames: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        let first = indices.first().ok_or_else(|| Error::Input("no windows selected".into()))?;
+        let channels = samples[*first].eeg.len() / eeg_len;
+        let mut eeg = Vec::with_capacity(indices.len() * channels * eeg_len);
+        let mut mfcc = Vec::new();
+        let with_audio = norm.mfcc.is_some() && indices.iter().all(|&i| samples[i].mfcc.is_some());
+        for &i in indices {
+            let mut w = samples[i].eeg.clone();
+            norm.eeg.apply(&mut w, eeg_len);
+            eeg.extend_from_slice(&w);
+            if let (true, Some(m), Some(st)) = (with_audio, &samples[i].mfcc, &norm.mfcc) {
+                let mut m = m.clone();
+                st.apply(&mut m, mfcc_frames);
+                mfcc.extend_from_slice(&m);
+            }
+        }
+        let n = indices.len();
+        let label_vec: Vec<usize> = indices.iter().map(|&i| samples[i].emotion.index()).collect();
+        let labels = Tensor::from_vec(label_vec.iter().map(|&l| l as u32).collect::<Vec<_>>(), n, device)?;
+        Ok(Self {
+            eeg: Tensor::from_vec(eeg, (n, channels, eeg_len), device)?,
+            mfcc: if with_audio { Some(Tensor::from_vec(mfcc, (n, 13, mfcc_frames), device)?) } else { None },
+            labels,
+            label_vec,
+        })
+    }
+
+    /// Number of windows.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.label_vec.len()
+    }
+
+    /// Whether the set is empty.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.label_vec.is_empty()
+    }
+
+    /// The windows at `idx` (a batch).
+    ///
+    /// # Errors
+    /// candle errors.
+    pub fn batch(&self, idx: &[u32]) -> Result<(Tensor, Option<Tensor>, Tensor)> {
+        let ids = Tensor::new(idx, self.eeg.device())?;
+        Ok((
+            self.eeg.index_select(&ids, 0)?,
+            self.mfcc.as_ref().map(|m| m.index_select(&ids, 0)).transpose()?,
+            self.labels.index_select(&ids, 0)?,
+        ))
+    }
+}

@@ -1,0 +1,183 @@
+//! `cargo xtask compare` and `cargo xtask baseline`: train and test EEG-only and EEG+audio models.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use core_types::FusionMode;
+use eav::split::Protocol;
+use eav::synth::SynthConfig;
+use experiments::compare::{ExperimentConfig, Progress, run, table, write_config, write_results};
+use experiments::train::EpochLog;
+use indicatif::ProgressBar;
+
+/// A fusion mode or all of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum ModeArg {
+    /// Concatenation.
+    Concat,
+    /// Cross-attention.
+    CrossAttention,
+    /// Gating.
+    Gated,
+    /// Every mode.
+    All,
+}
+
+impl ModeArg {
+    fn modes(self) -> Vec<FusionMode> {
+        match self {
+            Self::Concat => vec![FusionMode::Concat],
+            Self::CrossAttention => vec![FusionMode::CrossAttention],
+            Self::Gated => vec![FusionMode::Gated],
+            Self::All => FusionMode::ALL.to_vec(),
+        }
+    }
+}
+
+/// Settings shared by `compare` and `baseline`.
+#[derive(Debug, clap::Args)]
+pub struct Common {
+    /// EAV root; without it, a synthetic tree generated once under `datasets/synthetic`.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Subjects to use, e.g. `1,2,5` (default: all).
+    #[arg(long, value_delimiter = ',')]
+    subjects: Vec<u32>,
+    /// Training epochs.
+    #[arg(long, default_value_t = 5)]
+    epochs: usize,
+    /// Windows per training step.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// AdamW learning rate.
+    #[arg(long, default_value_t = 3e-3)]
+    lr: f64,
+    /// Evaluation protocol: official (within-subject chronological 70/30), kfold:K or loso.
+    #[arg(long, default_value = "official")]
+    split: Protocol,
+    /// Fraction of the training trials used for validation / early stopping (0: none).
+    #[arg(long, default_value_t = 0.0)]
+    val_fraction: f64,
+    /// Seed of weights, dropout and shuffling.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// `cpu`, or `cuda` in a build with `--features cuda`.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Run folder (default: a new folder under `runs/`).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Repeat a run from its `config.json` (the other settings are ignored).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+/// Arguments of `compare`.
+#[derive(Debug, clap::Args)]
+pub struct CompareArgs {
+    /// The fusion mode to compare against EEG-only, or `all`.
+    #[arg(long, value_enum, default_value = "concat")]
+    fusion_mode: ModeArg,
+    #[command(flatten)]
+    common: Common,
+}
+
+/// Arguments of `baseline`.
+#[derive(Debug, clap::Args)]
+pub struct BaselineArgs {
+    /// Train the EEG+audio model (default: EEG-only).
+    #[arg(long)]
+    use_audio: bool,
+    /// Fusion mode of the EEG+audio model.
+    #[arg(long, value_enum, default_value = "concat")]
+    fusion_mode: ModeArg,
+    #[command(flatten)]
+    common: Common,
+}
+
+/// The built-in synthetic tree: generated on first use, regenerated when its settings change.
+fn default_data() -> anyhow::Result<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/synthetic");
+    let cfg = SynthConfig::default();
+    let stamp = dir.join("synth_config.json");
+    let current = std::fs::read(&stamp).ok().and_then(|b| serde_json::from_slice::<SynthConfig>(&b).ok());
+    if current.as_ref() != Some(&cfg) {
+        eprintln!("generating the built-in synthetic EAV tree in {} (once)", dir.display());
+        let _ = std::fs::remove_dir_all(&dir);
+        crate::synth::generate(&dir, &cfg)?;
+    }
+    Ok(dir)
+}
+
+struct Bars {
+    bar: ProgressBar,
+}
+
+impl Progress for Bars {
+    fn subject(&self, id: u32, index: usize, total: usize) {
+        self.bar.set_length(total as u64);
+        self.bar.set_position(index as u64);
+        self.bar.set_message(format!("subject {id}"));
+    }
+
+    fn epoch(&self, setting: &str, log: &EpochLog) {
+        self.bar.set_message(format!("{setting}: epoch {} loss {:.3}", log.epoch, log.train_loss));
+    }
+}
+
+fn execute(cfg: ExperimentConfig, out: Option<PathBuf>, what: &str) -> anyhow::Result<()> {
+    let out = out.unwrap_or_else(|| {
+        let secs =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        PathBuf::from("runs").join(format!("{what}-{secs}"))
+    });
+    write_config(&out, &cfg)?;
+    let bar = crate::progress::bar(1, "training");
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} subjects {elapsed} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let results = run(&cfg, &Bars { bar: bar.clone() })?;
+    bar.finish_and_clear();
+    write_results(&out, &cfg, &results)?;
+    println!("{}", table(&results));
+    println!("results: {}/results.json, results.csv, report.md (config.json repeats the run)", out.display());
+    Ok(())
+}
+
+fn config_from(common: &Common, modes: Vec<FusionMode>, eeg_only: bool) -> anyhow::Result<ExperimentConfig> {
+    if let Some(path) = &common.config {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        return serde_json::from_slice(&bytes)
+            .with_context(|| format!("{}: not an experiment config", path.display()));
+    }
+    let data_dir = match &common.data_dir {
+        Some(d) => d.clone(),
+        None => default_data()?,
+    };
+    let mut cfg = ExperimentConfig::new(data_dir, modes);
+    cfg.eeg_only = eeg_only;
+    cfg.subjects.clone_from(&common.subjects);
+    cfg.split = common.split;
+    cfg.val_fraction = common.val_fraction;
+    cfg.train.epochs = common.epochs;
+    cfg.train.batch_size = common.batch_size;
+    cfg.train.lr = common.lr;
+    cfg.seed = common.seed;
+    cfg.device.clone_from(&common.device);
+    Ok(cfg)
+}
+
+/// Runs `compare`.
+pub fn run_compare(args: &CompareArgs) -> anyhow::Result<()> {
+    let cfg = config_from(&args.common, args.fusion_mode.modes(), true)?;
+    execute(cfg, args.common.out.clone(), "compare")
+}
+
+/// Runs `baseline`.
+pub fn run_baseline(args: &BaselineArgs) -> anyhow::Result<()> {
+    let modes = if args.use_audio { args.fusion_mode.modes() } else { Vec::new() };
+    let cfg = config_from(&args.common, modes, !args.use_audio)?;
+    execute(cfg, args.common.out.clone(), "baseline")
+}
