@@ -126,12 +126,14 @@ impl Progress for Bars {
     }
 }
 
-fn execute(cfg: ExperimentConfig, out: Option<PathBuf>, what: &str) -> anyhow::Result<()> {
+fn execute(mut cfg: ExperimentConfig, out: Option<PathBuf>, what: &str) -> anyhow::Result<()> {
     let out = out.unwrap_or_else(|| {
         let secs =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         PathBuf::from("runs").join(format!("{what}-{secs}"))
     });
+    // Checkpoints belong to this run's folder, also when the settings come from an earlier config.json.
+    cfg.checkpoint_dir = Some(out.join("checkpoints"));
     write_config(&out, &cfg)?;
     let bar = crate::progress::bar(1, "training");
     bar.set_style(
@@ -142,7 +144,10 @@ fn execute(cfg: ExperimentConfig, out: Option<PathBuf>, what: &str) -> anyhow::R
     bar.finish_and_clear();
     write_results(&out, &cfg, &results)?;
     println!("{}", table(&results));
-    println!("results: {}/results.json, results.csv, report.md (config.json repeats the run)", out.display());
+    println!(
+        "results: {}/results.json, results.csv, report.md, checkpoints/ (config.json repeats the run)",
+        out.display()
+    );
     Ok(())
 }
 

@@ -7,6 +7,7 @@ mod compare;
 mod inspect;
 mod mat_cmd;
 mod mfcc_cmd;
+mod predict;
 mod progress;
 mod synth;
 
@@ -30,6 +31,8 @@ enum Command {
     Compare(compare::CompareArgs),
     /// Train and test one configuration (EEG-only, or EEG+audio with `--use-audio`).
     Baseline(compare::BaselineArgs),
+    /// Class probabilities per window from a saved model.
+    Predict(predict::Args),
     /// MFCC features of one WAV file, as JSON.
     Mfcc(mfcc_cmd::Args),
     /// What is inside a MATLAB file: names, classes, dims and statistics of every variable.
@@ -53,6 +56,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Synth(args) => synth::run(&args),
         Command::Compare(args) => compare::run_compare(&args),
         Command::Baseline(args) => compare::run_baseline(&args),
+        Command::Predict(args) => predict::run(&args),
         Command::Inspect(args) => inspect::run(&args),
         Command::Mfcc(args) => mfcc_cmd::run(&args),
         Command::Mat(args) => mat_cmd::run(&args),

@@ -108,3 +108,82 @@ fn mfcc_writes_the_documented_json() {
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&out_file).unwrap()).unwrap();
     assert_eq!((v["sample_rate"].as_u64(), v["resampled_from"].as_u64()), (Some(22_050), Some(16_000)));
 }
+
+#[test]
+fn compare_saves_results_and_checkpoints_that_predict_reads() {
+    let root = tmp("predict-tree");
+    let r = root.display().to_string();
+    assert!(xtask(&["synth", "--out", &r, "--subjects", "1", "--trials", "20"]).status.success());
+    let run = tmp("predict-run");
+    let out = xtask(&[
+        "compare",
+        "--data-dir",
+        &r,
+        "--fusion-mode",
+        "concat",
+        "--epochs",
+        "1",
+        "--out",
+        &run.display().to_string(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("| concat |"), "{stdout}");
+    for f in ["config.json", "results.json", "results.csv", "report.md"] {
+        assert!(run.join(f).is_file(), "{f} missing");
+    }
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("results.json")).unwrap()).unwrap();
+    let summary = results["summary"].as_array().unwrap();
+    assert_eq!(summary.len(), 2);
+    for key in ["modality", "fusion_mode", "accuracy_mean", "accuracy_std", "macro_f1_mean", "subjects"] {
+        assert!(!summary[0][key].is_null(), "summary lacks {key}");
+    }
+    for key in ["subject", "modality", "fusion_mode", "accuracy", "macro_f1", "kappa", "confusion"] {
+        assert!(!results["runs"][0][key].is_null(), "runs lack {key}");
+    }
+    let ckpt = run.join("checkpoints/subject1_fold0_eeg_audio_concat.safetensors");
+    let preds = tmp("predict-out");
+    let out = xtask(&[
+        "predict",
+        "--checkpoint",
+        &ckpt.display().to_string(),
+        "--data-dir",
+        &r,
+        "--out",
+        &preds.display().to_string(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let csv = std::fs::read_to_string(preds.join("predictions.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert_eq!(rows.len(), 10 * 4, "every window of the 10 speaking trials");
+    for row in rows {
+        let p: f64 = row.split(',').skip(5).map(|v| v.parse::<f64>().unwrap()).sum();
+        assert!((p - 1.0).abs() < 1e-4, "{row}");
+    }
+    // The config file alone repeats the run.
+    let again = tmp("predict-run-again");
+    let out = xtask(&[
+        "compare",
+        "--config",
+        &run.join("config.json").display().to_string(),
+        "--out",
+        &again.display().to_string(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let a = std::fs::read_to_string(run.join("results.csv")).unwrap();
+    let b = std::fs::read_to_string(again.join("results.csv")).unwrap();
+    let strip = |s: &str| {
+        s.lines()
+            .map(|l| {
+                l.split(',')
+                    .enumerate()
+                    .filter(|(i, _)| *i != 9)
+                    .map(|(_, v)| v)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(strip(&a), strip(&b), "same config, same numbers (training time aside)");
+}

@@ -44,6 +44,9 @@ pub struct ExperimentConfig {
     pub seed: u64,
     /// `cpu` or `cuda`.
     pub device: String,
+    /// Where to save each trained model (safetensors + side file); none when unset.
+    #[serde(default)]
+    pub checkpoint_dir: Option<PathBuf>,
 }
 
 impl ExperimentConfig {
@@ -63,6 +66,7 @@ impl ExperimentConfig {
             dropout: 0.3,
             seed: 42,
             device: "cpu".into(),
+            checkpoint_dir: None,
         }
     }
 }
@@ -140,6 +144,8 @@ pub struct RunResult {
     pub eeg_scale: Option<ScaleSummary>,
     /// Learned `audio_scale` (fused models).
     pub audio_scale: Option<ScaleSummary>,
+    /// The saved model, when checkpoints are kept.
+    pub checkpoint: Option<PathBuf>,
 }
 
 /// Mean ± std of one setting across subjects (and folds).
@@ -304,6 +310,18 @@ fn run_split(
             progress.epoch(&name, log)
         })?;
         let (m, _): (Metrics, _) = evaluate(&model, &test_set, 64)?;
+        let checkpoint = match &cfg.checkpoint_dir {
+            Some(dir) => {
+                let path = dir.join(format!("subject{subject}_fold{fold}_{modality}_{mode}.safetensors"));
+                crate::checkpoint::save(
+                    &path,
+                    &model,
+                    &crate::checkpoint::CheckpointMeta::new(&model_cfg, &cfg.preprocess, &norm),
+                )?;
+                Some(path)
+            }
+            None => None,
+        };
         let scale = |f: fn(&fusion::Fusion) -> &candle_core::Tensor| -> Result<Option<ScaleSummary>> {
             model.fusion().map(|fu| Ok(summarise(f(fu).to_vec1::<f32>()?))).transpose()
         };
@@ -325,6 +343,7 @@ fn run_split(
             history: trained.history,
             eeg_scale: scale(fusion::Fusion::eeg_scale)?,
             audio_scale: scale(fusion::Fusion::audio_scale)?,
+            checkpoint,
         });
     }
     Ok(out)

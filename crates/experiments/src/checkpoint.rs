@@ -1,0 +1,158 @@
+//! Trained models on disk: the weights as safetensors (PyTorch names) and, beside them, what is needed to
+//! use them on new data (`<file>.json`: model config, preprocessing and the training windows'
+//! normalisation).
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use eav::dataset::{PreprocessConfig, preprocess};
+use eav::subject::{discover, load_subject};
+use serde::{Deserialize, Serialize};
+
+use crate::data::{Normalisation, TensorSet};
+use crate::error::{Error, Result};
+use crate::model::{EmotionModel, ModelConfig};
+use crate::train::evaluate;
+
+/// What a checkpoint's side file holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointMeta {
+    /// The model's configuration.
+    pub model: ModelConfig,
+    /// How windows were made from the raw files.
+    pub preprocess: PreprocessConfig,
+    /// Per-channel EEG and per-coefficient MFCC mean and std of the training windows.
+    pub eeg_mean: Vec<f32>,
+    /// See `eeg_mean`.
+    pub eeg_std: Vec<f32>,
+    /// MFCC mean per coefficient (fused models).
+    pub mfcc_mean: Option<Vec<f32>>,
+    /// MFCC std per coefficient (fused models).
+    pub mfcc_std: Option<Vec<f32>>,
+}
+
+impl CheckpointMeta {
+    /// Bundles the pieces.
+    #[must_use]
+    pub fn new(model: &ModelConfig, preprocess: &PreprocessConfig, norm: &Normalisation) -> Self {
+        Self {
+            model: model.clone(),
+            preprocess: preprocess.clone(),
+            eeg_mean: norm.eeg.mean.clone(),
+            eeg_std: norm.eeg.std.clone(),
+            mfcc_mean: norm.mfcc.as_ref().map(|m| m.mean.clone()),
+            mfcc_std: norm.mfcc.as_ref().map(|m| m.std.clone()),
+        }
+    }
+
+    fn normalisation(&self) -> Normalisation {
+        use eav::split::Standardizer;
+        Normalisation {
+            eeg: Standardizer { mean: self.eeg_mean.clone(), std: self.eeg_std.clone() },
+            mfcc: self
+                .mfcc_mean
+                .clone()
+                .zip(self.mfcc_std.clone())
+                .map(|(mean, std)| Standardizer { mean, std }),
+        }
+    }
+}
+
+/// The side file of a checkpoint.
+#[must_use]
+pub fn meta_path(weights: &Path) -> PathBuf {
+    weights.with_extension("json")
+}
+
+/// Saves the weights and the side file.
+///
+/// # Errors
+/// [`Error::Io`] naming the file.
+pub fn save(path: &Path, model: &EmotionModel, meta: &CheckpointMeta) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.into(), source })?;
+    }
+    model.save(path)?;
+    let side = meta_path(path);
+    let bytes = serde_json::to_vec_pretty(meta).map_err(|e| Error::Input(e.to_string()))?;
+    std::fs::write(&side, bytes).map_err(|source| Error::Io { path: side, source })
+}
+
+/// Loads a checkpoint written by [`save`].
+///
+/// # Errors
+/// [`Error::Io`] for a missing weights or side file, [`Error::Input`] for a side file that does not parse,
+/// checkpoint mismatches as [`EmotionModel::load`].
+pub fn load(path: &Path, device: &Device) -> Result<(EmotionModel, CheckpointMeta)> {
+    let side = meta_path(path);
+    let bytes = std::fs::read(&side).map_err(|source| Error::Io { path: side.clone(), source })?;
+    let meta: CheckpointMeta = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Input(format!("{}: not a checkpoint side file: {e}", side.display())))?;
+    let model = EmotionModel::new(&meta.model, device, 0)?;
+    model.load(path)?;
+    Ok((model, meta))
+}
+
+/// One window's prediction.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Prediction {
+    /// Subject number.
+    pub subject: u32,
+    /// 0-based trial.
+    pub trial: usize,
+    /// Window in the trial.
+    pub window: usize,
+    /// The label file's class.
+    pub label: String,
+    /// The most probable class.
+    pub predicted: String,
+    /// Probabilities in class order (neutral, sadness, anger, happiness, calmness).
+    pub probabilities: Vec<f32>,
+}
+
+/// Class probabilities for every window of the chosen subjects (speaking windows only for fused models).
+///
+/// # Errors
+/// Data errors naming the file; [`Error::Input`] when the data's channels do not fit the model.
+pub fn predict(
+    model: &EmotionModel,
+    meta: &CheckpointMeta,
+    data_dir: &Path,
+    subjects: &[u32],
+) -> Result<Vec<Prediction>> {
+    let fused = meta.model.fusion.is_some();
+    let norm = meta.normalisation();
+    let mut out = Vec::new();
+    for sd in discover(data_dir)?.into_iter().filter(|s| subjects.is_empty() || subjects.contains(&s.id)) {
+        let subject = load_subject(&sd)?;
+        let pre = preprocess(&subject, &PreprocessConfig { audio: fused, ..meta.preprocess.clone() })?;
+        if pre.channels.len() != meta.model.eeg.in_channels {
+            return Err(Error::Input(format!(
+                "subject {}: {} EEG channels after selection, the model reads {}",
+                sd.id,
+                pre.channels.len(),
+                meta.model.eeg.in_channels
+            )));
+        }
+        let idx: Vec<usize> =
+            (0..pre.samples.len()).filter(|&i| !fused || pre.samples[i].mfcc.is_some()).collect();
+        if idx.is_empty() {
+            continue;
+        }
+        let set = TensorSet::build(&pre.samples, &idx, &norm, pre.eeg_len, pre.mfcc_frames, model.device())?;
+        let (_, probs) = evaluate(model, &set, 64)?;
+        for (&i, p) in idx.iter().zip(probs) {
+            let s = &pre.samples[i];
+            let best = p.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(k, _)| k);
+            out.push(Prediction {
+                subject: s.subject,
+                trial: s.trial,
+                window: s.window,
+                label: s.emotion.to_string(),
+                predicted: core_types::Emotion::from_index(best).map_or_else(String::new, |e| e.to_string()),
+                probabilities: p,
+            });
+        }
+    }
+    Ok(out)
+}
