@@ -650,3 +650,33 @@ mod dataset {
         assert!(w.iter().all(|v| v.is_finite()));
     }
 }
+
+/// A tree written with scipy (`savemat` plain and compressed, `wavfile.write` at 22 050 Hz), with a padded
+/// folder name and both EEG variable names, loads with the right shapes, labels and audio matches.
+#[test]
+fn scipy_written_tree_loads() {
+    use core_types::Emotion;
+    use eav::dataset::{PreprocessConfig, preprocess};
+    use eav::subject::{discover, load_subject};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/scipy_tree");
+    let dirs = discover(&root).unwrap();
+    assert_eq!(dirs.iter().map(|d| d.id).collect::<Vec<_>>(), vec![3, 4]);
+    for sd in &dirs {
+        let s = load_subject(sd).unwrap();
+        assert_eq!((s.channels, s.samples_per_trial, s.trials.len(), s.video_files), (4, 10_000, 4, 1));
+        let labels: Vec<(Emotion, bool)> = s.trials.iter().map(|t| (t.emotion, t.speaking)).collect();
+        assert_eq!(
+            labels,
+            vec![(Emotion::Neutral, false), (Emotion::Neutral, true), (Emotion::Anger, false), (Emotion::Anger, true)]
+        );
+        assert_eq!(s.trials.iter().filter(|t| t.audio.is_some()).map(|t| t.index).collect::<Vec<_>>(), vec![1, 3]);
+        // EEG value at (time 100, channel 2, trial 3) as scipy stored it: sin(2π·(5+2+3·3)·0.2)·1.2.
+        let want = (std::f64::consts::TAU * 16.0 * 0.2).sin() * 1.2;
+        assert!((f64::from(s.eeg_trial(3)[2 * 10_000 + 100]) - want).abs() < 1e-6);
+        // One second of 22.05 kHz audio is resampled and padded into four 5 s windows (with a note).
+        let pre = preprocess(&s, &PreprocessConfig::default()).unwrap();
+        assert_eq!(pre.samples.len(), 16);
+        assert_eq!(pre.samples.iter().filter(|x| x.mfcc.is_some()).count(), 8);
+        assert_eq!(pre.notes.len(), 2, "{:?}", pre.notes);
+    }
+}
