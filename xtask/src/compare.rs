@@ -132,6 +132,9 @@ fn execute(mut cfg: ExperimentConfig, out: Option<PathBuf>, what: &str) -> anyho
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         PathBuf::from("runs").join(format!("{what}-{secs}"))
     });
+    if cfg.cache_dir.is_none() {
+        cfg.cache_dir = Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/cache"));
+    }
     // Checkpoints belong to this run's folder, also when the settings come from an earlier config.json.
     cfg.checkpoint_dir = Some(out.join("checkpoints"));
     write_config(&out, &cfg)?;

@@ -12,6 +12,7 @@
 //! ```
 
 pub mod audio;
+pub mod cache;
 pub mod dataset;
 mod error;
 pub mod mat;

@@ -667,9 +667,17 @@ fn scipy_written_tree_loads() {
         let labels: Vec<(Emotion, bool)> = s.trials.iter().map(|t| (t.emotion, t.speaking)).collect();
         assert_eq!(
             labels,
-            vec![(Emotion::Neutral, false), (Emotion::Neutral, true), (Emotion::Anger, false), (Emotion::Anger, true)]
+            vec![
+                (Emotion::Neutral, false),
+                (Emotion::Neutral, true),
+                (Emotion::Anger, false),
+                (Emotion::Anger, true)
+            ]
         );
-        assert_eq!(s.trials.iter().filter(|t| t.audio.is_some()).map(|t| t.index).collect::<Vec<_>>(), vec![1, 3]);
+        assert_eq!(
+            s.trials.iter().filter(|t| t.audio.is_some()).map(|t| t.index).collect::<Vec<_>>(),
+            vec![1, 3]
+        );
         // EEG value at (time 100, channel 2, trial 3) as scipy stored it: sin(2π·(5+2+3·3)·0.2)·1.2.
         let want = (std::f64::consts::TAU * 16.0 * 0.2).sin() * 1.2;
         assert!((f64::from(s.eeg_trial(3)[2 * 10_000 + 100]) - want).abs() < 1e-6);
@@ -679,4 +687,40 @@ fn scipy_written_tree_loads() {
         assert_eq!(pre.samples.iter().filter(|x| x.mfcc.is_some()).count(), 8);
         assert_eq!(pre.notes.len(), 2, "{:?}", pre.notes);
     }
+}
+
+#[test]
+fn preprocessing_cache_hits_and_invalidates() {
+    use eav::cache::{Outcome, preprocess_cached};
+    use eav::dataset::PreprocessConfig;
+    use eav::subject::discover;
+    use eav::synth::{SynthConfig, write_synthetic};
+    let root = tmp("cache_tree");
+    let _ = std::fs::remove_dir_all(&root);
+    write_synthetic(&root, &SynthConfig { subjects: 1, trials: 4, ..SynthConfig::default() }, &|_| {})
+        .unwrap();
+    let cache = tmp("cache_dir");
+    let _ = std::fs::remove_dir_all(&cache);
+    let sd = &discover(&root).unwrap()[0];
+    let cfg = PreprocessConfig::default();
+    let (a, first) = preprocess_cached(sd, &cfg, Some(&cache)).unwrap();
+    let (b, second) = preprocess_cached(sd, &cfg, Some(&cache)).unwrap();
+    assert_eq!((first, second), (Outcome::Miss, Outcome::Hit));
+    assert_eq!(a, b);
+    // Another setting is another entry.
+    let other = PreprocessConfig { band_hz: (1.0, 40.0), ..cfg.clone() };
+    assert_eq!(preprocess_cached(sd, &other, Some(&cache)).unwrap().1, Outcome::Miss);
+    // A changed source file invalidates the entry.
+    let wav = std::fs::read_dir(root.join("subject1/Audio")).unwrap().next().unwrap().unwrap().path();
+    let mut bytes = std::fs::read(&wav).unwrap();
+    bytes.extend_from_slice(&[0, 0]);
+    std::fs::write(&wav, bytes).unwrap();
+    assert_eq!(preprocess_cached(sd, &cfg, Some(&cache)).unwrap().1, Outcome::Miss);
+    // A damaged cache file is recomputed, not trusted.
+    for f in std::fs::read_dir(&cache).unwrap() {
+        std::fs::write(f.unwrap().path(), b"garbage").unwrap();
+    }
+    let (c, outcome) = preprocess_cached(sd, &cfg, Some(&cache)).unwrap();
+    assert_eq!(outcome, Outcome::Miss);
+    assert_eq!(c.samples.len(), a.samples.len());
 }

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use core_types::FusionMode;
-use eav::dataset::{PreprocessConfig, Sample, preprocess};
+use eav::dataset::{PreprocessConfig, Sample};
 use eav::split::{Protocol, Split, kfold, loso, official};
-use eav::subject::{SubjectDir, discover, load_subject};
+use eav::subject::{SubjectDir, discover};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Normalisation, TensorSet};
@@ -47,6 +47,9 @@ pub struct ExperimentConfig {
     /// Where to save each trained model (safetensors + side file); none when unset.
     #[serde(default)]
     pub checkpoint_dir: Option<PathBuf>,
+    /// Preprocessing cache folder; none when unset.
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl ExperimentConfig {
@@ -67,6 +70,7 @@ impl ExperimentConfig {
             seed: 42,
             device: "cpu".into(),
             checkpoint_dir: None,
+            cache_dir: None,
         }
     }
 }
@@ -220,8 +224,7 @@ fn subject_dirs(cfg: &ExperimentConfig) -> Result<Vec<SubjectDir>> {
 }
 
 fn load_samples(sd: &SubjectDir, cfg: &ExperimentConfig) -> Result<(Vec<Sample>, usize, usize)> {
-    let subject = load_subject(sd)?;
-    let pre = preprocess(&subject, &cfg.preprocess)?;
+    let (pre, _) = eav::cache::preprocess_cached(sd, &cfg.preprocess, cfg.cache_dir.as_deref())?;
     let channels = pre.channels.len();
     let samples = keep_speaking(pre.samples);
     if samples.is_empty() {
