@@ -7,11 +7,19 @@ use candle_core::{DType, Device, Tensor};
 use core_types::FusionMode;
 use experiments::{EmotionModel, Error, ModelConfig};
 
-/// The folder of reference tensors: `EAV_REFERENCE_DIR`, or the copy of the reference set kept in
-/// `tests/reference` (made by the PyTorch reference with seed 1234, batch 2).
+/// The default reference set: the PyTorch reference's export with seed 1234, batch 2.
 fn reference_dir() -> PathBuf {
-    std::env::var_os("EAV_REFERENCE_DIR")
-        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference"), PathBuf::from)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference")
+}
+
+/// The folders of reference tensors to check: `EAV_REFERENCE_DIR` when set, else the two kept in
+/// `tests/reference` (seed 1234, batch 2; and `seed999_batch3`, exported by the same program with seed 999
+/// and batch 3).
+fn reference_dirs() -> Vec<PathBuf> {
+    match std::env::var_os("EAV_REFERENCE_DIR") {
+        Some(dir) => vec![PathBuf::from(dir)],
+        None => vec![reference_dir(), reference_dir().join("seed999_batch3")],
+    }
 }
 
 fn config_named(name: &str, channels: usize) -> ModelConfig {
@@ -43,7 +51,12 @@ fn parameter_counts_equal_the_reference() {
 /// and every parameter's gradient within 1e-4 relative (to the largest magnitude of that tensor).
 #[test]
 fn outputs_loss_and_gradients_match_pytorch() {
-    let dir = reference_dir();
+    for dir in reference_dirs() {
+        check_reference_set(&dir);
+    }
+}
+
+fn check_reference_set(dir: &Path) {
     let mut io_files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
