@@ -129,7 +129,16 @@ fn compare_saves_results_and_checkpoints_that_predict_reads() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("| concat |"), "{stdout}");
-    for f in ["config.json", "results.json", "results.csv", "report.md"] {
+    for f in [
+        "config.json",
+        "results.json",
+        "results.csv",
+        "report.md",
+        "learning_curves.svg",
+        "confusion_eeg_only.svg",
+        "confusion_eeg_audio_concat.svg",
+        "scales_eeg_audio_concat.svg",
+    ] {
         assert!(run.join(f).is_file(), "{f} missing");
     }
     let results: serde_json::Value =

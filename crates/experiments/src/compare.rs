@@ -493,5 +493,12 @@ pub fn write_results(dir: &Path, cfg: &ExperimentConfig, results: &Results) -> R
             top(a)
         ));
     }
+    let plots = crate::plots::write_plots(dir, results)?;
+    md.push_str("\n## Plots\n\n");
+    for p in plots {
+        if let Some(name) = p.file_name().and_then(|n| n.to_str()) {
+            md.push_str(&format!("![{name}]({name})\n"));
+        }
+    }
     write(&dir.join("report.md"), md.as_bytes())
 }
