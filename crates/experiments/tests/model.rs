@@ -57,7 +57,7 @@ fn outputs_loss_and_gradients_match_pytorch() {
 }
 
 fn check_reference_set(dir: &Path) {
-    let mut io_files: Vec<PathBuf> = std::fs::read_dir(&dir)
+    let mut io_files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
         .filter(|p| p.to_string_lossy().ends_with(".io.safetensors"))
