@@ -71,6 +71,9 @@ pub struct Common {
     /// Repeat a run from its `config.json` (the other settings are ignored).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Continue an interrupted run in this run folder (its `config.json` and training states).
+    #[arg(long, conflicts_with_all = ["config", "out"])]
+    resume: Option<PathBuf>,
 }
 
 /// Arguments of `compare`.
@@ -135,8 +138,10 @@ fn execute(mut cfg: ExperimentConfig, out: Option<PathBuf>, what: &str) -> anyho
     if cfg.cache_dir.is_none() {
         cfg.cache_dir = Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/cache"));
     }
-    // Checkpoints belong to this run's folder, also when the settings come from an earlier config.json.
+    // Checkpoints and training states belong to this run's folder, also when the settings come from an
+    // earlier config.json.
     cfg.checkpoint_dir = Some(out.join("checkpoints"));
+    cfg.state_dir = Some(out.join("state"));
     write_config(&out, &cfg)?;
     let bar = crate::progress::bar(1, "training");
     bar.set_style(
@@ -155,7 +160,9 @@ fn execute(mut cfg: ExperimentConfig, out: Option<PathBuf>, what: &str) -> anyho
 }
 
 fn config_from(common: &Common, modes: Vec<FusionMode>, eeg_only: bool) -> anyhow::Result<ExperimentConfig> {
-    if let Some(path) = &common.config {
+    if let Some(path) =
+        common.resume.as_ref().map(|d| d.join("config.json")).as_ref().or(common.config.as_ref())
+    {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         return serde_json::from_slice(&bytes)
             .with_context(|| format!("{}: not an experiment config", path.display()));
@@ -180,12 +187,12 @@ fn config_from(common: &Common, modes: Vec<FusionMode>, eeg_only: bool) -> anyho
 /// Runs `compare`.
 pub fn run_compare(args: &CompareArgs) -> anyhow::Result<()> {
     let cfg = config_from(&args.common, args.fusion_mode.modes(), true)?;
-    execute(cfg, args.common.out.clone(), "compare")
+    execute(cfg, args.common.resume.clone().or_else(|| args.common.out.clone()), "compare")
 }
 
 /// Runs `baseline`.
 pub fn run_baseline(args: &BaselineArgs) -> anyhow::Result<()> {
     let modes = if args.use_audio { args.fusion_mode.modes() } else { Vec::new() };
     let cfg = config_from(&args.common, modes, !args.use_audio)?;
-    execute(cfg, args.common.out.clone(), "baseline")
+    execute(cfg, args.common.resume.clone().or_else(|| args.common.out.clone()), "baseline")
 }

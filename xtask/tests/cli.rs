@@ -196,3 +196,59 @@ fn compare_saves_results_and_checkpoints_that_predict_reads() {
     };
     assert_eq!(strip(&a), strip(&b), "same config, same numbers (training time aside)");
 }
+
+/// A run killed mid-training and continued with `--resume` gives the numbers of a run never interrupted.
+#[test]
+fn resume_after_a_kill_reaches_the_uninterrupted_numbers() {
+    let root = tmp("resume-tree");
+    let r = root.display().to_string();
+    assert!(xtask(&["synth", "--out", &r, "--subjects", "1", "--trials", "20"]).status.success());
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "compare",
+            "--data-dir",
+            &r,
+            "--fusion-mode",
+            "gated",
+            "--epochs",
+            "12",
+            "--out",
+            &out.display().to_string(),
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect()
+    };
+    let whole = tmp("resume-whole");
+    assert!(Command::new(env!("CARGO_BIN_EXE_xtask")).args(args(&whole)).output().unwrap().status.success());
+
+    let cut = tmp("resume-cut");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_xtask")).args(args(&cut)).spawn().unwrap();
+    let first_state = cut.join("state/subject1_fold0_eeg_only_none.state.safetensors");
+    let t0 = std::time::Instant::now();
+    while !first_state.exists() && t0.elapsed().as_secs() < 120 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(first_state.exists(), "no training state was written");
+    assert!(!cut.join("results.json").exists(), "the run finished before it could be killed");
+
+    let out = xtask(&["compare", "--resume", &cut.display().to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let strip = |p: &Path| -> Vec<String> {
+        std::fs::read_to_string(p.join("results.csv"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                l.split(',')
+                    .enumerate()
+                    .filter(|(i, _)| *i != 9)
+                    .map(|(_, v)| v)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .collect()
+    };
+    assert_eq!(strip(&whole), strip(&cut));
+}

@@ -50,6 +50,9 @@ pub struct ExperimentConfig {
     /// Preprocessing cache folder; none when unset.
     #[serde(default)]
     pub cache_dir: Option<PathBuf>,
+    /// Folder of per-run training states (saved every epoch; a rerun continues from them); none when unset.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
 }
 
 impl ExperimentConfig {
@@ -71,6 +74,7 @@ impl ExperimentConfig {
             device: "cpu".into(),
             checkpoint_dir: None,
             cache_dir: None,
+            state_dir: None,
         }
     }
 }
@@ -309,9 +313,22 @@ fn run_split(
         let model_cfg = model_cfg.with_dropout(cfg.dropout).with_dropout_seed(cfg.seed);
         let model = EmotionModel::new(&model_cfg, device, cfg.seed)?;
         let name = format!("subject {subject} {modality} {mode}");
-        let trained = train(&model, &train_set, val_set.as_ref(), &cfg.train, cfg.seed, &mut |log| {
-            progress.epoch(&name, log)
-        })?;
+        let state = cfg
+            .state_dir
+            .as_ref()
+            .map(|d| d.join(format!("subject{subject}_fold{fold}_{modality}_{mode}.state.safetensors")));
+        if let Some(d) = &cfg.state_dir {
+            std::fs::create_dir_all(d).map_err(|source| Error::Io { path: d.clone(), source })?;
+        }
+        let trained = train(
+            &model,
+            &train_set,
+            val_set.as_ref(),
+            &cfg.train,
+            cfg.seed,
+            state.as_deref(),
+            &mut |log| progress.epoch(&name, log),
+        )?;
         let (m, _): (Metrics, _) = evaluate(&model, &test_set, 64)?;
         let checkpoint = match &cfg.checkpoint_dir {
             Some(dir) => {

@@ -25,6 +25,7 @@ pub mod data;
 mod error;
 pub mod metrics;
 mod model;
+pub mod optim;
 pub mod plots;
 pub mod train;
 

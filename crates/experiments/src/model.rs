@@ -146,6 +146,16 @@ impl EmotionModel {
         &self.device
     }
 
+    /// Every dropout layer (their generators' positions belong in a training state).
+    #[must_use]
+    pub fn dropouts(&self) -> Vec<&encoders::Dropout> {
+        let mut d = vec![self.classifier.dropout()];
+        if let Some(f) = &self.fusion {
+            d.push(f.dropout());
+        }
+        d
+    }
+
     /// The fusion layer, for inspection (fused models).
     #[must_use]
     pub fn fusion(&self) -> Option<&Fusion> {

@@ -1,10 +1,11 @@
 //! Training (AdamW, seeded shuffling, optional cosine schedule and gradient clipping, early stopping on
 //! the validation set with the best weights kept) and evaluation.
 
+use std::collections::HashMap;
+use std::path::Path;
 use std::time::Instant;
 
 use candle_core::{D, Tensor};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -14,6 +15,7 @@ use crate::data::TensorSet;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::model::EmotionModel;
+use crate::optim::AdamW;
 
 /// Optimiser and schedule settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,18 +90,83 @@ fn scalar(t: &Tensor) -> Result<f64> {
     Ok(f64::from(t.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?))
 }
 
+/// Where training stands after an epoch: saved (with the weights, the optimiser moments and the best
+/// weights, in one safetensors file) so an interrupted run continues exactly.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TrainState {
+    /// The settings and seed the state belongs to.
+    settings: String,
+    epoch: usize,
+    finished: bool,
+    adam_steps: u64,
+    step: usize,
+    rng_seed: [u8; 32],
+    rng_pos: String,
+    dropout: Vec<([u8; 32], String)>,
+    history: Vec<EpochLog>,
+    best: Option<(f64, usize)>,
+}
+
+fn save_state(
+    path: &Path,
+    model: &EmotionModel,
+    opt: &AdamW,
+    best: Option<&(f64, usize, Vec<Tensor>)>,
+    state: &TrainState,
+) -> Result<()> {
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    for (n, v) in model.named_tensors() {
+        tensors.insert(format!("param.{n}"), v.as_tensor().clone());
+    }
+    if let Some((_, _, weights)) = best {
+        for ((n, _), w) in model.named_tensors().iter().zip(weights) {
+            tensors.insert(format!("best.{n}"), w.clone());
+        }
+    }
+    for (n, t) in opt.state() {
+        tensors.insert(format!("adam.{n}"), t);
+    }
+    let json = serde_json::to_vec(state).map_err(|e| Error::Input(e.to_string()))?;
+    let len = json.len();
+    tensors.insert("state_json".into(), Tensor::from_vec(json, len, &candle_core::Device::Cpu)?);
+    let tmp = path.with_extension("tmp");
+    candle_core::safetensors::save(&tensors, &tmp)
+        .map_err(|e| Error::Io { path: tmp.clone(), source: std::io::Error::other(e.to_string()) })?;
+    std::fs::rename(&tmp, path).map_err(|source| Error::Io { path: path.into(), source })
+}
+
+type Loaded = (TrainState, HashMap<String, Tensor>);
+
+fn load_state(path: &Path, model: &EmotionModel) -> Result<Option<Loaded>> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let tensors = candle_core::safetensors::load(path, model.device())
+        .map_err(|source| Error::Checkpoint { path: path.into(), source })?;
+    let json = tensors
+        .get("state_json")
+        .ok_or_else(|| Error::Input(format!("{}: not a training state", path.display())))?
+        .to_vec1::<u8>()?;
+    let state: TrainState = serde_json::from_slice(&json)
+        .map_err(|e| Error::Input(format!("{}: damaged training state: {e}", path.display())))?;
+    Ok(Some((state, tensors)))
+}
+
 /// Trains `model` on `train_set`; with a validation set, keeps the weights of the epoch with the lowest
 /// validation loss and stops early after `patience` epochs without improvement. `on_epoch` sees each epoch.
+/// With `state`, progress is saved there after every epoch and a run that finds a state file continues
+/// from it, reaching the numbers of a run that was never interrupted.
 ///
 /// # Errors
 /// [`Error::NonFinite`] naming the epoch and step when the loss stops being finite (the model keeps the
-/// best weights seen so far); candle errors.
+/// best weights seen so far); [`Error::Input`] for a state file made with other settings; candle errors.
 pub fn train(
     model: &EmotionModel,
     train_set: &TensorSet,
     val_set: Option<&TensorSet>,
     cfg: &TrainConfig,
     seed: u64,
+    state: Option<&Path>,
     on_epoch: &mut dyn FnMut(&EpochLog),
 ) -> Result<Trained> {
     let start = Instant::now();
@@ -109,24 +176,60 @@ pub fn train(
         .filter(|(n, _)| cfg.train_scales || !(n.ends_with("eeg_scale") || n.ends_with("audio_scale")))
         .collect();
     let vars: Vec<candle_core::Var> = params.iter().map(|(_, v)| v.clone()).collect();
-    let adam = ParamsAdamW {
-        lr: cfg.lr,
-        beta1: cfg.beta1,
-        beta2: cfg.beta2,
-        eps: 1e-8,
-        weight_decay: cfg.weight_decay,
-    };
-    let mut opt = AdamW::new(vars.clone(), adam)?;
+    let mut opt = AdamW::new(params, cfg.lr, (cfg.beta1, cfg.beta2), 1e-8, cfg.weight_decay)?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let n = train_set.len();
     let batch = cfg.batch_size.max(1);
     let steps_per_epoch = n.div_ceil(batch);
     let total_steps = (steps_per_epoch * cfg.epochs).max(1);
-    let mut order: Vec<u32> = (0..u32::try_from(n).unwrap_or(u32::MAX)).collect();
     let mut history = Vec::new();
     let mut best: Option<(f64, usize, Vec<Tensor>)> = None;
     let mut step = 0usize;
-    for epoch in 1..=cfg.epochs {
+    let mut first_epoch = 1;
+    let settings = format!("{}|seed={seed}|n={n}", serde_json::to_string(cfg).unwrap_or_default());
+    if let Some((saved, tensors)) = state.map(|p| load_state(p, model)).transpose()?.flatten() {
+        if saved.settings != settings {
+            return Err(Error::Input(format!(
+                "{}: the training state was made with other settings; remove it to start afresh",
+                state.map_or_else(String::new, |p| p.display().to_string())
+            )));
+        }
+        for (name, var) in model.named_tensors() {
+            let t = tensors
+                .get(&format!("param.{name}"))
+                .ok_or_else(|| Error::Input(format!("training state lacks {name}")))?;
+            var.set(t)?;
+        }
+        let adam: HashMap<String, Tensor> = tensors
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix("adam.").map(|k| (k.to_owned(), v.clone())))
+            .collect();
+        opt.restore(&adam, saved.adam_steps)?;
+        rng = ChaCha8Rng::from_seed(saved.rng_seed);
+        rng.set_word_pos(saved.rng_pos.parse().unwrap_or(0));
+        for (d, (seed, pos)) in model.dropouts().into_iter().zip(&saved.dropout) {
+            d.set_rng_state((*seed, pos.parse().unwrap_or(0)));
+        }
+        if let Some((loss, epoch)) = saved.best {
+            let weights = model
+                .named_tensors()
+                .iter()
+                .map(|(name, _)| {
+                    tensors
+                        .get(&format!("best.{name}"))
+                        .cloned()
+                        .ok_or_else(|| Error::Input(format!("training state lacks best.{name}")))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            best = Some((loss, epoch, weights));
+        }
+        history = saved.history;
+        step = saved.step;
+        first_epoch = if saved.finished { cfg.epochs + 1 } else { saved.epoch + 1 };
+    }
+    for epoch in first_epoch..=cfg.epochs {
+        // A fresh permutation per epoch drawn from the saved generator: resuming needs nothing else.
+        let mut order: Vec<u32> = (0..u32::try_from(n).unwrap_or(u32::MAX)).collect();
         order.shuffle(&mut rng);
         let (mut loss_sum, mut correct) = (0.0, 0usize);
         for (b, idx) in order.chunks(batch).enumerate() {
@@ -136,9 +239,8 @@ pub fn train(
                 continue;
             }
             if cfg.cosine {
-                opt.set_learning_rate(
-                    cfg.lr * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / total_steps as f64).cos()),
-                );
+                opt.lr =
+                    cfg.lr * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / total_steps as f64).cos());
             }
             let (eeg, mfcc, y) = train_set.batch(idx)?;
             let logits = model.forward(&eeg, mfcc.as_ref(), true)?;
@@ -192,9 +294,29 @@ pub fn train(
         }
         on_epoch(&log);
         history.push(log);
-        if let (Some(p), Some((_, best_epoch, _))) = (cfg.patience, &best)
-            && epoch - best_epoch >= p
-        {
+        let stop =
+            matches!((cfg.patience, &best), (Some(p), Some((_, best_epoch, _))) if epoch - best_epoch >= p);
+        if let Some(path) = state {
+            let saved = TrainState {
+                settings: settings.clone(),
+                epoch,
+                finished: stop || epoch == cfg.epochs,
+                adam_steps: opt.steps(),
+                step,
+                rng_seed: rng.get_seed(),
+                rng_pos: rng.get_word_pos().to_string(),
+                dropout: model
+                    .dropouts()
+                    .iter()
+                    .map(|d| d.rng_state())
+                    .map(|(s, p)| (s, p.to_string()))
+                    .collect(),
+                history: history.clone(),
+                best: best.as_ref().map(|(l, e, _)| (*l, *e)),
+            };
+            save_state(path, model, &opt, best.as_ref(), &saved)?;
+        }
+        if stop {
             break;
         }
     }
