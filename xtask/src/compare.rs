@@ -56,6 +56,13 @@ pub struct Common {
     /// Evaluation protocol: official (within-subject chronological 70/30), kfold:K or loso.
     #[arg(long, default_value = "official")]
     split: Protocol,
+    /// EEG channels: `all`, `drop:FP1,FP2` (the 28 channels of the reference model) or a list of names or
+    /// 1-based numbers.
+    #[arg(long, default_value = "all", value_parser = eav::dataset::Channels::parse)]
+    channels: eav::dataset::Channels,
+    /// Use the windows as they are, without per-channel standardisation (fitted on training windows).
+    #[arg(long)]
+    no_standardise: bool,
     /// Fraction of the training trials used for validation / early stopping (0: none).
     #[arg(long, default_value_t = 0.0)]
     val_fraction: f64,
@@ -175,6 +182,8 @@ fn config_from(common: &Common, modes: Vec<FusionMode>, eeg_only: bool) -> anyho
     cfg.eeg_only = eeg_only;
     cfg.subjects.clone_from(&common.subjects);
     cfg.split = common.split;
+    cfg.preprocess.channels = common.channels.clone();
+    cfg.standardise = !common.no_standardise;
     cfg.val_fraction = common.val_fraction;
     cfg.train.epochs = common.epochs;
     cfg.train.batch_size = common.batch_size;

@@ -52,6 +52,23 @@ fn synth_then_inspect_reports_the_tree_and_fails_on_a_broken_subject() {
 
     let out = xtask(&["inspect", "--data-dir", &tmp("empty").display().to_string()]);
     assert!(!out.status.success());
+
+    // A tree written by scipy (plain and compressed MAT, 22.05 kHz WAV, a padded folder name).
+    let report =
+        json(&xtask(&["inspect", "--data-dir", &repo("crates/eav/tests/data/scipy_tree"), "--json"]));
+    let ids: Vec<u64> =
+        report["subjects"].as_array().unwrap().iter().map(|s| s["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, vec![3, 4]);
+    for s in report["subjects"].as_array().unwrap() {
+        assert_eq!(
+            (s["trials"].as_u64(), s["channels"].as_u64(), s["speaking_trials"].as_u64()),
+            (Some(4), Some(4), Some(2))
+        );
+        assert_eq!(
+            (s["class_counts"]["neutral"].as_u64(), s["class_counts"]["anger"].as_u64()),
+            (Some(2), Some(2))
+        );
+    }
 }
 
 #[test]
@@ -123,6 +140,8 @@ fn compare_saves_results_and_checkpoints_that_predict_reads() {
         "concat",
         "--epochs",
         "1",
+        "--channels",
+        "drop:FP1,FP2",
         "--out",
         &run.display().to_string(),
     ]);
@@ -152,6 +171,9 @@ fn compare_saves_results_and_checkpoints_that_predict_reads() {
         assert!(!results["runs"][0][key].is_null(), "runs lack {key}");
     }
     let ckpt = run.join("checkpoints/subject1_fold0_eeg_audio_concat.safetensors");
+    let side: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ckpt.with_extension("json")).unwrap()).unwrap();
+    assert_eq!(side["model"]["eeg"]["in_channels"], 28, "dropping FP1 and FP2 leaves 28 channels");
     let preds = tmp("predict-out");
     let out = xtask(&[
         "predict",

@@ -50,6 +50,9 @@ pub struct ExperimentConfig {
     /// Preprocessing cache folder; none when unset.
     #[serde(default)]
     pub cache_dir: Option<PathBuf>,
+    /// Standardise EEG channels and MFCC coefficients with statistics of the training windows.
+    #[serde(default = "yes")]
+    pub standardise: bool,
     /// Folder of per-run training states (saved every epoch; a rerun continues from them); none when unset.
     #[serde(default)]
     pub state_dir: Option<PathBuf>,
@@ -75,8 +78,13 @@ impl ExperimentConfig {
             checkpoint_dir: None,
             cache_dir: None,
             state_dir: None,
+            standardise: true,
         }
     }
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The device named by `name`.
@@ -297,7 +305,11 @@ fn run_split(
         )));
     }
     let frames = cfg.preprocess.mfcc_frames;
-    let norm = Normalisation::fit(samples, &split.train, channels, eeg_len, frames);
+    let norm = if cfg.standardise {
+        Normalisation::fit(samples, &split.train, channels, eeg_len, frames)
+    } else {
+        Normalisation::identity(channels)
+    };
     let set = |idx: &[usize]| TensorSet::build(samples, idx, &norm, eeg_len, frames, device);
     let (train_set, test_set) = (set(&split.train)?, set(&split.test)?);
     let val_set = if split.val.is_empty() { None } else { Some(set(&split.val)?) };

@@ -30,6 +30,13 @@ pub struct Normalisation {
 }
 
 impl Normalisation {
+    /// No scaling: mean 0 and standard deviation 1 for every channel and coefficient.
+    #[must_use]
+    pub fn identity(channels: usize) -> Self {
+        let unit = |n: usize| Standardizer { mean: vec![0.0; n], std: vec![1.0; n] };
+        Self { eeg: unit(channels), mfcc: Some(unit(13)) }
+    }
+
     /// Fits on `train` windows of `samples`.
     #[must_use]
     pub fn fit(
