@@ -56,6 +56,9 @@ pub struct Common {
     /// Evaluation protocol: official (within-subject chronological 70/30), kfold:K or loso.
     #[arg(long, default_value = "official")]
     split: Protocol,
+    /// Learning-rate schedule: constant, cosine or step:EVERY:GAMMA.
+    #[arg(long, default_value = "constant")]
+    schedule: experiments::train::Schedule,
     /// EEG channels: `all`, `drop:FP1,FP2` (the 28 channels of the reference model) or a list of names or
     /// 1-based numbers.
     #[arg(long, default_value = "all", value_parser = eav::dataset::Channels::parse)]
@@ -188,6 +191,7 @@ fn config_from(common: &Common, modes: Vec<FusionMode>, eeg_only: bool) -> anyho
     cfg.train.epochs = common.epochs;
     cfg.train.batch_size = common.batch_size;
     cfg.train.lr = common.lr;
+    cfg.train.schedule = common.schedule;
     cfg.seed = common.seed;
     cfg.device.clone_from(&common.device);
     Ok(cfg)

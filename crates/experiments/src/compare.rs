@@ -162,6 +162,59 @@ pub struct RunResult {
     pub audio_scale: Option<ScaleSummary>,
     /// The saved model, when checkpoints are kept.
     pub checkpoint: Option<PathBuf>,
+    /// Gate values averaged over the test windows, `2·128` (gated): EEG half then audio half.
+    pub gate_mean: Option<Vec<f32>>,
+    /// Attention EEG → audio averaged over test windows and heads, `tokens × tokens` (cross_attention).
+    pub attention_e2a: Option<Vec<Vec<f32>>>,
+    /// Attention audio → EEG, likewise.
+    pub attention_a2e: Option<Vec<Vec<f32>>>,
+    /// `softmax(blend_logits)`: weight of the EEG and of the audio branch (cross_attention).
+    pub blend_weights: Option<Vec<f32>>,
+}
+
+/// What the fusion layer did on a set of windows: mean gate values, mean attention maps.
+type FusionView = (Option<Vec<f32>>, Option<(Vec<Vec<f32>>, Vec<Vec<f32>>)>);
+
+fn inspect_fusion(model: &EmotionModel, set: &TensorSet) -> Result<FusionView> {
+    let Some(fusion) = model.fusion() else { return Ok((None, None)) };
+    let ids: Vec<u32> = (0..u32::try_from(set.len()).unwrap_or(u32::MAX)).collect();
+    let (mut gates, mut e2a, mut a2e): (
+        Option<candle_core::Tensor>,
+        Option<candle_core::Tensor>,
+        Option<candle_core::Tensor>,
+    ) = (None, None, None);
+    let add = |acc: &mut Option<candle_core::Tensor>, t: candle_core::Tensor| -> Result<()> {
+        *acc = Some(match acc.take() {
+            Some(a) => (a + t)?,
+            None => t,
+        });
+        Ok(())
+    };
+    for idx in ids.chunks(64) {
+        let (eeg, mfcc, _) = set.batch(idx)?;
+        let inter = model.forward_intermediates(&eeg, mfcc.as_ref(), false)?;
+        let d = fusion.config().latent_dim;
+        let e = core_types::Latent::new(inter.eeg_latent, d)?;
+        let a = core_types::Latent::new(
+            inter.audio_latent.ok_or_else(|| Error::Input("fused model without audio".into()))?,
+            d,
+        )?;
+        let ins = fusion.forward_inspect(&e, &a, false)?;
+        if let Some(g) = ins.gates {
+            add(&mut gates, g.sum(0)?)?;
+        }
+        if let Some((x, y)) = ins.attention {
+            add(&mut e2a, x.mean(1)?.sum(0)?)?;
+            add(&mut a2e, y.mean(1)?.sum(0)?)?;
+        }
+    }
+    let n = set.len().max(1) as f64;
+    let gates = gates.map(|g| (g / n)?.to_vec1::<f32>()).transpose()?;
+    let attention = match (e2a, a2e) {
+        (Some(x), Some(y)) => Some(((x / n)?.to_vec2::<f32>()?, (y / n)?.to_vec2::<f32>()?)),
+        _ => None,
+    };
+    Ok((gates, attention))
 }
 
 /// Mean ± std of one setting across subjects (and folds).
@@ -192,6 +245,9 @@ pub struct SummaryRow {
 /// All results of a comparison.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Results {
+    /// Fingerprint of the data and preprocessing: a hash over every subject's file names, sizes and
+    /// modification times and the preprocessing settings (the preprocessing cache keys).
+    pub data_fingerprint: String,
     /// One row per setting.
     pub summary: Vec<SummaryRow>,
     /// One entry per subject, fold and setting.
@@ -284,7 +340,11 @@ pub fn run(cfg: &ExperimentConfig, progress: &dyn Progress) -> Result<Results> {
             }
         }
     }
-    Ok(Results { summary: summarise_runs(&runs), runs })
+    let mut fp = 0xcbf2_9ce4_8422_2325_u64;
+    for sd in &dirs {
+        fp = (fp ^ eav::cache::key(sd, &cfg.preprocess)?).wrapping_mul(0x0100_0000_01b3);
+    }
+    Ok(Results { data_fingerprint: format!("{fp:016x}"), summary: summarise_runs(&runs), runs })
 }
 
 #[allow(clippy::too_many_arguments)] // one call site; the arguments are the pieces of one split
@@ -342,6 +402,9 @@ fn run_split(
             &mut |log| progress.epoch(&name, log),
         )?;
         let (m, _): (Metrics, _) = evaluate(&model, &test_set, 64)?;
+        let (gate_mean, attention) = inspect_fusion(&model, &test_set)?;
+        let blend_weights =
+            model.fusion().and_then(|f| f.blend_weights().ok()).map(|w| w.to_vec1::<f32>()).transpose()?;
         let checkpoint = match &cfg.checkpoint_dir {
             Some(dir) => {
                 let path = dir.join(format!("subject{subject}_fold{fold}_{modality}_{mode}.safetensors"));
@@ -376,6 +439,10 @@ fn run_split(
             eeg_scale: scale(fusion::Fusion::eeg_scale)?,
             audio_scale: scale(fusion::Fusion::audio_scale)?,
             checkpoint,
+            gate_mean,
+            attention_e2a: attention.as_ref().map(|a| a.0.clone()),
+            attention_a2e: attention.map(|a| a.1),
+            blend_weights,
         });
     }
     Ok(out)
@@ -492,8 +559,9 @@ pub fn write_results(dir: &Path, cfg: &ExperimentConfig, results: &Results) -> R
     }
     write(&dir.join("results.csv"), csv.as_bytes())?;
     let mut md = format!(
-        "# EEG-only vs EEG+audio\n\nData: `{}`; split: {} (train fraction {}, validation fraction {}); seed {}; {} epochs, batch {}, AdamW lr {}.\n\n",
+        "# EEG-only vs EEG+audio\n\nData: `{}` (fingerprint {}); split: {} (train fraction {}, validation fraction {}); seed {}; {} epochs, batch {}, AdamW lr {}.\n\n",
         cfg.data_dir.display(),
+        results.data_fingerprint,
         cfg.split,
         cfg.train_fraction,
         cfg.val_fraction,

@@ -75,9 +75,24 @@ fn learning_curves(path: &Path, results: &Results) -> Result<()> {
 
 /// The confusion matrix of one setting summed over subjects.
 fn confusion(path: &Path, title: &str, m: &[Vec<usize>]) -> Result<()> {
+    let m: Vec<Vec<f64>> = m.iter().map(|r| r.iter().map(|&c| c as f64).collect()).collect();
+    heatmap(path, title, &m, &["neu", "sad", "ang", "hap", "cal"], ("predicted", "true"), 0)
+}
+
+/// A square matrix as coloured cells with their values (`decimals` after the point).
+fn heatmap(
+    path: &Path,
+    title: &str,
+    m: &[Vec<f64>],
+    names: &[&str],
+    axes: (&str, &str),
+    decimals: usize,
+) -> Result<()> {
     let n = m.len();
-    let max = m.iter().flatten().copied().max().unwrap_or(1).max(1) as f64;
-    let names = ["neu", "sad", "ang", "hap", "cal"];
+    // Colours span the matrix's own range, so near-uniform maps still show their structure.
+    let max = m.iter().flatten().copied().fold(f64::NEG_INFINITY, f64::max);
+    let min = m.iter().flatten().copied().fold(f64::INFINITY, f64::min).min(max);
+    let span = (max - min).max(1e-12);
     let root = SVGBackend::new(path, (460, 460)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| plot_error(path, e))?;
     let mut chart = ChartBuilder::on(&root)
@@ -90,8 +105,8 @@ fn confusion(path: &Path, title: &str, m: &[Vec<usize>]) -> Result<()> {
     chart
         .configure_mesh()
         .disable_mesh()
-        .x_desc("predicted")
-        .y_desc("true")
+        .x_desc(axes.0)
+        .y_desc(axes.1)
         .x_labels(n)
         .y_labels(n)
         .x_label_formatter(&|v| names.get(*v as usize).copied().unwrap_or("").to_string())
@@ -102,9 +117,9 @@ fn confusion(path: &Path, title: &str, m: &[Vec<usize>]) -> Result<()> {
         .draw()
         .map_err(|e| plot_error(path, e))?;
     for (t, row) in m.iter().enumerate() {
-        for (p, &count) in row.iter().enumerate() {
+        for (p, &value) in row.iter().enumerate() {
             let y = (n - 1 - t) as i32;
-            let shade = 1.0 - count as f64 / max;
+            let shade = 1.0 - (value - min) / span;
             let color = RGBColor((255.0 * shade) as u8, (255.0 * shade) as u8, 255);
             chart
                 .draw_series(std::iter::once(Rectangle::new(
@@ -114,9 +129,9 @@ fn confusion(path: &Path, title: &str, m: &[Vec<usize>]) -> Result<()> {
                 .map_err(|e| plot_error(path, e))?;
             chart
                 .draw_series(std::iter::once(Text::new(
-                    count.to_string(),
+                    format!("{value:.decimals$}"),
                     (p as i32, y + 1),
-                    ("sans-serif", 14),
+                    ("sans-serif", 12),
                 )))
                 .map_err(|e| plot_error(path, e))?;
         }
@@ -198,6 +213,40 @@ pub fn write_plots(dir: &Path, results: &Results) -> Result<Vec<PathBuf>> {
         ) {
             let p = dir.join(format!("scales_{name}.svg"));
             scales(&p, &format!("{name}: learned per-channel scales (mean over subjects)"), &e, &a)?;
+            files.push(p);
+        }
+        if let Some(g) = mean(|r| r.gate_mean.as_ref()) {
+            let half = g.len() / 2;
+            let p = dir.join(format!("gates_{name}.svg"));
+            scales(&p, &format!("{name}: mean gate value per input (test windows)"), &g[..half], &g[half..])?;
+            files.push(p);
+        }
+        let tokens: Vec<String> = (0..8).map(|i| format!("t{i}")).collect();
+        let token_names: Vec<&str> = tokens.iter().map(String::as_str).collect();
+        for (dir_name, get) in [
+            ("e2a", (|r: &RunResult| r.attention_e2a.as_ref()) as fn(&RunResult) -> Option<&Vec<Vec<f32>>>),
+            ("a2e", |r: &RunResult| r.attention_a2e.as_ref()),
+        ] {
+            let maps: Vec<&Vec<Vec<f32>>> = runs.iter().filter_map(|r| get(r)).collect();
+            let Some(first) = maps.first() else { continue };
+            let avg: Vec<Vec<f64>> = (0..first.len())
+                .map(|i| {
+                    (0..first[i].len())
+                        .map(|j| maps.iter().map(|m| f64::from(m[i][j])).sum::<f64>() / maps.len() as f64)
+                        .collect()
+                })
+                .collect();
+            let p = dir.join(format!("attention_{dir_name}_{name}.svg"));
+            let title =
+                if dir_name == "e2a" { "EEG tokens → audio tokens" } else { "audio tokens → EEG tokens" };
+            heatmap(
+                &p,
+                &format!("{name}: attention {title}"),
+                &avg,
+                &token_names,
+                ("key token", "query token"),
+                2,
+            )?;
             files.push(p);
         }
     }

@@ -1,4 +1,4 @@
-//! Training (AdamW, seeded shuffling, optional cosine schedule and gradient clipping, early stopping on
+//! Training (AdamW, seeded shuffling, optional cosine or step schedule and gradient clipping, early stopping on
 //! the validation set with the best weights kept) and evaluation.
 
 use std::collections::HashMap;
@@ -34,8 +34,8 @@ pub struct TrainConfig {
     pub beta2: f64,
     /// Clip the global gradient norm to this value.
     pub grad_clip: Option<f64>,
-    /// Cosine decay of the learning rate to 0 over all steps.
-    pub cosine: bool,
+    /// How the learning rate changes over training.
+    pub schedule: Schedule,
     /// Stop after this many epochs without a better validation loss (only with a validation set).
     pub patience: Option<usize>,
     /// Train the fusion layer's `eeg_scale` / `audio_scale` (off: fixed at 1).
@@ -53,9 +53,63 @@ impl Default for TrainConfig {
             beta1: 0.9,
             beta2: 0.999,
             grad_clip: Some(5.0),
-            cosine: false,
+            schedule: Schedule::Constant,
             patience: Some(10),
             train_scales: true,
+        }
+    }
+}
+
+/// Learning-rate schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    /// The base rate throughout.
+    Constant,
+    /// Cosine decay from the base rate to 0 over all steps.
+    Cosine,
+    /// Multiply the rate by `gamma` every `every` epochs.
+    Step {
+        /// Epochs between decays.
+        every: usize,
+        /// Factor per decay.
+        gamma: f64,
+    },
+}
+
+impl Schedule {
+    /// The rate at global step `step` of `total` (0-based) in 1-based `epoch`.
+    #[must_use]
+    pub fn lr(self, base: f64, step: usize, total: usize, epoch: usize) -> f64 {
+        match self {
+            Self::Constant => base,
+            Self::Cosine => {
+                base * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / total.max(1) as f64).cos())
+            }
+            Self::Step { every, gamma } => {
+                base * gamma.powi(i32::try_from((epoch - 1) / every.max(1)).unwrap_or(i32::MAX))
+            }
+        }
+    }
+}
+
+impl std::str::FromStr for Schedule {
+    type Err = String;
+
+    /// `constant`, `cosine` or `step:EVERY:GAMMA` (e.g. `step:10:0.5`).
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "constant" => Ok(Self::Constant),
+            "cosine" => Ok(Self::Cosine),
+            _ => {
+                let bad = || format!("unknown schedule `{s}`; expected constant, cosine or step:EVERY:GAMMA");
+                let rest = s.strip_prefix("step:").ok_or_else(bad)?;
+                let (every, gamma) = rest.split_once(':').ok_or_else(bad)?;
+                Ok(Self::Step {
+                    every: every.parse().map_err(|_| bad())?,
+                    gamma: gamma.parse().map_err(|_| bad())?,
+                })
+            }
         }
     }
 }
@@ -238,10 +292,7 @@ pub fn train(
             if idx.len() < 2 && n > 1 {
                 continue;
             }
-            if cfg.cosine {
-                opt.lr =
-                    cfg.lr * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / total_steps as f64).cos());
-            }
+            opt.lr = cfg.schedule.lr(cfg.lr, step, total_steps, epoch);
             let (eeg, mfcc, y) = train_set.batch(idx)?;
             let logits = model.forward(&eeg, mfcc.as_ref(), true)?;
             let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
@@ -359,4 +410,19 @@ pub fn evaluate(model: &EmotionModel, set: &TensorSet, batch: usize) -> Result<(
     let mut m = Metrics::from_predictions(&set.label_vec, &pred, core_types::Emotion::COUNT);
     m.loss = Some(loss_sum / set.len().max(1) as f64);
     Ok((m, probs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules() {
+        assert_eq!(Schedule::Constant.lr(1.0, 50, 100, 3), 1.0);
+        assert!((Schedule::Cosine.lr(1.0, 50, 100, 3) - 0.5).abs() < 1e-12);
+        assert_eq!(Schedule::Cosine.lr(1.0, 0, 100, 1), 1.0);
+        let step: Schedule = "step:2:0.5".parse().unwrap();
+        assert_eq!([1, 2, 3, 4, 5].map(|e| step.lr(1.0, 0, 1, e)), [1.0, 1.0, 0.5, 0.5, 0.25]);
+        assert!("step:x:1".parse::<Schedule>().is_err());
+    }
 }
