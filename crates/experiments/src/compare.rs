@@ -313,7 +313,9 @@ pub fn run(cfg: &ExperimentConfig, progress: &dyn Progress) -> Result<Results> {
         Protocol::Official | Protocol::KFold(_) => {
             for (i, sd) in dirs.iter().enumerate() {
                 progress.subject(sd.id, i, dirs.len());
+                tracing::info!(subject = sd.id, "loading and preprocessing {}", sd.path.display());
                 let (samples, channels, eeg_len) = load_samples(sd, cfg)?;
+                tracing::info!(subject = sd.id, windows = samples.len(), channels, "speaking windows ready");
                 let splits: Vec<Split> = match cfg.split {
                     Protocol::KFold(k) => (0..k).map(|f| kfold(&samples, k, f, cfg.val_fraction)).collect(),
                     _ => vec![official(&samples, cfg.train_fraction, cfg.val_fraction)],
@@ -402,6 +404,7 @@ fn run_split(
             &mut |log| progress.epoch(&name, log),
         )?;
         let (m, _): (Metrics, _) = evaluate(&model, &test_set, 64)?;
+        tracing::info!(subject, fold, modality, mode = %mode, accuracy = m.accuracy, macro_f1 = m.macro_f1, seconds = trained.seconds, "tested");
         let (gate_mean, attention) = inspect_fusion(&model, &test_set)?;
         let blend_weights =
             model.fusion().and_then(|f| f.blend_weights().ok()).map(|w| w.to_vec1::<f32>()).transpose()?;

@@ -343,6 +343,13 @@ pub fn train(
                 best = Some((vl, epoch, snapshot(model)?));
             }
         }
+        tracing::info!(
+            epoch,
+            train_loss = log.train_loss,
+            train_accuracy = log.train_accuracy,
+            val_loss = ?log.val_loss,
+            "epoch done"
+        );
         on_epoch(&log);
         history.push(log);
         let stop =

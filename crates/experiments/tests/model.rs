@@ -339,7 +339,8 @@ mod runs {
     #[test]
     fn same_seed_same_results_and_config_json_repeats_the_run() {
         let root = tree("determinism", &SynthConfig { subjects: 1, trials: 20, ..SynthConfig::default() });
-        let mut cfg = ExperimentConfig::new(root.clone(), vec![FusionMode::Gated]);
+        let mut cfg =
+            ExperimentConfig::new(root.clone(), vec![FusionMode::Gated, FusionMode::CrossAttention]);
         cfg.train.epochs = 2;
         let a = run(&cfg, &Quiet).unwrap();
         write_config(&root.join("run"), &cfg).unwrap();
@@ -348,7 +349,19 @@ mod runs {
         assert_eq!(back, cfg);
         let b = run(&back, &Quiet).unwrap();
         assert_eq!(numbers(&a), numbers(&b));
-        assert_eq!(a.runs.len(), 2);
+        assert_eq!(a.runs.len(), 3);
+        // The fused runs expose what their fusion layer did on the test windows.
+        let gated = a.runs.iter().find(|r| r.fusion_mode == "gated" && r.modality == "eeg_audio").unwrap();
+        let gates = gated.gate_mean.as_ref().unwrap();
+        assert_eq!(gates.len(), 256);
+        assert!(gates.iter().all(|g| (0.0..=1.0).contains(g)));
+        let xa = a.runs.iter().find(|r| r.fusion_mode == "cross_attention").unwrap();
+        let e2a = xa.attention_e2a.as_ref().unwrap();
+        assert_eq!((e2a.len(), e2a[0].len()), (8, 8));
+        assert!(e2a.iter().all(|row| (row.iter().sum::<f32>() - 1.0).abs() < 1e-4), "rows are distributions");
+        let w = xa.blend_weights.as_ref().unwrap();
+        assert!((w[0] + w[1] - 1.0).abs() < 1e-6);
+        assert_eq!(a.data_fingerprint.len(), 16);
         cfg.seed += 1;
         let c = run(&cfg, &Quiet).unwrap();
         assert_ne!(numbers(&a), numbers(&c), "another seed should give other numbers");
