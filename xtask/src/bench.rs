@@ -1,9 +1,18 @@
-//! `cargo xtask bench [--json FILE]`: throughput figures.
+//! `cargo xtask bench [--json FILE] [--config NAME]`: throughput, latency and memory on the PyTorch
+//! reference's workload, and MFCC throughput.
+//!
+//! Workload (as `bench_train.py`): N = 512 random samples, EEG (28, 512), MFCC (13, 500), 5 classes; training
+//! with batch 32, AdamW lr 1e-3, 3 epochs, reported as the median samples/s of epochs 2–3; inference in eval
+//! mode at batch 256 (median of 5 passes); batch-1 latency (median and p99 of 200 calls).
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
+use candle_core::{Device, Tensor};
+use core_types::FusionMode;
+use experiments::optim::AdamW;
+use experiments::{EmotionModel, ModelConfig};
 use mfcc::{Mfcc, MfccConfig};
 use serde::Serialize;
 
@@ -13,13 +22,31 @@ pub struct Args {
     /// Also write the figures as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Repetitions per measurement (the median is reported).
+    /// Only this model: eeg_only, concat, cross_attention or gated.
+    #[arg(long)]
+    config: Option<String>,
+    /// Repetitions of the MFCC measurement (the median is reported).
     #[arg(long, default_value_t = 21)]
     repeats: usize,
+    /// Skip the model benchmarks (MFCC only).
+    #[arg(long)]
+    mfcc_only: bool,
+}
+
+#[derive(Serialize)]
+struct ModelFigures {
+    config: String,
+    train_samples_per_s: f64,
+    infer_samples_per_s: f64,
+    latency_ms_p50: f64,
+    latency_ms_p99: f64,
+    /// Peak resident memory of this process so far (run one `--config` for a per-model figure).
+    peak_rss_mib: Option<f64>,
 }
 
 #[derive(Serialize)]
 struct Figures {
+    results: Vec<ModelFigures>,
     /// Seconds of 16 kHz audio turned into project-config MFCCs per second of wall time (median).
     mfcc_x_realtime: f64,
     /// Median wall time for 60 s of audio, in milliseconds.
@@ -29,6 +56,12 @@ struct Figures {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
+}
+
+fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i.min(v.len() - 1)]
 }
 
 /// 60 s of deterministic noise at 16 kHz (the reference benchmark's input shape).
@@ -44,25 +77,109 @@ fn noise_60s() -> Vec<f32> {
         .collect()
 }
 
-/// Runs the command.
-pub fn run(args: &Args) -> anyhow::Result<()> {
+fn mfcc_figures(repeats: usize) -> anyhow::Result<(f64, f64)> {
     let planner = Mfcc::new(MfccConfig::project())?;
     let y = noise_60s();
     planner.mfcc(&y)?; // warm-up
-    let times = (0..args.repeats.max(1))
+    let times = (0..repeats.max(1))
         .map(|_| {
             let t = Instant::now();
-            let m = planner.mfcc(&y);
-            let dt = t.elapsed().as_secs_f64();
-            m.map(|_| dt)
+            planner.mfcc(&y).map(|_| t.elapsed().as_secs_f64())
         })
         .collect::<Result<Vec<_>, _>>()?;
     let secs = median(times);
-    let fig = Figures { mfcc_x_realtime: 60.0 / secs, mfcc_60s_ms: secs * 1e3 };
-    println!(
-        "MFCC (project config, 60 s of 16 kHz audio): {:.2} ms, {:.0}× real time",
-        fig.mfcc_60s_ms, fig.mfcc_x_realtime
-    );
+    Ok((60.0 / secs, secs * 1e3))
+}
+
+fn model_config(name: &str) -> anyhow::Result<ModelConfig> {
+    Ok(match name {
+        "eeg_only" => ModelConfig::eeg_only(28),
+        mode => ModelConfig::fused(
+            28,
+            mode.parse::<FusionMode>().map_err(|e| anyhow::anyhow!("{e} (or eeg_only)"))?,
+        ),
+    })
+}
+
+fn bench_model(name: &str) -> anyhow::Result<ModelFigures> {
+    const N: usize = 512;
+    let dev = Device::Cpu;
+    let cfg = model_config(name)?;
+    let model = EmotionModel::new(&cfg, &dev, 0)?;
+    let eeg = Tensor::randn(0f32, 1.0, (N, 28, 512), &dev)?;
+    let mfcc = Tensor::randn(0f32, 1.0, (N, 13, 500), &dev)?;
+    let labels = Tensor::from_vec((0..N as u32).map(|i| i % 5).collect::<Vec<_>>(), N, &dev)?;
+    let audio = cfg.fusion.is_some();
+    let mut opt = AdamW::new(model.parameters(), 1e-3, (0.9, 0.999), 1e-8, 1e-2)?;
+    let mut epoch_rates = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        for start in (0..N).step_by(32) {
+            let (e, m, y) =
+                (eeg.narrow(0, start, 32)?, mfcc.narrow(0, start, 32)?, labels.narrow(0, start, 32)?);
+            let logits = model.forward(&e, audio.then_some(&m), true)?;
+            let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+            opt.step(&loss.backward()?)?;
+        }
+        epoch_rates.push(N as f64 / t.elapsed().as_secs_f64());
+    }
+    let train = median(epoch_rates[1..].to_vec());
+    let mut passes = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        for start in (0..N).step_by(256) {
+            let logits = model.forward(
+                &eeg.narrow(0, start, 256)?,
+                audio.then_some(&mfcc.narrow(0, start, 256)?),
+                false,
+            )?;
+            logits.to_vec2::<f32>()?;
+        }
+        passes.push(N as f64 / t.elapsed().as_secs_f64());
+    }
+    let (e1, m1) = (eeg.narrow(0, 0, 1)?, mfcc.narrow(0, 0, 1)?);
+    let mut lat = Vec::new();
+    for i in 0..220 {
+        let t = Instant::now();
+        model.forward(&e1, audio.then_some(&m1), false)?.to_vec2::<f32>()?;
+        if i >= 20 {
+            lat.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    Ok(ModelFigures {
+        config: name.to_owned(),
+        train_samples_per_s: train,
+        infer_samples_per_s: median(passes),
+        latency_ms_p50: median(lat.clone()),
+        latency_ms_p99: percentile(lat, 0.99),
+        peak_rss_mib: crate::inspect::peak_rss_mib(),
+    })
+}
+
+/// Runs the command.
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let names: Vec<String> = match &args.config {
+        Some(c) => vec![c.clone()],
+        None if args.mfcc_only => Vec::new(),
+        None => ["eeg_only", "concat", "cross_attention", "gated"].map(String::from).to_vec(),
+    };
+    let mut results = Vec::new();
+    for name in &names {
+        let f = bench_model(name)?;
+        println!(
+            "{:<16} train {:>7.0} samples/s   infer {:>7.0} samples/s   batch-1 latency p50 {:.2} ms p99 {:.2} ms   peak RSS {:.0} MiB",
+            f.config,
+            f.train_samples_per_s,
+            f.infer_samples_per_s,
+            f.latency_ms_p50,
+            f.latency_ms_p99,
+            f.peak_rss_mib.unwrap_or(f64::NAN)
+        );
+        results.push(f);
+    }
+    let (x, ms) = mfcc_figures(args.repeats)?;
+    println!("MFCC (project config, 60 s of 16 kHz audio): {ms:.2} ms, {x:.0}× real time");
+    let fig = Figures { results, mfcc_x_realtime: x, mfcc_60s_ms: ms };
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&fig)?)
             .with_context(|| format!("writing {}", path.display()))?;

@@ -65,7 +65,7 @@ pub type Sos = [f64; 6];
 ///
 /// # Panics
 /// Never for `0 < lo < hi < fs / 2`; other bands give a filter with non-finite coefficients, which
-/// [`crate::PreprocessConfig::validate`] rules out first.
+/// [`crate::dataset::PreprocessConfig::validate`] rules out first.
 #[must_use]
 pub fn butter_bandpass(order: usize, lo: f64, hi: f64, fs: f64) -> Vec<Sos> {
     // Pre-warped analog edges (scipy normalises to fs = 2, hence 2·fs_n = 4).
