@@ -9,6 +9,7 @@ mod mat_cmd;
 mod mfcc_cmd;
 mod predict;
 mod progress;
+mod sweep;
 mod synth;
 
 use clap::{Parser, Subcommand};
@@ -54,6 +55,10 @@ enum Command {
     Compare(compare::CompareArgs),
     /// Train and test one configuration (EEG-only, or EEG+audio with `--use-audio`).
     Baseline(compare::BaselineArgs),
+    /// A grid of fusion modes × channel scales × seeds × subjects: resumable, shardable, SLURM-ready.
+    Sweep(sweep::Args),
+    /// Merge sweep or shard folders into one report with paired tests across subjects.
+    Report(sweep::ReportArgs),
     /// Class probabilities per window from a saved model.
     Predict(predict::Args),
     /// MFCC features of one WAV file, as JSON.
@@ -94,6 +99,8 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Compare(args) => compare::run_compare(&args),
         Command::Baseline(args) => compare::run_baseline(&args),
         Command::Predict(args) => predict::run(&args),
+        Command::Sweep(args) => sweep::run(&args),
+        Command::Report(args) => sweep::run_report(&args),
         Command::Inspect(args) => inspect::run(&args),
         Command::Mfcc(args) => mfcc_cmd::run(&args),
         Command::Mat(args) => mat_cmd::run(&args),

@@ -274,3 +274,102 @@ fn resume_after_a_kill_reaches_the_uninterrupted_numbers() {
     };
     assert_eq!(strip(&whole), strip(&cut));
 }
+
+/// Sweeps: two shards merged equal the unsharded sweep; a killed sweep rerun finishes with every job
+/// exactly once and the same numbers; the emitted sbatch script is valid bash and names the shard count.
+#[test]
+fn sweeps_shard_merge_resume_and_emit_slurm() {
+    let root = tmp("sweep-tree");
+    let r = root.display().to_string();
+    assert!(xtask(&["synth", "--out", &r, "--subjects", "2", "--trials", "20"]).status.success());
+    let sweep = |out: &Path, extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "sweep",
+            "--data-dir",
+            &r,
+            "--fusion-modes",
+            "concat,gated",
+            "--scales",
+            "on,off",
+            "--seeds",
+            "1,2",
+            "--epochs",
+            "2",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        a.extend(["--out".to_owned(), out.display().to_string()]);
+        a.extend(extra.iter().map(|s| (*s).to_owned()));
+        a
+    };
+    let run = |args: Vec<String>| {
+        let out = Command::new(env!("CARGO_BIN_EXE_xtask")).args(&args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let whole = tmp("sweep-whole");
+    run(sweep(&whole, &[]));
+    let (a, b) = (tmp("sweep-shard1"), tmp("sweep-shard2"));
+    run(sweep(&a, &["--shard", "1/2"]));
+    run(sweep(&b, &["--shard", "2/2"]));
+    let merged = tmp("sweep-merged");
+    let out = xtask(&[
+        "report",
+        &a.display().to_string(),
+        &b.display().to_string(),
+        "--out",
+        &merged.display().to_string(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let csv = |d: &Path| std::fs::read_to_string(d.join("results.csv")).unwrap();
+    // 2 subjects × 2 seeds × (EEG-only + 2 modes × 2 scale settings) = 20 jobs.
+    assert_eq!(csv(&whole).lines().count(), 1 + 20);
+    assert_eq!(csv(&whole), csv(&merged), "merged shards equal the unsharded sweep");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(merged.join("results.json")).unwrap()).unwrap();
+    let tests = report["tests"].as_array().unwrap();
+    assert!(tests.iter().any(|t| t["setting"] == "gated/scales_on" && t["baseline"] == "eeg_only"));
+    assert!(
+        tests.iter().all(|t| t["wilcoxon"]["p_value"].as_f64().is_some_and(|p| (0.0..=1.0).contains(&p)))
+    );
+    assert!(merged.join("per_subject_accuracy.svg").is_file());
+
+    // Kill a sweep after its first recorded job, rerun it: every job exactly once, same numbers.
+    let cut = tmp("sweep-cut");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_xtask")).args(sweep(&cut, &[])).spawn().unwrap();
+    let records = cut.join("jobs");
+    let t0 = std::time::Instant::now();
+    let count = || {
+        std::fs::read_dir(&records).map_or(0, |d| {
+            d.filter(|e| e.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "json"))).count()
+        })
+    };
+    while count() < 1 && t0.elapsed().as_secs() < 120 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let done_before = count();
+    assert!((1..20).contains(&done_before), "killed after {done_before} jobs");
+    let rerun = Command::new(env!("CARGO_BIN_EXE_xtask")).args(sweep(&cut, &[])).output().unwrap();
+    assert!(rerun.status.success());
+    let said = String::from_utf8_lossy(&rerun.stdout);
+    assert!(said.contains(&format!("{} of 20 jobs", 20 - done_before)), "{said}");
+    assert_eq!(count(), 20);
+    assert_eq!(csv(&cut), csv(&whole));
+
+    // SLURM: a job array of 3 shards whose script is valid bash.
+    let script = tmp("sweep-slurm").join("sweep.sbatch");
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(sweep(
+            &tmp("sweep-slurm-out"),
+            &["--emit-slurm", &script.display().to_string(), "--shards", "3"],
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&script).unwrap();
+    assert!(text.contains("#SBATCH --array=1-3"), "{text}");
+    assert!(text.contains("--shard \"${SLURM_ARRAY_TASK_ID}/3\""), "{text}");
+    assert!(Command::new("bash").arg("-n").arg(&script).status().unwrap().success());
+}

@@ -27,6 +27,8 @@ pub mod metrics;
 mod model;
 pub mod optim;
 pub mod plots;
+pub mod stats;
+pub mod sweep;
 pub mod train;
 
 pub use error::{Error, Result};

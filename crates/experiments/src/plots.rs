@@ -252,3 +252,45 @@ pub fn write_plots(dir: &Path, results: &Results) -> Result<Vec<PathBuf>> {
     }
     Ok(files)
 }
+
+/// Per-subject accuracy of each setting (mean over seeds): one line per setting.
+///
+/// # Errors
+/// [`Error::Io`] naming the file.
+pub fn per_subject(
+    path: &Path,
+    data: &std::collections::BTreeMap<String, std::collections::BTreeMap<u32, f64>>,
+) -> Result<()> {
+    let max_subject = data.values().flat_map(|m| m.keys()).copied().max().unwrap_or(1).max(2);
+    let root = SVGBackend::new(path, (760, 420)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| plot_error(path, e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("test accuracy per subject (mean over seeds)", ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(32)
+        .y_label_area_size(48)
+        .build_cartesian_2d(0.5f64..f64::from(max_subject) + 0.5, 0f64..1f64)
+        .map_err(|e| plot_error(path, e))?;
+    chart.configure_mesh().x_desc("subject").y_desc("accuracy").draw().map_err(|e| plot_error(path, e))?;
+    for (i, (name, points)) in data.iter().enumerate() {
+        let color = PALETTE[i % PALETTE.len()];
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().map(|(s, a)| (f64::from(*s), *a)),
+                color.stroke_width(2),
+            ))
+            .map_err(|e| plot_error(path, e))?
+            .label(name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+        chart
+            .draw_series(points.iter().map(|(s, a)| Circle::new((f64::from(*s), *a), 3, color.filled())))
+            .map_err(|e| plot_error(path, e))?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| plot_error(path, e))?;
+    root.present().map_err(|e| plot_error(path, e))
+}

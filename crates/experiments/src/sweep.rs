@@ -1,0 +1,356 @@
+//! Sweeps: a grid of settings × seeds × subjects expanded into jobs with stable ids, run (or resumed) one
+//! shard at a time, each finished job recorded atomically; and the merge of any number of sweep folders
+//! into one report with paired Wilcoxon tests across subjects.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use core_types::FusionMode;
+use serde::{Deserialize, Serialize};
+
+use crate::compare::{ExperimentConfig, Progress, RunResult, run};
+use crate::error::{Error, Result};
+use crate::metrics::mean_std;
+use crate::stats::{Wilcoxon, wilcoxon};
+
+/// The grid.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SweepSpec {
+    /// Settings shared by every job (data, preprocessing, split, optimiser, epochs, device).
+    pub base: ExperimentConfig,
+    /// Fused modes (EEG-only is always included).
+    pub fusion_modes: Vec<FusionMode>,
+    /// Channel scales trained (`true`) and/or fixed at 1 (`false`).
+    pub scales: Vec<bool>,
+    /// Seeds.
+    pub seeds: Vec<u64>,
+    /// Subjects (all when empty).
+    pub subjects: Vec<u32>,
+}
+
+/// One training of the grid.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Job {
+    /// Stable id, e.g. `s03-gated-scales_on-seed2` or `s03-eeg_only-seed2`.
+    pub id: String,
+    /// Subject.
+    pub subject: u32,
+    /// `eeg_only` or a fusion mode's name.
+    pub setting: String,
+    /// Whether the channel scales are trained (fused settings).
+    pub scales: bool,
+    /// Seed.
+    pub seed: u64,
+}
+
+impl Job {
+    /// The setting's label across subjects and seeds, e.g. `gated/scales_on`.
+    #[must_use]
+    pub fn label(&self) -> String {
+        if self.setting == "eeg_only" {
+            "eeg_only".into()
+        } else {
+            format!("{}/scales_{}", self.setting, on_off(self.scales))
+        }
+    }
+}
+
+fn on_off(b: bool) -> &'static str {
+    if b { "on" } else { "off" }
+}
+
+/// Every job of `spec` for `subjects`, sorted by id.
+#[must_use]
+pub fn jobs(spec: &SweepSpec, subjects: &[u32]) -> Vec<Job> {
+    let mut out = Vec::new();
+    for &subject in subjects {
+        for &seed in &spec.seeds {
+            out.push(Job {
+                id: format!("s{subject:03}-eeg_only-seed{seed}"),
+                subject,
+                setting: "eeg_only".into(),
+                scales: true,
+                seed,
+            });
+            for mode in &spec.fusion_modes {
+                for &scales in &spec.scales {
+                    out.push(Job {
+                        id: format!("s{subject:03}-{mode}-scales_{}-seed{seed}", on_off(scales)),
+                        subject,
+                        setting: mode.to_string(),
+                        scales,
+                        seed,
+                    });
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The `index`-th (1-based) of `count` disjoint shards: jobs whose position in the sorted list is
+/// `index − 1` modulo `count`.
+#[must_use]
+pub fn shard(all: &[Job], index: usize, count: usize) -> Vec<Job> {
+    all.iter()
+        .enumerate()
+        .filter(|(i, _)| count > 0 && i % count == index.wrapping_sub(1))
+        .map(|(_, j)| j.clone())
+        .collect()
+}
+
+/// A finished job, as recorded in `<dir>/jobs/<id>.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobResult {
+    /// The job.
+    pub job: Job,
+    /// Its test result.
+    pub run: RunResult,
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(|source| Error::Io { path: tmp.clone(), source })?;
+    std::fs::rename(&tmp, path).map_err(|source| Error::Io { path: path.into(), source })
+}
+
+/// Runs the jobs not yet recorded under `dir`; returns how many ran. A job interrupted mid-training
+/// continues from its training state.
+///
+/// # Errors
+/// Data and training errors; [`Error::Io`] naming the record that could not be written.
+pub fn run_jobs(spec: &SweepSpec, todo: &[Job], dir: &Path, progress: &dyn Progress) -> Result<usize> {
+    let records = dir.join("jobs");
+    std::fs::create_dir_all(&records).map_err(|source| Error::Io { path: records.clone(), source })?;
+    let mut ran = 0;
+    for job in todo {
+        let record = records.join(format!("{}.json", job.id));
+        if record.is_file() {
+            continue;
+        }
+        let mut cfg = spec.base.clone();
+        cfg.subjects = vec![job.subject];
+        cfg.seed = job.seed;
+        cfg.eeg_only = job.setting == "eeg_only";
+        cfg.fusion_modes = if cfg.eeg_only {
+            Vec::new()
+        } else {
+            vec![job.setting.parse().map_err(|e| Error::Input(format!("{e}")))?]
+        };
+        cfg.train.train_scales = job.scales;
+        cfg.checkpoint_dir = None;
+        cfg.state_dir = Some(dir.join("state").join(&job.id));
+        tracing::info!(job = %job.id, "running");
+        let results = run(&cfg, progress)?;
+        let run = results
+            .runs
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::Input(format!("job {} produced no run", job.id)))?;
+        let bytes = serde_json::to_vec_pretty(&JobResult { job: job.clone(), run })
+            .map_err(|e| Error::Input(e.to_string()))?;
+        write_atomic(&record, &bytes)?;
+        ran += 1;
+    }
+    Ok(ran)
+}
+
+/// Mean ± std of one setting over subjects and seeds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SettingSummary {
+    /// `eeg_only` or `<mode>/scales_<on|off>`.
+    pub setting: String,
+    /// Jobs merged.
+    pub jobs: usize,
+    /// Mean test accuracy.
+    pub accuracy_mean: f64,
+    /// Its standard deviation.
+    pub accuracy_std: f64,
+    /// Mean macro-F1.
+    pub macro_f1_mean: f64,
+    /// Its standard deviation.
+    pub macro_f1_std: f64,
+}
+
+/// A paired comparison of two settings across subjects (each subject's accuracy averaged over seeds).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PairedTest {
+    /// The setting tested.
+    pub setting: String,
+    /// The setting it is compared with.
+    pub baseline: String,
+    /// Subjects present in both.
+    pub subjects: usize,
+    /// Mean accuracy difference (setting − baseline).
+    pub mean_difference: f64,
+    /// Wilcoxon signed-rank test of the per-subject differences.
+    pub wilcoxon: Wilcoxon,
+}
+
+/// The merged sweep.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SweepReport {
+    /// Per setting.
+    pub summary: Vec<SettingSummary>,
+    /// Every fused setting against EEG-only, and scales on against off per mode.
+    pub tests: Vec<PairedTest>,
+    /// Per setting and subject: accuracy averaged over seeds.
+    pub per_subject: BTreeMap<String, BTreeMap<u32, f64>>,
+    /// Every job, sorted by id.
+    pub jobs: Vec<JobResult>,
+}
+
+/// Reads the job records of every folder in `dirs`.
+///
+/// # Errors
+/// [`Error::Io`] / [`Error::Input`] naming an unreadable record; [`Error::Input`] when two folders hold
+/// different results for the same job id.
+pub fn collect(dirs: &[PathBuf]) -> Result<Vec<JobResult>> {
+    let mut by_id: BTreeMap<String, JobResult> = BTreeMap::new();
+    for dir in dirs {
+        let records = dir.join("jobs");
+        let entries =
+            std::fs::read_dir(&records).map_err(|source| Error::Io { path: records.clone(), source })?;
+        for e in entries {
+            let path = e.map_err(|source| Error::Io { path: records.clone(), source })?.path();
+            if path.extension().is_none_or(|x| x != "json") {
+                continue;
+            }
+            let bytes = std::fs::read(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
+            let r: JobResult = serde_json::from_slice(&bytes)
+                .map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
+            if let Some(prev) = by_id.get(&r.job.id)
+                && (prev.run.accuracy, prev.run.macro_f1) != (r.run.accuracy, r.run.macro_f1)
+            {
+                return Err(Error::Input(format!(
+                    "job {} has different results in two folders ({})",
+                    r.job.id,
+                    path.display()
+                )));
+            }
+            by_id.insert(r.job.id.clone(), r);
+        }
+    }
+    Ok(by_id.into_values().collect())
+}
+
+/// Summaries, per-subject means and paired tests of `jobs`.
+#[must_use]
+pub fn report(jobs: Vec<JobResult>) -> SweepReport {
+    let mut by_setting: BTreeMap<String, Vec<&JobResult>> = BTreeMap::new();
+    for j in &jobs {
+        by_setting.entry(j.job.label()).or_default().push(j);
+    }
+    let summary = by_setting
+        .iter()
+        .map(|(setting, rs)| {
+            let acc: Vec<f64> = rs.iter().map(|r| r.run.accuracy).collect();
+            let f1: Vec<f64> = rs.iter().map(|r| r.run.macro_f1).collect();
+            SettingSummary {
+                setting: setting.clone(),
+                jobs: rs.len(),
+                accuracy_mean: mean_std(&acc).0,
+                accuracy_std: mean_std(&acc).1,
+                macro_f1_mean: mean_std(&f1).0,
+                macro_f1_std: mean_std(&f1).1,
+            }
+        })
+        .collect();
+    let per_subject: BTreeMap<String, BTreeMap<u32, f64>> = by_setting
+        .iter()
+        .map(|(setting, rs)| {
+            let mut acc: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
+            for r in rs {
+                acc.entry(r.job.subject).or_default().push(r.run.accuracy);
+            }
+            (setting.clone(), acc.into_iter().map(|(s, v)| (s, mean_std(&v).0)).collect())
+        })
+        .collect();
+    let paired = |a: &str, b: &str| -> Option<PairedTest> {
+        let (x, y) = (per_subject.get(a)?, per_subject.get(b)?);
+        let d: Vec<f64> = x.iter().filter_map(|(s, v)| y.get(s).map(|w| v - w)).collect();
+        (!d.is_empty()).then(|| PairedTest {
+            setting: a.into(),
+            baseline: b.into(),
+            subjects: d.len(),
+            mean_difference: mean_std(&d).0,
+            wilcoxon: wilcoxon(&d),
+        })
+    };
+    let mut tests = Vec::new();
+    for setting in by_setting.keys().filter(|s| *s != "eeg_only") {
+        tests.extend(paired(setting, "eeg_only"));
+        if let Some(mode) = setting.strip_suffix("/scales_on") {
+            tests.extend(paired(setting, &format!("{mode}/scales_off")));
+        }
+    }
+    SweepReport { summary, tests, per_subject, jobs }
+}
+
+/// Writes `results.json`, `results.csv`, `report.md` and `per_subject_accuracy.svg` into `dir`.
+///
+/// # Errors
+/// [`Error::Io`] naming the file.
+pub fn write_report(dir: &Path, r: &SweepReport) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.into(), source })?;
+    write_atomic(
+        &dir.join("results.json"),
+        &serde_json::to_vec_pretty(r).map_err(|e| Error::Input(e.to_string()))?,
+    )?;
+    let mut csv = String::from("job,subject,setting,scales,seed,accuracy,macro_f1,kappa,loss\n");
+    for j in &r.jobs {
+        csv.push_str(&format!(
+            "{},{},{},{},{},{:.6},{:.6},{:.6},{:.6}\n",
+            j.job.id,
+            j.job.subject,
+            j.job.setting,
+            j.job.scales,
+            j.job.seed,
+            j.run.accuracy,
+            j.run.macro_f1,
+            j.run.kappa,
+            j.run.loss
+        ));
+    }
+    write_atomic(&dir.join("results.csv"), csv.as_bytes())?;
+    let mut md = String::from("# Sweep\n\n| setting | jobs | accuracy | macro-F1 |\n|---|---:|---:|---:|\n");
+    for s in &r.summary {
+        md.push_str(&format!(
+            "| {} | {} | {:.3} ± {:.3} | {:.3} ± {:.3} |\n",
+            s.setting, s.jobs, s.accuracy_mean, s.accuracy_std, s.macro_f1_mean, s.macro_f1_std
+        ));
+    }
+    md.push_str("\n## Paired tests across subjects (Wilcoxon signed-rank, two-sided)\n\n| setting | vs | subjects | mean Δ acc | W+ | W− | p | effect (rank-biserial) |\n|---|---|---:|---:|---:|---:|---:|---:|\n");
+    for t in &r.tests {
+        md.push_str(&format!(
+            "| {} | {} | {} | {:+.3} | {} | {} | {:.4}{} | {:+.3} |\n",
+            t.setting,
+            t.baseline,
+            t.subjects,
+            t.mean_difference,
+            t.wilcoxon.w_plus,
+            t.wilcoxon.w_minus,
+            t.wilcoxon.p_value,
+            if t.wilcoxon.exact { "" } else { " (approx.)" },
+            t.wilcoxon.effect_size
+        ));
+    }
+    md.push_str("\n![per-subject accuracy](per_subject_accuracy.svg)\n");
+    write_atomic(&dir.join("report.md"), md.as_bytes())?;
+    crate::plots::per_subject(&dir.join("per_subject_accuracy.svg"), &r.per_subject)
+}
+
+/// An `sbatch` job-array script that runs shard `$SLURM_ARRAY_TASK_ID` of `shards` into `out/shard-<i>`,
+/// with the given sweep arguments (everything but `--shard`, `--out` and `--emit-slurm`).
+#[must_use]
+pub fn slurm_script(repo: &Path, sweep_args: &[String], shards: usize, out: &Path) -> String {
+    let quoted: Vec<String> = sweep_args.iter().map(|a| format!("'{}'", a.replace('\'', "'\\''"))).collect();
+    format!(
+        "#!/usr/bin/env bash\n#SBATCH --job-name=emofuse-sweep\n#SBATCH --array=1-{shards}\n#SBATCH --cpus-per-task=2\n#SBATCH --output={out}/slurm-%A_%a.log\n# One shard of the sweep per array task; merge afterwards with:\n#   cargo xtask report {out}/shard-*\nset -euo pipefail\ncd '{repo}'\nmkdir -p '{out}'\ncargo xtask sweep {args} --shard \"${{SLURM_ARRAY_TASK_ID}}/{shards}\" --out '{out}/shard-${{SLURM_ARRAY_TASK_ID}}'\n",
+        out = out.display(),
+        repo = repo.display(),
+        args = quoted.join(" ")
+    )
+}

@@ -1,0 +1,216 @@
+//! `cargo xtask sweep` (run a grid, resumable and shardable; or emit a SLURM job array) and
+//! `cargo xtask report DIR…` (merge sweep folders with paired tests).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use core_types::FusionMode;
+use eav::split::Protocol;
+use experiments::compare::{ExperimentConfig, Quiet};
+use experiments::sweep::{SweepSpec, collect, jobs, report, run_jobs, shard, slurm_script, write_report};
+
+/// `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    /// Scales trained.
+    On,
+    /// Scales fixed at 1.
+    Off,
+}
+
+/// `I/N`: the I-th (1-based) of N shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard(usize, usize);
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("`{s}`: expected I/N with 1 ≤ I ≤ N");
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let (i, n): (usize, usize) = (i.parse().map_err(|_| bad())?, n.parse().map_err(|_| bad())?);
+        if i == 0 || i > n {
+            return Err(bad());
+        }
+        Ok(Self(i, n))
+    }
+}
+
+/// Arguments of `sweep`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Fusion modes (EEG-only is always included).
+    #[arg(long, value_delimiter = ',', default_value = "concat,cross_attention,gated")]
+    fusion_modes: Vec<FusionMode>,
+    /// Channel scales trained (on) and/or fixed at 1 (off).
+    #[arg(long, value_delimiter = ',', value_enum, default_value = "on,off")]
+    scales: Vec<OnOff>,
+    /// Seeds.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+    seeds: Vec<u64>,
+    /// Subjects (default: all in the data folder).
+    #[arg(long, value_delimiter = ',')]
+    subjects: Vec<u32>,
+    /// Epochs per job.
+    #[arg(long, default_value_t = 5)]
+    epochs: usize,
+    /// Windows per training step.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// AdamW learning rate.
+    #[arg(long, default_value_t = 3e-3)]
+    lr: f64,
+    /// Evaluation protocol: official, kfold:K or loso.
+    #[arg(long, default_value = "official")]
+    split: Protocol,
+    /// EAV root (required: sweeps are for real data or a tree made with `synth`).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// `cpu`, or `cuda` in a build with `--features cuda`.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Folder of this sweep (or shard): job records, training states, report.
+    #[arg(long)]
+    out: PathBuf,
+    /// Run only the I-th of N disjoint parts of the grid.
+    #[arg(long)]
+    shard: Option<Shard>,
+    /// Instead of running, write an sbatch job-array script to this file (one shard per array task, into
+    /// `<out>/shard-<i>`).
+    #[arg(long)]
+    emit_slurm: Option<PathBuf>,
+    /// Number of shards (array tasks) for `--emit-slurm`.
+    #[arg(long, default_value_t = 4)]
+    shards: usize,
+}
+
+fn spec(args: &Args) -> SweepSpec {
+    let mut base = ExperimentConfig::new(args.data_dir.clone(), Vec::new());
+    base.train.epochs = args.epochs;
+    base.train.batch_size = args.batch_size;
+    base.train.lr = args.lr;
+    base.split = args.split;
+    base.device.clone_from(&args.device);
+    base.cache_dir = Some(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/cache"));
+    SweepSpec {
+        base,
+        fusion_modes: args.fusion_modes.clone(),
+        scales: args.scales.iter().map(|s| *s == OnOff::On).collect(),
+        seeds: args.seeds.clone(),
+        subjects: args.subjects.clone(),
+    }
+}
+
+/// The sweep arguments to repeat inside each array task (all but --out, --shard, --emit-slurm, --shards).
+fn forwarded(args: &Args) -> Vec<String> {
+    let join = |v: Vec<String>| v.join(",");
+    let mut a = vec![
+        "--fusion-modes".into(),
+        join(args.fusion_modes.iter().map(ToString::to_string).collect()),
+        "--scales".into(),
+        join(args.scales.iter().map(|s| if *s == OnOff::On { "on".into() } else { "off".into() }).collect()),
+        "--seeds".into(),
+        join(args.seeds.iter().map(ToString::to_string).collect()),
+        "--epochs".into(),
+        args.epochs.to_string(),
+        "--batch-size".into(),
+        args.batch_size.to_string(),
+        "--lr".into(),
+        args.lr.to_string(),
+        "--split".into(),
+        args.split.to_string(),
+        "--data-dir".into(),
+        args.data_dir.display().to_string(),
+        "--device".into(),
+        args.device.clone(),
+    ];
+    if !args.subjects.is_empty() {
+        a.push("--subjects".into());
+        a.push(join(args.subjects.iter().map(ToString::to_string).collect()));
+    }
+    a
+}
+
+/// Runs `sweep`.
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    if let Some(script) = &args.emit_slurm {
+        let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let repo = repo.canonicalize().unwrap_or(repo);
+        let text = slurm_script(&repo, &forwarded(args), args.shards.max(1), &args.out);
+        std::fs::write(script, text).with_context(|| format!("writing {}", script.display()))?;
+        println!(
+            "wrote {}: `sbatch {}` runs {} shards into {}/shard-*; then `cargo xtask report {}/shard-*`",
+            script.display(),
+            script.display(),
+            args.shards.max(1),
+            args.out.display(),
+            args.out.display()
+        );
+        return Ok(());
+    }
+    let spec = spec(args);
+    let subjects = if spec.subjects.is_empty() {
+        eav::subject::discover(&args.data_dir)?.into_iter().map(|s| s.id).collect()
+    } else {
+        spec.subjects.clone()
+    };
+    let all = jobs(&spec, &subjects);
+    let mine = match args.shard {
+        Some(Shard(i, n)) => shard(&all, i, n),
+        None => all.clone(),
+    };
+    std::fs::create_dir_all(&args.out).with_context(|| args.out.display().to_string())?;
+    std::fs::write(args.out.join("sweep.json"), serde_json::to_vec_pretty(&spec)?)?;
+    let bar = crate::progress::bar(mine.len() as u64, "sweep jobs");
+    let mut ran = 0;
+    for job in &mine {
+        ran += run_jobs(&spec, std::slice::from_ref(job), &args.out, &Quiet)?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let merged = report(collect(std::slice::from_ref(&args.out))?);
+    write_report(&args.out, &merged)?;
+    println!(
+        "{} of {} jobs in this {} ran now ({} were already recorded); report in {}/report.md",
+        ran,
+        mine.len(),
+        if args.shard.is_some() { "shard" } else { "sweep" },
+        mine.len() - ran,
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// Arguments of `report`.
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    /// Sweep or shard folders to merge.
+    #[arg(required = true)]
+    dirs: Vec<PathBuf>,
+    /// Folder for the merged results (default: the folder itself when one is given, else `sweep-report`).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// Runs `report`.
+pub fn run_report(args: &ReportArgs) -> anyhow::Result<()> {
+    let merged = report(collect(&args.dirs)?);
+    let out = args.out.clone().unwrap_or_else(|| match args.dirs.as_slice() {
+        [one] => one.clone(),
+        _ => PathBuf::from("sweep-report"),
+    });
+    write_report(&out, &merged)?;
+    for s in &merged.summary {
+        println!(
+            "{:<28} {:>4} jobs  accuracy {:.3} ± {:.3}",
+            s.setting, s.jobs, s.accuracy_mean, s.accuracy_std
+        );
+    }
+    for t in &merged.tests {
+        println!(
+            "{} vs {}: Δ {:+.3}, p = {:.4}, effect {:+.3}",
+            t.setting, t.baseline, t.mean_difference, t.wilcoxon.p_value, t.wilcoxon.effect_size
+        );
+    }
+    println!("merged {} jobs into {}/results.json, results.csv, report.md", merged.jobs.len(), out.display());
+    Ok(())
+}
