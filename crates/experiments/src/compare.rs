@@ -518,7 +518,8 @@ pub fn table(results: &Results) -> String {
     s
 }
 
-fn write(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Writes `bytes` to a temporary name beside `path`, then renames it into place.
+pub(crate) fn write(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes).map_err(|source| Error::Io { path: tmp.clone(), source })?;
     std::fs::rename(&tmp, path).map_err(|source| Error::Io { path: path.into(), source })

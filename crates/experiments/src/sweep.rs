@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use core_types::FusionMode;
 use serde::{Deserialize, Serialize};
 
-use crate::compare::{ExperimentConfig, Progress, RunResult, run};
+use crate::compare::{ExperimentConfig, Progress, RunResult, run, write as write_atomic};
 use crate::error::{Error, Result};
 use crate::metrics::mean_std;
 use crate::stats::{Wilcoxon, wilcoxon};
@@ -108,12 +108,6 @@ pub struct JobResult {
     pub job: Job,
     /// Its test result.
     pub run: RunResult,
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(|source| Error::Io { path: tmp.clone(), source })?;
-    std::fs::rename(&tmp, path).map_err(|source| Error::Io { path: path.into(), source })
 }
 
 /// Runs the jobs not yet recorded under `dir`; returns how many ran. A job interrupted mid-training
