@@ -488,9 +488,12 @@ fn summarise_runs(runs: &[RunResult]) -> Vec<SummaryRow> {
 #[must_use]
 pub fn table(results: &Results) -> String {
     let eeg = results.summary.iter().find(|r| r.modality == "eeg_only");
-    let mut s = String::from(
-        "| mode | EEG-only acc | EEG+audio acc | Δ acc | EEG-only F1 | EEG+audio F1 | Δ F1 | loss (fused) | params (fused) | train s (fused) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
-    );
+    let mut s = String::new();
+    if results.summary.iter().any(|r| r.modality == "eeg_audio") {
+        s.push_str(
+            "| mode | EEG-only acc | EEG+audio acc | Δ acc | EEG-only F1 | EEG+audio F1 | Δ F1 | loss (fused) | params (fused) | train s (fused) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        );
+    }
     for r in results.summary.iter().filter(|r| r.modality == "eeg_audio") {
         let (ea, ef) = eeg.map_or((f64::NAN, f64::NAN), |e| (e.accuracy_mean, e.macro_f1_mean));
         s.push_str(&format!(
