@@ -35,6 +35,61 @@ impl ModeArg {
     }
 }
 
+/// Training settings shared by `compare`, `baseline` and `sweep`.
+#[derive(Debug, clap::Args)]
+pub struct Training {
+    /// Training epochs.
+    #[arg(long, default_value_t = 5)]
+    pub epochs: usize,
+    /// Windows per training step.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// AdamW learning rate.
+    #[arg(long, default_value_t = 3e-3)]
+    pub lr: f64,
+    /// Learning-rate schedule: constant, cosine or step:EVERY:GAMMA.
+    #[arg(long, default_value = "constant")]
+    pub schedule: experiments::train::Schedule,
+    /// Evaluation protocol: official (within-subject chronological 70/30), kfold:K or loso.
+    #[arg(long, default_value = "official")]
+    pub split: Protocol,
+    /// `cpu`, or `cuda` in a build with `--features cuda`.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+impl Training {
+    /// Writes these settings into `cfg`.
+    pub fn apply(&self, cfg: &mut ExperimentConfig) {
+        cfg.train.epochs = self.epochs;
+        cfg.train.batch_size = self.batch_size;
+        cfg.train.lr = self.lr;
+        cfg.train.schedule = self.schedule;
+        cfg.split = self.split;
+        cfg.device.clone_from(&self.device);
+    }
+
+    /// The same settings as command-line arguments.
+    pub fn to_args(&self) -> Vec<String> {
+        let schedule = match self.schedule {
+            experiments::train::Schedule::Constant => "constant".to_owned(),
+            experiments::train::Schedule::Cosine => "cosine".to_owned(),
+            experiments::train::Schedule::Step { every, gamma } => format!("step:{every}:{gamma}"),
+        };
+        [
+            ("--epochs", self.epochs.to_string()),
+            ("--batch-size", self.batch_size.to_string()),
+            ("--lr", self.lr.to_string()),
+            ("--schedule", schedule),
+            ("--split", self.split.to_string()),
+            ("--device", self.device.clone()),
+        ]
+        .into_iter()
+        .flat_map(|(k, v)| [k.to_owned(), v])
+        .collect()
+    }
+}
+
 /// Settings shared by `compare` and `baseline`.
 #[derive(Debug, clap::Args)]
 pub struct Common {
@@ -44,21 +99,8 @@ pub struct Common {
     /// Subjects to use, e.g. `1,2,5` (default: all).
     #[arg(long, value_delimiter = ',')]
     subjects: Vec<u32>,
-    /// Training epochs.
-    #[arg(long, default_value_t = 5)]
-    epochs: usize,
-    /// Windows per training step.
-    #[arg(long, default_value_t = 8)]
-    batch_size: usize,
-    /// AdamW learning rate.
-    #[arg(long, default_value_t = 3e-3)]
-    lr: f64,
-    /// Evaluation protocol: official (within-subject chronological 70/30), kfold:K or loso.
-    #[arg(long, default_value = "official")]
-    split: Protocol,
-    /// Learning-rate schedule: constant, cosine or step:EVERY:GAMMA.
-    #[arg(long, default_value = "constant")]
-    schedule: experiments::train::Schedule,
+    #[command(flatten)]
+    training: Training,
     /// EEG channels: `all`, `drop:FP1,FP2` (the 28 channels of the reference model) or a list of names or
     /// 1-based numbers.
     #[arg(long, default_value = "all", value_parser = eav::dataset::Channels::parse)]
@@ -72,9 +114,6 @@ pub struct Common {
     /// Seed of weights, dropout and shuffling.
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// `cpu`, or `cuda` in a build with `--features cuda`.
-    #[arg(long, default_value = "cpu")]
-    device: String,
     /// Run folder (default: a new folder under `runs/`).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -184,16 +223,11 @@ fn config_from(common: &Common, modes: Vec<FusionMode>, eeg_only: bool) -> anyho
     let mut cfg = ExperimentConfig::new(data_dir, modes);
     cfg.eeg_only = eeg_only;
     cfg.subjects.clone_from(&common.subjects);
-    cfg.split = common.split;
     cfg.preprocess.channels = common.channels.clone();
     cfg.standardise = !common.no_standardise;
     cfg.val_fraction = common.val_fraction;
-    cfg.train.epochs = common.epochs;
-    cfg.train.batch_size = common.batch_size;
-    cfg.train.lr = common.lr;
-    cfg.train.schedule = common.schedule;
+    common.training.apply(&mut cfg);
     cfg.seed = common.seed;
-    cfg.device.clone_from(&common.device);
     Ok(cfg)
 }
 

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use core_types::FusionMode;
-use eav::split::Protocol;
 use experiments::compare::{ExperimentConfig, Quiet};
 use experiments::sweep::{SweepSpec, collect, jobs, report, run_jobs, shard, slurm_script, write_report};
 
@@ -50,24 +49,11 @@ pub struct Args {
     /// Subjects (default: all in the data folder).
     #[arg(long, value_delimiter = ',')]
     subjects: Vec<u32>,
-    /// Epochs per job.
-    #[arg(long, default_value_t = 5)]
-    epochs: usize,
-    /// Windows per training step.
-    #[arg(long, default_value_t = 8)]
-    batch_size: usize,
-    /// AdamW learning rate.
-    #[arg(long, default_value_t = 3e-3)]
-    lr: f64,
-    /// Evaluation protocol: official, kfold:K or loso.
-    #[arg(long, default_value = "official")]
-    split: Protocol,
+    #[command(flatten)]
+    training: crate::compare::Training,
     /// EAV root (required: sweeps are for real data or a tree made with `synth`).
     #[arg(long)]
     data_dir: PathBuf,
-    /// `cpu`, or `cuda` in a build with `--features cuda`.
-    #[arg(long, default_value = "cpu")]
-    device: String,
     /// Folder of this sweep (or shard): job records, training states, report.
     #[arg(long)]
     out: PathBuf,
@@ -85,11 +71,7 @@ pub struct Args {
 
 fn spec(args: &Args) -> SweepSpec {
     let mut base = ExperimentConfig::new(args.data_dir.clone(), Vec::new());
-    base.train.epochs = args.epochs;
-    base.train.batch_size = args.batch_size;
-    base.train.lr = args.lr;
-    base.split = args.split;
-    base.device.clone_from(&args.device);
+    args.training.apply(&mut base);
     base.cache_dir = Some(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/cache"));
     SweepSpec {
         base,
@@ -110,19 +92,10 @@ fn forwarded(args: &Args) -> Vec<String> {
         join(args.scales.iter().map(|s| if *s == OnOff::On { "on".into() } else { "off".into() }).collect()),
         "--seeds".into(),
         join(args.seeds.iter().map(ToString::to_string).collect()),
-        "--epochs".into(),
-        args.epochs.to_string(),
-        "--batch-size".into(),
-        args.batch_size.to_string(),
-        "--lr".into(),
-        args.lr.to_string(),
-        "--split".into(),
-        args.split.to_string(),
         "--data-dir".into(),
         args.data_dir.display().to_string(),
-        "--device".into(),
-        args.device.clone(),
     ];
+    a.extend(args.training.to_args());
     if !args.subjects.is_empty() {
         a.push("--subjects".into());
         a.push(join(args.subjects.iter().map(ToString::to_string).collect()));
