@@ -23,6 +23,17 @@ fn json(out: &Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// `results.csv` of a run folder without its wall-time column (`train_seconds`, column 9).
+fn results_without_time(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("results.csv"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            l.split(',').enumerate().filter(|(i, _)| *i != 9).map(|(_, v)| v).collect::<Vec<_>>().join(",")
+        })
+        .collect()
+}
+
 #[test]
 fn synth_then_inspect_reports_the_tree_and_fails_on_a_broken_subject() {
     let root = tmp("tree");
@@ -202,21 +213,11 @@ fn compare_saves_results_and_checkpoints_that_predict_reads() {
         &again.display().to_string(),
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let a = std::fs::read_to_string(run.join("results.csv")).unwrap();
-    let b = std::fs::read_to_string(again.join("results.csv")).unwrap();
-    let strip = |s: &str| {
-        s.lines()
-            .map(|l| {
-                l.split(',')
-                    .enumerate()
-                    .filter(|(i, _)| *i != 9)
-                    .map(|(_, v)| v)
-                    .collect::<Vec<_>>()
-                    .join(",")
-            })
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(strip(&a), strip(&b), "same config, same numbers (training time aside)");
+    assert_eq!(
+        results_without_time(&run),
+        results_without_time(&again),
+        "same config, same numbers (training time aside)"
+    );
 }
 
 /// A run killed mid-training and continued with `--resume` gives the numbers of a run never interrupted.
@@ -258,21 +259,7 @@ fn resume_after_a_kill_reaches_the_uninterrupted_numbers() {
 
     let out = xtask(&["compare", "--resume", &cut.display().to_string()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let strip = |p: &Path| -> Vec<String> {
-        std::fs::read_to_string(p.join("results.csv"))
-            .unwrap()
-            .lines()
-            .map(|l| {
-                l.split(',')
-                    .enumerate()
-                    .filter(|(i, _)| *i != 9)
-                    .map(|(_, v)| v)
-                    .collect::<Vec<_>>()
-                    .join(",")
-            })
-            .collect()
-    };
-    assert_eq!(strip(&whole), strip(&cut));
+    assert_eq!(results_without_time(&whole), results_without_time(&cut));
 }
 
 /// Sweeps: two shards merged equal the unsharded sweep; a killed sweep rerun finishes with every job

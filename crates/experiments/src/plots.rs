@@ -26,6 +26,27 @@ fn settings(results: &Results) -> Vec<String> {
     v
 }
 
+type LineChart<'a, 'b> = ChartContext<
+    'a,
+    SVGBackend<'b>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+/// Draws the series legend of a line chart and writes the file.
+fn legend_and_present<'a, 'b: 'a>(
+    chart: &mut LineChart<'a, 'b>,
+    root: &DrawingArea<SVGBackend<'b>, plotters::coord::Shift>,
+    path: &Path,
+) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| plot_error(path, e))?;
+    root.present().map_err(|e| plot_error(path, e))
+}
+
 const PALETTE: [RGBColor; 6] = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
 
 /// Mean training loss per epoch of each setting across subjects.
@@ -64,13 +85,7 @@ fn learning_curves(path: &Path, results: &Results) -> Result<()> {
             .label(name.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| plot_error(path, e))?;
-    root.present().map_err(|e| plot_error(path, e))
+    legend_and_present(&mut chart, &root, path)
 }
 
 /// The confusion matrix of one setting summed over subjects.
@@ -168,13 +183,7 @@ fn scales(path: &Path, title: &str, eeg: &[f64], audio: &[f64]) -> Result<()> {
             .label(name)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| plot_error(path, e))?;
-    root.present().map_err(|e| plot_error(path, e))
+    legend_and_present(&mut chart, &root, path)
 }
 
 /// Writes every plot of `results` into `dir`; returns the files written.
@@ -286,11 +295,5 @@ pub fn per_subject(
             .draw_series(points.iter().map(|(s, a)| Circle::new((f64::from(*s), *a), 3, color.filled())))
             .map_err(|e| plot_error(path, e))?;
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| plot_error(path, e))?;
-    root.present().map_err(|e| plot_error(path, e))
+    legend_and_present(&mut chart, &root, path)
 }
