@@ -38,6 +38,7 @@ impl MonoAudio {
 /// is truncated (fewer sample frames than its header declares), has no channels or no samples, or holds a
 /// non-finite sample.
 pub fn read_wav(path: &Path) -> Result<MonoAudio> {
+    check_fmt_chunk(path)?;
     let file = std::fs::File::open(path).map_err(|source| Error::Io { path: path.into(), source })?;
     let mss = MediaSourceStream::new(Box::new(file), Default::default());
     let mut hint = Hint::new();
@@ -96,6 +97,38 @@ pub fn read_wav(path: &Path) -> Result<MonoAudio> {
         return Err(Error::wav(path, format!("sample frame {i} is not finite")));
     }
     Ok(MonoAudio { sample_rate, samples })
+}
+
+/// Rejects `fmt ` chunks whose channel count and sample size cannot describe a frame (their product
+/// overflows the 16-bit block size). symphonia 0.6 multiplies them unchecked, which panics in builds with
+/// overflow checks; damaged headers must be a typed error instead.
+fn check_fmt_chunk(path: &Path) -> Result<()> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(1 << 16);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(1 << 16).read_to_end(&mut head))
+        .map_err(|source| Error::Io { path: path.into(), source })?;
+    if head.len() < 12 || &head[..4] != b"RIFF" || &head[8..12] != b"WAVE" {
+        return Ok(()); // not RIFF/WAVE: symphonia reports it
+    }
+    let mut at = 12;
+    while at + 8 <= head.len() {
+        let size = u32::from_le_bytes([head[at + 4], head[at + 5], head[at + 6], head[at + 7]]) as usize;
+        if &head[at..at + 4] == b"fmt " && at + 8 + 16 <= head.len() {
+            let body = &head[at + 8..];
+            let channels = u32::from(u16::from_le_bytes([body[2], body[3]]));
+            let bits = u32::from(u16::from_le_bytes([body[14], body[15]]));
+            if channels * bits.div_ceil(8) > u32::from(u16::MAX) {
+                return Err(Error::wav(
+                    path,
+                    format!("implausible format: {channels} channels of {bits} bits"),
+                ));
+            }
+            return Ok(());
+        }
+        at = at.saturating_add(8).saturating_add(size).saturating_add(size % 2);
+    }
+    Ok(())
 }
 
 /// Resamples `audio` to `rate` with an FFT-based band-limited resampler; returns it unchanged when the rate

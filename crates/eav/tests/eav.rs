@@ -105,6 +105,15 @@ fn bad_wav_files_are_named_errors() {
     let msg = read_wav(&cut).unwrap_err().to_string();
     assert!(msg.contains("truncated.wav") && msg.contains("truncated"), "{msg}");
 
+    // A channel count whose frame size overflows 16 bits (found by the fuzz test: symphonia multiplies
+    // unchecked) is a typed error, not a panic.
+    let mut wide = bytes.clone();
+    wide[22..24].copy_from_slice(&u16::MAX.to_le_bytes());
+    let p = tmp("wide.wav");
+    std::fs::write(&p, &wide).unwrap();
+    let msg = read_wav(&p).unwrap_err().to_string();
+    assert!(msg.contains("wide.wav") && msg.contains("65535 channels"), "{msg}");
+
     let empty = tmp("empty.wav");
     write_wav(&empty, 16_000, 1, 16, false, &[]);
     let msg = read_wav(&empty).unwrap_err().to_string();
