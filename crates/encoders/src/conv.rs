@@ -10,6 +10,7 @@ use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::kernels;
 
 /// Shape of one convolution: `(in_channels → out_channels)`, kernel, stride and zero padding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,29 +108,66 @@ impl Conv1d {
         Ok(Tensor::from_vec(idx, self.cfg.kernel * out_len, device)?)
     }
 
+    /// The bias, `(out)`.
+    #[must_use]
+    pub fn bias(&self) -> &Tensor {
+        &self.bias
+    }
+
     /// Applies the convolution.
     ///
     /// # Errors
     /// [`Error::Shape`] when `x` is not `(batch, in_channels, len)`, [`Error::TooShort`] when `len` is
     /// shorter than the kernel after padding.
     pub fn try_forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, &self.weight, &self.bias, false)
+    }
+
+    /// The convolution with a given weight and bias (of this layer's shapes), then ReLU when `relu`: the
+    /// fused CPU kernel where it applies, candle ops elsewhere.
+    pub(crate) fn forward_with(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+        relu: bool,
+    ) -> Result<Tensor> {
         let c = &self.cfg;
         let x = core_types::EegBatch::new(x.clone(), Some(c.in_channels), None)
             .map_err(|e| core_types::ShapeError { what: "Conv1d input", ..e })?
             .into_tensor();
+        let (_, _, len) = x.dims3()?;
+        c.out_len(len).ok_or_else(|| Error::TooShort {
+            layer: format!("conv1d(k={}, p={})", c.kernel, c.padding),
+            len,
+            min: c.kernel.saturating_sub(2 * c.padding).max(1),
+        })?;
+        if kernels::supported(&x) && x.dtype() == weight.dtype() && x.dtype() == bias.dtype() {
+            let op = kernels::Conv1dOp { stride: c.stride, padding: c.padding, relu };
+            return Ok(x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)?);
+        }
+        let y = self.forward_generic(&x, weight, bias)?;
+        Ok(if relu { y.relu()? } else { y })
+    }
+
+    /// The convolution from candle ops only (im2col by `index_select`, then a matrix product): runs on
+    /// every device, and serves as the cross-check of the CPU kernel.
+    pub(crate) fn forward_generic(&self, x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        let c = &self.cfg;
         let (b, _, len) = x.dims3()?;
         let out_len = c.out_len(len).ok_or_else(|| Error::TooShort {
             layer: format!("conv1d(k={}, p={})", c.kernel, c.padding),
             len,
             min: c.kernel.saturating_sub(2 * c.padding).max(1),
         })?;
+        let x = x.clone();
         let padded = if c.padding > 0 { x.pad_with_zeros(2, c.padding, c.padding)? } else { x };
         let idx = self.gather_indices(out_len, padded.device())?;
         // (b, in, k·out_len) → (b, in·k, out_len): row (i, j) holds tap j of channel i for every output.
         let cols = padded.index_select(&idx, 2)?.reshape((b, c.in_channels * c.kernel, out_len))?;
-        let w = self.weight.reshape((c.out_channels, c.in_channels * c.kernel))?;
+        let w = weight.reshape((c.out_channels, c.in_channels * c.kernel))?;
         let y = w.broadcast_matmul(&cols)?;
-        Ok(y.broadcast_add(&self.bias.reshape((1, c.out_channels, 1))?)?)
+        Ok(y.broadcast_add(&bias.reshape((1, c.out_channels, 1))?)?)
     }
 }
 
@@ -245,5 +283,48 @@ mod tests {
         assert!(matches!(conv.try_forward(&x), Err(Error::Shape(e)) if e.axis == core_types::Axis::Channels));
         let short = Tensor::zeros((1, 3, 2), DType::F32, &Device::Cpu).unwrap();
         assert!(matches!(conv.try_forward(&short), Err(Error::TooShort { len: 2, .. })));
+    }
+}
+
+#[cfg(test)]
+mod cross_check {
+    use super::*;
+    use candle_core::Var;
+
+    /// The CPU kernel and the candle-op path agree on outputs and on all three gradients, on the
+    /// reference model's layer sizes (f32, as the model runs).
+    #[test]
+    fn kernel_matches_the_generic_path_on_the_model_layers() {
+        let dev = Device::Cpu;
+        let layers = [
+            (28, 32, 7, 3, 512),
+            (32, 64, 7, 3, 256),
+            (64, 128, 5, 2, 128),
+            (128, 128, 3, 1, 64),
+            (13, 64, 5, 2, 500),
+            (64, 128, 3, 1, 250),
+        ];
+        let cases = [2usize, 5, 32].into_iter().flat_map(|b| layers.into_iter().map(move |l| (b, l)));
+        for (batch, (cin, cout, kernel, padding, len)) in cases {
+            let cfg = Conv1dConfig { in_channels: cin, out_channels: cout, kernel, stride: 2, padding };
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (batch, cin, len), &dev).unwrap()).unwrap();
+            let w = Var::from_tensor(&Tensor::randn(0f32, 0.1, (cout, cin, kernel), &dev).unwrap()).unwrap();
+            let b = Var::from_tensor(&Tensor::randn(0f32, 0.1, cout, &dev).unwrap()).unwrap();
+            let conv = Conv1d::from_tensors(&cfg, w.as_tensor().clone(), b.as_tensor().clone()).unwrap();
+            let r = Tensor::randn(0f32, 1.0, (batch, cout, cfg.out_len(len).unwrap()), &dev).unwrap();
+            let fast = conv.try_forward(x.as_tensor()).unwrap();
+            let slow = conv.forward_generic(x.as_tensor(), w.as_tensor(), b.as_tensor()).unwrap();
+            let gf = (&fast * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let gs = (&slow * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let diff = |a: &Tensor, b: &Tensor| -> f32 {
+                let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1e-6);
+                (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() / scale
+            };
+            assert!(diff(&fast, &slow) < 1e-5, "forward {cfg:?}");
+            for (name, v) in [("x", &x), ("w", &w), ("b", &b)] {
+                let d = diff(gf.get(v.as_tensor()).unwrap(), gs.get(v.as_tensor()).unwrap());
+                assert!(d < 1e-5, "gradient of {name} differs by {d} for batch {batch}, {cfg:?}");
+            }
+        }
     }
 }

@@ -1,12 +1,13 @@
 //! [`EegEncoder`] and [`AudioEncoder`]: stacks of `Conv1d → BatchNorm1d → ReLU` blocks, then the mean over
 //! time.
 
-use candle_core::{D, ModuleT, Tensor};
+use candle_core::{D, DType, ModuleT, Tensor, Var};
 use candle_nn::{BatchNorm, BatchNormConfig, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::conv::{Conv1d, Conv1dConfig};
 use crate::error::{Error, Result};
+use crate::kernels;
 
 /// BatchNorm epsilon (PyTorch's default).
 pub const BN_EPS: f64 = 1e-5;
@@ -100,10 +101,60 @@ struct Block {
     bn: BatchNorm,
 }
 
+impl Block {
+    /// On CPU (f32/f64): in training, the conv kernel then the fused BatchNorm+ReLU kernel (batch
+    /// statistics; running statistics updated as PyTorch does, with the unbiased variance); in
+    /// evaluation, BatchNorm folded into the conv's weight and bias and ReLU fused into the conv.
+    /// Elsewhere: candle ops.
+    fn run(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let Some((gamma, beta)) = self.bn.weight_and_bias() else {
+            return Err(Error::Config("encoder BatchNorm layers are affine".into()));
+        };
+        if !kernels::supported(x) || gamma.dtype() != x.dtype() {
+            let y = self.conv.try_forward(x)?;
+            return Ok(self.bn.forward_t(&y, train)?.relu()?);
+        }
+        if train {
+            let y = self.conv.try_forward(x)?;
+            let (batch, _, len) = y.dims3()?;
+            let op = kernels::BnReluOp::new(self.bn.eps());
+            let stats = op.stats_handle();
+            let out = y.apply_op3(gamma, beta, op)?;
+            let stats = stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+            self.update_running_stats(&stats.unwrap_or_default(), batch * len)?;
+            Ok(out)
+        } else {
+            let scale = (gamma / (self.bn.running_var().detach() + self.bn.eps())?.sqrt()?)?;
+            let weight = self.conv.weight().broadcast_mul(&scale.reshape(((), 1, 1))?)?;
+            let bias = (((self.conv.bias() - self.bn.running_mean().detach())? * &scale)? + beta)?;
+            self.conv.forward_with(x, &weight, &bias, true)
+        }
+    }
+
+    /// `running = (1 − momentum)·running + momentum·batch`, with the unbiased batch variance.
+    fn update_running_stats(&self, stats: &[(f64, f64)], count: usize) -> Result<()> {
+        let (rm, rv) = (self.bn.running_mean(), self.bn.running_var());
+        if stats.len() != rm.elem_count() {
+            return Err(Error::Config("batch-norm statistics missing after the forward pass".into()));
+        }
+        let m = self.bn.momentum();
+        let unbias = count as f64 / (count as f64 - 1.0);
+        let old_mean: Vec<f64> = rm.to_dtype(DType::F64)?.to_vec1()?;
+        let old_var: Vec<f64> = rv.to_dtype(DType::F64)?.to_vec1()?;
+        let mean: Vec<f64> = old_mean.iter().zip(stats).map(|(r, s)| (1.0 - m) * r + m * s.0).collect();
+        let var: Vec<f64> =
+            old_var.iter().zip(stats).map(|(r, s)| (1.0 - m) * r + m * s.1 * unbias).collect();
+        for (target, values) in [(rm, mean), (rv, var)] {
+            let t = Tensor::from_vec(values, target.dims(), target.device())?.to_dtype(target.dtype())?;
+            Var::from_tensor(target)?.set(&t)?;
+        }
+        Ok(())
+    }
+}
+
 impl ModuleT for Block {
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let y = candle_core::Module::forward(&self.conv, x)?;
-        self.bn.forward_t(&y, train)?.relu()
+        self.run(x, train).map_err(candle_core::Error::wrap)
     }
 }
 
@@ -144,7 +195,7 @@ impl ConvEncoder {
         }
         let mut h = x.clone();
         for b in &self.blocks {
-            h = b.forward_t(&h, train)?;
+            h = b.run(&h, train)?;
         }
         Ok(h.mean(D::Minus1)?)
     }
@@ -201,4 +252,85 @@ encoder! {
 encoder! {
     /// MFCC windows `(batch, 13, frames)` → latent `(batch, 128)`: two conv blocks, mean over time.
     AudioEncoder, "MFCC input"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use candle_nn::VarMap;
+
+    fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
+        let a = a.to_dtype(DType::F64).unwrap();
+        let b = b.to_dtype(DType::F64).unwrap();
+        let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap().max(1e-9);
+        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap() / scale
+    }
+
+    /// The fused CPU path of a block (conv kernel + BatchNorm/ReLU kernel in training, folded BatchNorm
+    /// in evaluation) equals the candle-op path: outputs, every gradient, and the running statistics.
+    #[test]
+    fn fused_block_matches_candle_ops() {
+        for dtype in [DType::F32, DType::F64] {
+            for (batch, train) in [(3, true), (32, true), (1, true), (4, false)] {
+                let make = || {
+                    let varmap = VarMap::new();
+                    let vb = VarBuilder::from_varmap(&varmap, dtype, &Device::Cpu);
+                    let enc = ConvEncoder::new(&EncoderConfig::audio(), vb).unwrap();
+                    crate::init_pytorch_default(&varmap, 5).unwrap();
+                    // Move BatchNorm parameters and running statistics away from their defaults.
+                    for (name, var) in varmap.data().lock().unwrap().iter() {
+                        if name.contains(".1.") {
+                            let t = (var.as_tensor().ones_like().unwrap() * 0.7).unwrap();
+                            let t =
+                                (t + var.as_tensor().randn_like(0.0, 0.2).unwrap().abs().unwrap()).unwrap();
+                            var.set(&t).unwrap();
+                        }
+                    }
+                    (varmap, enc)
+                };
+                let (vm_fast, fast) = make();
+                let (vm_slow, slow) = make();
+                for (name, a) in vm_fast.data().lock().unwrap().iter() {
+                    vm_slow.data().lock().unwrap()[name].set(a.as_tensor()).unwrap();
+                }
+                let x =
+                    Tensor::randn(0.0, 1.0, (batch, 13, 60), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+                let r = Tensor::randn(0.0, 1.0, (batch, 128), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+                if batch == 1 && train {
+                    continue;
+                }
+                let yf = fast.forward_t(&x, train).unwrap();
+                let mut h = x.clone();
+                for b in &slow.blocks {
+                    let y = b.conv.forward_generic(&h, b.conv.weight(), b.conv.bias()).unwrap();
+                    h = b.bn.forward_t(&y, train).unwrap().relu().unwrap();
+                }
+                let ys = h.mean(D::Minus1).unwrap();
+                let tol = if dtype == DType::F32 { 1e-4 } else { 1e-10 };
+                assert!(max_rel(&yf, &ys) < tol, "{dtype:?} batch {batch} train {train}: outputs");
+                let gf = (yf * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                let gs = (ys * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                let (mut vf, mut vs) =
+                    (vm_fast.data().lock().unwrap().clone(), vm_slow.data().lock().unwrap().clone());
+                let mut names: Vec<String> = vf.keys().cloned().collect();
+                names.sort();
+                for name in names {
+                    let (a, b) = (vf.remove(&name).unwrap(), vs.remove(&name).unwrap());
+                    if name.contains("running") {
+                        assert!(max_rel(a.as_tensor(), b.as_tensor()) < tol, "{dtype:?} {name}");
+                        continue;
+                    }
+                    let (ga, gb) = (gf.get(a.as_tensor()).unwrap(), gs.get(b.as_tensor()).unwrap());
+                    // Conv biases before train-mode BatchNorm have an exact gradient of 0.
+                    let both_zero = train && name.ends_with(".0.bias");
+                    let err = if both_zero { 0.0 } else { max_rel(ga, gb) };
+                    assert!(
+                        err < tol,
+                        "{dtype:?} batch {batch} train {train}: gradient of {name} differs by {err}"
+                    );
+                }
+            }
+        }
+    }
 }

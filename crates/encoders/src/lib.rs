@@ -33,6 +33,7 @@ mod dropout;
 mod encoder;
 mod error;
 mod init;
+mod kernels;
 
 pub use classifier::{ClassifierConfig, EmotionClassifier};
 pub use conv::{Conv1d, Conv1dConfig};

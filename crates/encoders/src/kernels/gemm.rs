@@ -1,0 +1,167 @@
+//! The workspace's only `unsafe`: a bounds-checked, single-threaded call into the `gemm` crate (the matrix
+//! product candle itself uses). Every view is checked against its slice before the call, so no index the
+//! kernel computes can leave the slices, and the destination's elements are checked not to overlap.
+#![allow(unsafe_code)]
+
+use super::Real;
+
+/// A read-only strided matrix over a slice: element `(i, j)` is `data[i·rs + j·cs]`.
+#[derive(Debug, Clone, Copy)]
+pub struct View<'a, T> {
+    pub data: &'a [T],
+    pub rows: usize,
+    pub cols: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+/// A writable strided matrix over a slice: element `(i, j)` is `data[i·rs + j·cs]`.
+#[derive(Debug)]
+pub struct ViewMut<'a, T> {
+    pub data: &'a mut [T],
+    pub rows: usize,
+    pub cols: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a, T> View<'a, T> {
+    /// A row-major `rows × cols` matrix.
+    pub fn rows(data: &'a [T], rows: usize, cols: usize) -> Self {
+        Self { data, rows, cols, rs: cols, cs: 1 }
+    }
+
+    /// The transpose (no copy).
+    pub fn t(self) -> Self {
+        Self { data: self.data, rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs }
+    }
+}
+
+impl<'a, T> ViewMut<'a, T> {
+    /// A row-major `rows × cols` matrix with row stride `rs`.
+    pub fn rows(data: &'a mut [T], rows: usize, cols: usize, rs: usize) -> Self {
+        Self { data, rows, cols, rs, cs: 1 }
+    }
+}
+
+/// One past the largest index a `rows × cols` view with strides `rs`, `cs` touches (0 when empty).
+fn reach(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
+    if rows == 0 || cols == 0 { 0 } else { (rows - 1) * rs + (cols - 1) * cs + 1 }
+}
+
+/// Whether distinct `(i, j)` of a view map to distinct indices.
+fn no_overlap(rows: usize, cols: usize, rs: usize, cs: usize) -> bool {
+    if rows == 0 || cols == 0 {
+        return true;
+    }
+    let (mut inner, mut outer) = ((rs, rows), (cs, cols));
+    if inner.0 > outer.0 {
+        std::mem::swap(&mut inner, &mut outer);
+    }
+    let inner_span = if inner.1 <= 1 { 1 } else { inner.0 * inner.1 };
+    (inner.1 <= 1 || inner.0 >= 1) && (outer.1 <= 1 || outer.0 >= inner_span)
+}
+
+fn isize_of(v: usize) -> isize {
+    isize::try_from(v).expect("a slice index fits in isize")
+}
+
+/// `dst = lhs × rhs`, or `dst += lhs × rhs` when `accumulate`; on the calling thread.
+///
+/// # Panics
+/// When the shapes do not chain, a view reaches past its slice, or the destination's elements overlap:
+/// these are bugs in the caller, never data-dependent.
+pub fn matmul<T: Real>(dst: ViewMut<'_, T>, accumulate: bool, lhs: View<'_, T>, rhs: View<'_, T>) {
+    let (m, n, k) = (dst.rows, dst.cols, lhs.cols);
+    assert!(lhs.rows == m && rhs.cols == n && rhs.rows == k, "matmul shapes do not chain");
+    assert!(reach(m, n, dst.rs, dst.cs) <= dst.data.len(), "matmul destination out of bounds");
+    assert!(reach(m, k, lhs.rs, lhs.cs) <= lhs.data.len(), "matmul lhs out of bounds");
+    assert!(reach(k, n, rhs.rs, rhs.cs) <= rhs.data.len(), "matmul rhs out of bounds");
+    assert!(no_overlap(m, n, dst.rs, dst.cs), "matmul destination elements overlap");
+    if m == 0 || n == 0 {
+        return;
+    }
+    // SAFETY: every index gemm forms is `i·rs + j·cs` with `i`, `j` inside the shape given for that
+    // operand, and the asserts above show each such index lies inside its slice. `dst` is borrowed
+    // mutably, so it aliases neither input, and its elements are distinct, so the writes do not overlap.
+    // `T` is `f32` or `f64` (the sealed `Real` trait), both supported by `gemm`. `Parallelism::None`
+    // keeps the call on this thread.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.data.as_mut_ptr(),
+            isize_of(dst.cs),
+            isize_of(dst.rs),
+            accumulate,
+            lhs.data.as_ptr(),
+            isize_of(lhs.cs),
+            isize_of(lhs.rs),
+            rhs.data.as_ptr(),
+            isize_of(rhs.cs),
+            isize_of(rhs.rs),
+            T::one(),
+            T::one(),
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn naive(m: usize, n: usize, k: usize, a: &View<'_, f64>, b: &View<'_, f64>) -> Vec<f64> {
+        let mut out = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                out[i * n + j] =
+                    (0..k).map(|p| a.data[i * a.rs + p * a.cs] * b.data[p * b.rs + j * b.cs]).sum();
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn matches_the_definition(
+            m in 0usize..9, n in 0usize..9, k in 0usize..9,
+            ta in any::<bool>(), tb in any::<bool>(), accumulate in any::<bool>(), seed in 0u64..1000,
+        ) {
+            let val = |i: usize| ((i as u64 * 2_654_435_761 + seed) % 1000) as f64 / 500.0 - 1.0;
+            let a: Vec<f64> = (0..m * k).map(val).collect();
+            let b: Vec<f64> = (0..k * n).map(|i| val(i + 7)).collect();
+            let av = if ta { View::rows(&a, k, m).t() } else { View::rows(&a, m, k) };
+            let bv = if tb { View::rows(&b, n, k).t() } else { View::rows(&b, k, n) };
+            let expected = naive(m, n, k, &av, &bv);
+            let mut dst = vec![0.5; m * n];
+            matmul(ViewMut::rows(&mut dst, m, n, n), accumulate, av, bv);
+            for (d, e) in dst.iter().zip(&expected) {
+                let e = if accumulate { e + 0.5 } else { *e };
+                prop_assert!((d - e).abs() < 1e-12, "{} vs {}", d, e);
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "out of bounds")]
+    fn a_view_past_its_slice_panics_before_the_call() {
+        let a = [1.0f32; 5];
+        let mut d = [0.0f32; 4];
+        matmul(ViewMut::rows(&mut d, 2, 2, 2), false, View::rows(&a, 2, 3), View::rows(&a, 3, 2));
+    }
+
+    #[test]
+    fn overlap_check() {
+        assert!(no_overlap(3, 4, 4, 1));
+        assert!(no_overlap(3, 4, 1, 3));
+        assert!(!no_overlap(3, 4, 2, 1));
+        assert!(!no_overlap(3, 4, 0, 1));
+        assert!(no_overlap(1, 4, 0, 1));
+    }
+}
