@@ -89,7 +89,10 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match run(cli.command) {
+    // The command runs on a worker of rayon's pool, so the kernels' parallel loops use this thread too;
+    // otherwise it sleeps while the pool's threads work, and on 2 cores their idle spinning competes with
+    // its serial work between loops (measured: 15–20 % more training throughput this way).
+    match rayon::scope(|_| run(cli.command)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -30,47 +30,55 @@ impl ConvGeom {
         self.cin * self.kernel
     }
 
-    /// Output positions `o` whose tap `j` reads inside the input: `0 ≤ o·s + j − p < len`.
-    fn valid(&self, j: usize) -> (usize, usize) {
-        let (s, p) = (self.stride, self.padding);
-        let lo = if p > j { (p - j).div_ceil(s) } else { 0 };
-        let hi = if self.len + p > j { ((self.len + p - j - 1) / s + 1).min(self.out_len) } else { 0 };
-        (lo.min(hi), hi)
+    /// Length of one phase of a de-interleaved padded row: enough for every tap's run of outputs.
+    fn phase_len(&self) -> usize {
+        self.out_len + (self.kernel - 1) / self.stride
     }
 
-    /// Writes the im2col matrix `(cin·kernel, out_len)` of one sample `(cin, len)`.
-    fn im2col<T: Real>(&self, x: &[T], cols: &mut [T]) {
-        let (s, p, ol) = (self.stride, self.padding, self.out_len);
-        for (ci, row) in x.chunks_exact(self.len).enumerate() {
-            for j in 0..self.kernel {
-                let dst = &mut cols[(ci * self.kernel + j) * ol..][..ol];
-                let (lo, hi) = self.valid(j);
-                dst[..lo].fill(T::zero());
-                dst[hi..].fill(T::zero());
-                if lo < hi {
-                    let start = lo * s + j - p;
-                    if s == 1 {
-                        dst[lo..hi].copy_from_slice(&row[start..start + hi - lo]);
-                    } else {
-                        for (d, v) in dst[lo..hi].iter_mut().zip(row[start..].iter().step_by(s)) {
-                            *d = *v;
-                        }
-                    }
-                }
+    /// Scratch for [`Self::im2col`] and [`Self::col2im`]: one de-interleaved row.
+    fn scratch<T: Real>(&self) -> Vec<T> {
+        vec![T::zero(); self.stride * self.phase_len()]
+    }
+
+    /// De-interleaves one zero-padded input row into `stride` phases: `phases[r][q] = padded[q·s + r]`.
+    /// Tap `j` of output `o` reads `padded[o·s + j] = phases[j mod s][o + j div s]`, so every tap's
+    /// outputs form one contiguous run.
+    fn split_phases<T: Real>(&self, row: &[T], phases: &mut [T]) {
+        let (s, p, q_len) = (self.stride, self.padding, self.phase_len());
+        for (r, phase) in phases.chunks_exact_mut(q_len).enumerate() {
+            for (q, v) in phase.iter_mut().enumerate() {
+                *v = (q * s + r).checked_sub(p).and_then(|i| row.get(i)).copied().unwrap_or(T::zero());
             }
         }
     }
 
-    /// Adds the im2col-shaped gradient `cols` back onto one sample's input gradient `(cin, len)`.
-    fn col2im<T: Real>(&self, cols: &[T], dx: &mut [T]) {
-        let (s, p, ol) = (self.stride, self.padding, self.out_len);
+    /// Writes the im2col matrix `(cin·kernel, out_len)` of one sample `(cin, len)` into `cols`, whose
+    /// rows start every `rs` elements (`rs ≥ out_len`: several samples can sit side by side).
+    fn im2col<T: Real>(&self, x: &[T], cols: &mut [T], rs: usize, phases: &mut [T]) {
+        let (s, k, ol, q_len) = (self.stride, self.kernel, self.out_len, self.phase_len());
+        for (ci, row) in x.chunks_exact(self.len).enumerate() {
+            self.split_phases(row, phases);
+            for j in 0..k {
+                cols[(ci * k + j) * rs..][..ol].copy_from_slice(&phases[(j % s) * q_len + j / s..][..ol]);
+            }
+        }
+    }
+
+    /// Adds the im2col-shaped gradient `cols` (rows every `rs` elements) back onto one sample's input
+    /// gradient `(cin, len)`.
+    fn col2im<T: Real>(&self, cols: &[T], rs: usize, dx: &mut [T], phases: &mut [T]) {
+        let (s, p, k, ol, q_len) = (self.stride, self.padding, self.kernel, self.out_len, self.phase_len());
         for (ci, row) in dx.chunks_exact_mut(self.len).enumerate() {
-            for j in 0..self.kernel {
-                let src = &cols[(ci * self.kernel + j) * ol..][..ol];
-                let (lo, hi) = self.valid(j);
-                if lo < hi {
-                    let start = lo * s + j - p;
-                    for (d, v) in row[start..].iter_mut().step_by(s).zip(&src[lo..hi]) {
+            phases.fill(T::zero());
+            for j in 0..k {
+                let src = &cols[(ci * k + j) * rs..][..ol];
+                for (d, v) in phases[(j % s) * q_len + j / s..][..ol].iter_mut().zip(src) {
+                    *d += *v;
+                }
+            }
+            for (r, phase) in phases.chunks_exact(q_len).enumerate() {
+                for (q, v) in phase.iter().enumerate() {
+                    if let Some(d) = (q * s + r).checked_sub(p).and_then(|i| row.get_mut(i)) {
                         *d += *v;
                     }
                 }
@@ -85,9 +93,9 @@ pub fn forward<T: Real>(g: &ConvGeom, x: &[T], w: &[T], bias: &[T], relu: bool) 
     let (taps, ol) = (g.taps(), g.out_len);
     let mut y = vec![T::zero(); g.batch * g.cout * ol];
     y.par_chunks_mut(g.cout * ol).zip(x.par_chunks(g.cin * g.len)).for_each_init(
-        || vec![T::zero(); taps * ol],
-        |cols, (yb, xb)| {
-            g.im2col(xb, cols);
+        || (vec![T::zero(); taps * ol], g.scratch()),
+        |(cols, phases), (yb, xb)| {
+            g.im2col(xb, cols, ol, phases);
             for (row, b) in yb.chunks_exact_mut(ol).zip(bias) {
                 row.fill(*b);
             }
@@ -107,50 +115,71 @@ pub fn forward<T: Real>(g: &ConvGeom, x: &[T], w: &[T], bias: &[T], relu: bool) 
     y
 }
 
-/// Gradients of [`forward`] (without ReLU) for the output gradient `dy`: `(dx, dw, dbias)`.
-pub fn backward<T: Real>(g: &ConvGeom, x: &[T], w: &[T], dy: &[T]) -> (Vec<T>, Vec<T>, Vec<T>) {
+/// Gradients of [`forward`] (without ReLU) for the output gradient `dy`: `(dx, dw, dbias)`; `dx` only
+/// when `need_dx` (a network's first layer does not need it).
+pub fn backward<T: Real>(
+    g: &ConvGeom,
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+    need_dx: bool,
+) -> (Option<Vec<T>>, Vec<T>, Vec<T>) {
     let (taps, ol) = (g.taps(), g.out_len);
-    let mut dx = vec![T::zero(); g.batch * g.cin * g.len];
-    // One partial (cout, taps + 1) per chunk of samples; the last column is the bias gradient.
-    let partials: Vec<Vec<T>> = dx
-        .par_chunks_mut(CHUNK * g.cin * g.len)
-        .zip(x.par_chunks(CHUNK * g.cin * g.len))
-        .zip(dy.par_chunks(CHUNK * g.cout * ol))
-        .map(|((dxc, xc), dyc)| {
-            let mut acc = vec![T::zero(); g.cout * (taps + 1)];
-            let mut cols = vec![T::zero(); taps * ol];
-            for ((dxb, xb), dyb) in dxc
-                .chunks_exact_mut(g.cin * g.len)
-                .zip(xc.chunks_exact(g.cin * g.len))
-                .zip(dyc.chunks_exact(g.cout * ol))
-            {
-                let dy_view = View::rows(dyb, g.cout, ol);
-                g.im2col(xb, &mut cols);
-                matmul(
-                    ViewMut::rows(&mut acc, g.cout, taps, taps + 1),
-                    true,
-                    dy_view,
-                    View::rows(&cols, taps, ol).t(),
-                );
+    let (x_step, dy_step) = (g.cin * g.len, g.cout * ol);
+    // Per chunk of samples: a (cout, taps + 1) partial whose last column is the bias gradient, and the
+    // chunk's input gradient.
+    // Per chunk of samples, side by side: cols (taps, n·ol) and dy (cout, n·ol), so each gradient is one
+    // matrix product with a long inner dimension. Returns the chunk's (cout, taps + 1) partial, whose
+    // last column is the bias gradient, and the chunk's input gradient.
+    let parts: Vec<(Vec<T>, Vec<T>)> = x
+        .par_chunks(CHUNK * x_step)
+        .zip(dy.par_chunks(CHUNK * dy_step))
+        .map(|(xc, dyc)| {
+            let n = xc.len() / x_step;
+            let wide = n * ol;
+            let mut cols = vec![T::zero(); taps * wide];
+            let mut dyw = vec![T::zero(); g.cout * wide];
+            let mut phases = g.scratch();
+            for (b, (xb, dyb)) in xc.chunks_exact(x_step).zip(dyc.chunks_exact(dy_step)).enumerate() {
+                g.im2col(xb, &mut cols[b * ol..], wide, &mut phases);
                 for (co, row) in dyb.chunks_exact(ol).enumerate() {
-                    acc[co * (taps + 1) + taps] += row.iter().fold(T::zero(), |a, v| a + *v);
+                    dyw[co * wide + b * ol..][..ol].copy_from_slice(row);
                 }
+            }
+            let mut acc = vec![T::zero(); g.cout * (taps + 1)];
+            let dy_view = View::rows(&dyw, g.cout, wide);
+            matmul(
+                ViewMut::rows(&mut acc, g.cout, taps, taps + 1),
+                false,
+                dy_view,
+                View::rows(&cols, taps, wide).t(),
+            );
+            for (co, row) in dyw.chunks_exact(wide).enumerate() {
+                acc[co * (taps + 1) + taps] = row.iter().fold(T::zero(), |a, v| a + *v);
+            }
+            let mut dxc = Vec::new();
+            if need_dx {
+                dxc = vec![T::zero(); xc.len()];
                 matmul(
-                    ViewMut::rows(&mut cols, taps, ol, ol),
+                    ViewMut::rows(&mut cols, taps, wide, wide),
                     false,
                     View::rows(w, g.cout, taps).t(),
                     dy_view,
                 );
-                g.col2im(&cols, dxb);
+                for (b, dxb) in dxc.chunks_exact_mut(x_step).enumerate() {
+                    g.col2im(&cols[b * ol..], wide, dxb, &mut phases);
+                }
             }
-            acc
+            (acc, dxc)
         })
         .collect();
     let mut total = vec![T::zero(); g.cout * (taps + 1)];
-    for p in &partials {
-        for (t, v) in total.iter_mut().zip(p) {
+    let mut dx = Vec::with_capacity(if need_dx { x.len() } else { 0 });
+    for (acc, dxc) in &parts {
+        for (t, v) in total.iter_mut().zip(acc) {
             *t += *v;
         }
+        dx.extend_from_slice(dxc);
     }
     let mut dw = Vec::with_capacity(g.cout * taps);
     let mut db = Vec::with_capacity(g.cout);
@@ -158,7 +187,7 @@ pub fn backward<T: Real>(g: &ConvGeom, x: &[T], w: &[T], dy: &[T]) -> (Vec<T>, V
         dw.extend_from_slice(&row[..taps]);
         db.push(row[taps]);
     }
-    (dx, dw, db)
+    (need_dx.then_some(dx), dw, db)
 }
 
 #[cfg(test)]

@@ -13,7 +13,9 @@ mod gemm;
 use std::sync::{Arc, Mutex};
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor, WithDType, bail};
+use candle_core::{
+    CpuStorage, CustomOp3, DType, Layout, Shape, Storage, StorageRef, Tensor, WithDType, bail,
+};
 
 pub use batchnorm::BnGeom;
 pub use conv::ConvGeom;
@@ -37,6 +39,14 @@ impl Real for f64 {}
 /// Whether the kernels can run on `t` (CPU, f32 or f64).
 pub fn supported(t: &Tensor) -> bool {
     t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
+}
+
+/// The CPU storage behind a tensor's storage guard.
+fn cpu<'a>(s: &'a StorageRef<'_>) -> candle_core::Result<&'a CpuStorage> {
+    match &**s {
+        Storage::Cpu(c) => Ok(c),
+        _ => bail!("emofuse kernels run on the CPU only"),
+    }
 }
 
 /// The contiguous slice of `s` that `l` describes.
@@ -133,49 +143,24 @@ impl CustomOp3 for Conv1dOp {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = if self.relu { (grad * res.gt(0.0)?.to_dtype(grad.dtype())?)? } else { grad.clone() };
-        let op = ConvBackward { conv: *self, params: Mutex::new(None) };
-        let dx = x.apply_op3_no_bwd(w, &grad.contiguous()?, &op)?;
-        let Some((dw, db)) = op.params.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) else {
-            bail!("conv1d backward produced no parameter gradients");
-        };
-        Ok((Some(dx), Some(tensor(dw, w.dims(), w)?), Some(tensor(db, &[w.dim(0)?], w)?)))
-    }
-}
-
-/// The backward pass of [`Conv1dOp`] (without ReLU) over `(x, weight, dy)`: returns `dx`, leaves the
-/// weight and bias gradients in `params`.
-struct ConvBackward {
-    conv: Conv1dOp,
-    params: Mutex<Option<(CpuStorage, CpuStorage)>>,
-}
-
-impl CustomOp3 for ConvBackward {
-    fn name(&self) -> &'static str {
-        "emofuse-conv1d-backward"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = self.conv.geom(l1, l2)?;
-        if l3.shape().dims() != [g.batch, g.cout, g.out_len] {
-            bail!("conv1d backward: gradient {:?} does not match the output", l3.shape());
+        let grad = grad.contiguous()?;
+        let need_dx = x.track_op();
+        let (xs, xl) = x.storage_and_layout();
+        let (ws, wl) = w.storage_and_layout();
+        let (gs, gl) = grad.storage_and_layout();
+        let g = self.geom(xl, wl)?;
+        if gl.shape().dims() != [g.batch, g.cout, g.out_len] {
+            bail!("conv1d backward: gradient {:?} does not match the output", gl.shape());
         }
-        dispatch!(s1, T => {
-            let x = slice::<T>(s1, l1, "conv1d input")?;
-            let w = slice::<T>(s2, l2, "conv1d weight")?;
-            let dy = slice::<T>(s3, l3, "conv1d output gradient")?;
-            let (dx, dw, db) = conv::backward(&g, x, w, dy);
-            *self.params.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
-                Some((T::to_cpu_storage_owned(dw), T::to_cpu_storage_owned(db)));
-            Ok((T::to_cpu_storage_owned(dx), l1.shape().clone()))
-        })
+        let (xs, ws, gs) = (cpu(&xs)?, cpu(&ws)?, cpu(&gs)?);
+        let (dx, dw, db) = dispatch!(xs, T => {
+            let dy = slice::<T>(gs, gl, "conv1d output gradient")?;
+            let (dx, dw, db) =
+                conv::backward(&g, slice::<T>(xs, xl, "conv1d input")?, slice::<T>(ws, wl, "conv1d weight")?, dy, need_dx);
+            (dx.map(T::to_cpu_storage_owned), T::to_cpu_storage_owned(dw), T::to_cpu_storage_owned(db))
+        });
+        let dx = dx.map(|d| tensor(d, x.dims(), x)).transpose()?;
+        Ok((dx, Some(tensor(dw, w.dims(), w)?), Some(tensor(db, &[g.cout], w)?)))
     }
 }
 
@@ -258,53 +243,32 @@ impl CustomOp3 for BnReluOp {
         res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let op = BnBackward {
-            mean_invstd: self.mean_invstd()?,
-            gamma: gamma.to_dtype(DType::F64)?.to_vec1()?,
-            params: Mutex::new(None),
-        };
-        let dy = y.apply_op3_no_bwd(res, &grad.contiguous()?, &op)?;
-        let Some((dg, db)) = op.params.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) else {
-            bail!("batch-norm backward produced no parameter gradients");
-        };
-        Ok((Some(dy), Some(tensor(dg, gamma.dims(), gamma)?), Some(tensor(db, gamma.dims(), gamma)?)))
-    }
-}
-
-/// The backward pass of [`BnReluOp`] over `(y, out, dout)`: returns `dy`, leaves the weight and bias
-/// gradients in `params`.
-struct BnBackward {
-    mean_invstd: Vec<(f64, f64)>,
-    gamma: Vec<f64>,
-    params: Mutex<Option<(CpuStorage, CpuStorage)>>,
-}
-
-impl CustomOp3 for BnBackward {
-    fn name(&self) -> &'static str {
-        "emofuse-batchnorm-relu-backward"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = bn_geom(l1)?;
-        if l2.shape() != l1.shape() || l3.shape() != l1.shape() {
+        let mean_invstd = self.mean_invstd()?;
+        let gamma_values: Vec<f64> = gamma.to_dtype(DType::F64)?.to_vec1()?;
+        let grad = grad.contiguous()?;
+        let (ys, yl) = y.storage_and_layout();
+        let (os, ol) = res.storage_and_layout();
+        let (gs, gl) = grad.storage_and_layout();
+        let g = bn_geom(yl)?;
+        if ol.shape() != yl.shape() || gl.shape() != yl.shape() || mean_invstd.len() != g.channels {
             bail!("batch-norm backward: shapes differ");
         }
-        dispatch!(s1, T => {
-            let y = slice::<T>(s1, l1, "batch-norm input")?;
-            let out = slice::<T>(s2, l2, "batch-norm output")?;
-            let dout = slice::<T>(s3, l3, "batch-norm output gradient")?;
-            let (dy, dg, db) = batchnorm::backward(&g, y, out, dout, &self.mean_invstd, &self.gamma);
-            *self.params.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
-                Some((T::to_cpu_storage_owned(dg), T::to_cpu_storage_owned(db)));
-            Ok((T::to_cpu_storage_owned(dy), l1.shape().clone()))
-        })
+        let (ys, os, gs) = (cpu(&ys)?, cpu(&os)?, cpu(&gs)?);
+        let (dy, dg, db) = dispatch!(ys, T => {
+            let (dy, dg, db) = batchnorm::backward(
+                &g,
+                slice::<T>(ys, yl, "batch-norm input")?,
+                slice::<T>(os, ol, "batch-norm output")?,
+                slice::<T>(gs, gl, "batch-norm output gradient")?,
+                &mean_invstd,
+                &gamma_values,
+            );
+            (T::to_cpu_storage_owned(dy), T::to_cpu_storage_owned(dg), T::to_cpu_storage_owned(db))
+        });
+        Ok((
+            Some(tensor(dy, y.dims(), y)?),
+            Some(tensor(dg, gamma.dims(), gamma)?),
+            Some(tensor(db, gamma.dims(), gamma)?),
+        ))
     }
 }
