@@ -123,15 +123,8 @@ impl Conv1d {
         self.forward_with(x, &self.weight, &self.bias, false)
     }
 
-    /// The convolution with a given weight and bias (of this layer's shapes), then ReLU when `relu`: the
-    /// fused CPU kernel where it applies, candle ops elsewhere.
-    pub(crate) fn forward_with(
-        &self,
-        x: &Tensor,
-        weight: &Tensor,
-        bias: &Tensor,
-        relu: bool,
-    ) -> Result<Tensor> {
+    /// `x` when it is `(batch, in_channels, len)` with `len` long enough for the kernel.
+    pub(crate) fn check_input(&self, x: &Tensor) -> Result<Tensor> {
         let c = &self.cfg;
         let x = core_types::EegBatch::new(x.clone(), Some(c.in_channels), None)
             .map_err(|e| core_types::ShapeError { what: "Conv1d input", ..e })?
@@ -142,6 +135,20 @@ impl Conv1d {
             len,
             min: c.kernel.saturating_sub(2 * c.padding).max(1),
         })?;
+        Ok(x)
+    }
+
+    /// The convolution with a given weight and bias (of this layer's shapes), then ReLU when `relu`: the
+    /// fused CPU kernel where it applies, candle ops elsewhere.
+    pub(crate) fn forward_with(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+        relu: bool,
+    ) -> Result<Tensor> {
+        let c = &self.cfg;
+        let x = self.check_input(x)?;
         if kernels::supported(&x) && x.dtype() == weight.dtype() && x.dtype() == bias.dtype() {
             let op = kernels::Conv1dOp { stride: c.stride, padding: c.padding, relu };
             return Ok(x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)?);

@@ -9,7 +9,7 @@ use super::Real;
 use super::gemm::{View, ViewMut, matmul};
 
 /// Samples per weight-gradient partial sum. Fixed, so the summation order never changes.
-const CHUNK: usize = 4;
+pub const CHUNK: usize = 4;
 
 /// The sizes of one convolution call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,28 +124,77 @@ pub fn backward<T: Real>(
     dy: &[T],
     need_dx: bool,
 ) -> (Option<Vec<T>>, Vec<T>, Vec<T>) {
-    let (taps, ol) = (g.taps(), g.out_len);
-    let (x_step, dy_step) = (g.cin * g.len, g.cout * ol);
-    // Per chunk of samples: a (cout, taps + 1) partial whose last column is the bias gradient, and the
-    // chunk's input gradient.
-    // Per chunk of samples, side by side: cols (taps, n·ol) and dy (cout, n·ol), so each gradient is one
-    // matrix product with a long inner dimension. Returns the chunk's (cout, taps + 1) partial, whose
-    // last column is the bias gradient, and the chunk's input gradient.
+    let ol = g.out_len;
+    backward_with(g, x, w, need_dx, |chunk, dyw| {
+        let wide = dyw.len() / g.cout;
+        let samples = dy[chunk * CHUNK * g.cout * ol..].chunks_exact(g.cout * ol).take(wide / ol);
+        for (b, dyb) in samples.enumerate() {
+            for (co, row) in dyb.chunks_exact(ol).enumerate() {
+                dyw[co * wide + b * ol..][..ol].copy_from_slice(row);
+            }
+        }
+    })
+}
+
+/// Samples in chunk `c` of a batch.
+pub fn chunk_len(batch: usize, c: usize) -> usize {
+    (batch - c * CHUNK).min(CHUNK)
+}
+
+/// Index of output `(b, co, 0)` in the chunk-wide layout of [`forward_wide`].
+pub fn wide_index(g: &ConvGeom, b: usize, co: usize) -> usize {
+    let (c, i) = (b / CHUNK, b % CHUNK);
+    c * CHUNK * g.cout * g.out_len + co * chunk_len(g.batch, c) * g.out_len + i * g.out_len
+}
+
+/// `conv(x, w)` without bias in the chunk-wide layout: chunk `c` (samples `c·CHUNK..`, `n` of them) is a
+/// `(cout, n·out_len)` matrix, the samples side by side; one matrix product per chunk.
+pub fn forward_wide<T: Real>(g: &ConvGeom, x: &[T], w: &[T]) -> Vec<T> {
+    let (taps, ol, x_step) = (g.taps(), g.out_len, g.cin * g.len);
+    let mut y = vec![T::zero(); g.batch * g.cout * ol];
+    y.par_chunks_mut(CHUNK * g.cout * ol).zip(x.par_chunks(CHUNK * x_step)).for_each_init(
+        || (vec![T::zero(); taps * CHUNK * ol], g.scratch()),
+        |(cols, phases), (yc, xc)| {
+            let wide = xc.len() / x_step * ol;
+            for (b, xb) in xc.chunks_exact(x_step).enumerate() {
+                g.im2col(xb, &mut cols[b * ol..], wide, phases);
+            }
+            matmul(
+                ViewMut::rows(yc, g.cout, wide, wide),
+                false,
+                View::rows(w, g.cout, taps),
+                View::rows(cols, taps, wide),
+            );
+        },
+    );
+    y
+}
+
+/// The conv backward pass with the output gradient supplied per chunk: `fill_dy(c, dyw)` writes chunk
+/// `c`'s gradient in the chunk-wide layout (`(cout, n·out_len)`). Per chunk, the weight gradient and
+/// the input gradient are each one matrix product with a long inner dimension; the partial weight and
+/// bias gradients are summed in chunk order. Returns `(dx if need_dx, dw, dbias)`.
+pub fn backward_with<T: Real>(
+    g: &ConvGeom,
+    x: &[T],
+    w: &[T],
+    need_dx: bool,
+    fill_dy: impl Fn(usize, &mut [T]) + Sync,
+) -> (Option<Vec<T>>, Vec<T>, Vec<T>) {
+    let (taps, ol, x_step) = (g.taps(), g.out_len, g.cin * g.len);
     let parts: Vec<(Vec<T>, Vec<T>)> = x
         .par_chunks(CHUNK * x_step)
-        .zip(dy.par_chunks(CHUNK * dy_step))
-        .map(|(xc, dyc)| {
-            let n = xc.len() / x_step;
-            let wide = n * ol;
+        .enumerate()
+        .map(|(c, xc)| {
+            let wide = xc.len() / x_step * ol;
             let mut cols = vec![T::zero(); taps * wide];
             let mut dyw = vec![T::zero(); g.cout * wide];
             let mut phases = g.scratch();
-            for (b, (xb, dyb)) in xc.chunks_exact(x_step).zip(dyc.chunks_exact(dy_step)).enumerate() {
+            fill_dy(c, &mut dyw);
+            for (b, xb) in xc.chunks_exact(x_step).enumerate() {
                 g.im2col(xb, &mut cols[b * ol..], wide, &mut phases);
-                for (co, row) in dyb.chunks_exact(ol).enumerate() {
-                    dyw[co * wide + b * ol..][..ol].copy_from_slice(row);
-                }
             }
+            // (cout, taps + 1): the weight gradient and, in the last column, the bias gradient.
             let mut acc = vec![T::zero(); g.cout * (taps + 1)];
             let dy_view = View::rows(&dyw, g.cout, wide);
             matmul(

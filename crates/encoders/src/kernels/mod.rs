@@ -1,12 +1,13 @@
 //! CPU kernels for the convolution blocks, as candle custom ops with their own backward passes:
-//! [`Conv1dOp`] (conv1d + bias, optionally ReLU) and [`BnReluOp`] (training-mode BatchNorm1d + ReLU).
-//! They replace a dozen candle ops (and their temporaries) per layer with one pass over contiguous
-//! buffers each way. Their gradients are checked against central differences and against the generic
-//! candle-op path in the tests of [`crate::Conv1d`] and the encoders.
+//! [`Conv1dOp`] (conv1d + bias, optionally ReLU: the [`crate::Conv1d`] layer, and a block in evaluation
+//! with BatchNorm folded in) and [`BlockOp`] (conv1d → training-mode BatchNorm1d → ReLU). They replace a
+//! dozen candle ops (and their temporaries) per layer with one pass over contiguous buffers each way.
+//! Their gradients are checked against central differences and against the generic candle-op path in
+//! the tests of [`crate::Conv1d`] and the encoders, and against PyTorch in the model's parity test.
 //!
 //! CPU only; on other devices the layers use candle ops.
 
-mod batchnorm;
+mod block;
 mod conv;
 mod gemm;
 
@@ -17,7 +18,6 @@ use candle_core::{
     CpuStorage, CustomOp3, DType, Layout, Shape, Storage, StorageRef, Tensor, WithDType, bail,
 };
 
-pub use batchnorm::BnGeom;
 pub use conv::ConvGeom;
 
 mod sealed {
@@ -32,9 +32,40 @@ pub trait Real: WithDType + sealed::Sealed {
     fn relu(self) -> Self {
         if self < Self::zero() { Self::zero() } else { self }
     }
+
+    /// Wraps a block's saved forward state.
+    fn save(s: block::Saved<Self>) -> SavedAny;
+
+    /// The saved state, if it has this element type.
+    fn saved(s: &SavedAny) -> Option<&block::Saved<Self>>;
 }
-impl Real for f32 {}
-impl Real for f64 {}
+
+impl Real for f32 {
+    fn save(s: block::Saved<Self>) -> SavedAny {
+        SavedAny::F32(s)
+    }
+
+    fn saved(s: &SavedAny) -> Option<&block::Saved<Self>> {
+        if let SavedAny::F32(s) = s { Some(s) } else { None }
+    }
+}
+
+impl Real for f64 {
+    fn save(s: block::Saved<Self>) -> SavedAny {
+        SavedAny::F64(s)
+    }
+
+    fn saved(s: &SavedAny) -> Option<&block::Saved<Self>> {
+        if let SavedAny::F64(s) = s { Some(s) } else { None }
+    }
+}
+
+/// A block's forward state, whatever its element type.
+#[derive(Debug)]
+pub enum SavedAny {
+    F32(block::Saved<f32>),
+    F64(block::Saved<f64>),
+}
 
 /// Whether the kernels can run on `t` (CPU, f32 or f64).
 pub fn supported(t: &Tensor) -> bool {
@@ -94,16 +125,23 @@ pub struct Conv1dOp {
 
 impl Conv1dOp {
     fn geom(&self, x: &Layout, w: &Layout) -> candle_core::Result<ConvGeom> {
+        conv_geom(self.stride, self.padding, x, w)
+    }
+}
+
+/// The sizes of a convolution of input `x` with weight `w`.
+fn conv_geom(stride: usize, padding: usize, x: &Layout, w: &Layout) -> candle_core::Result<ConvGeom> {
+    {
         let (batch, cin, len) = x.shape().dims3()?;
         let (cout, wcin, kernel) = w.shape().dims3()?;
         if wcin != cin {
             bail!("conv1d: input has {cin} channels, weight expects {wcin}");
         }
-        let Some(span) = (len + 2 * self.padding).checked_sub(kernel) else {
+        let Some(span) = (len + 2 * padding).checked_sub(kernel) else {
             bail!("conv1d: input length {len} shorter than the kernel {kernel}");
         };
-        let out_len = span / self.stride + 1;
-        Ok(ConvGeom { batch, cin, cout, len, kernel, stride: self.stride, padding: self.padding, out_len })
+        let out_len = span / stride + 1;
+        Ok(ConvGeom { batch, cin, cout, len, kernel, stride, padding, out_len })
     }
 }
 
@@ -164,51 +202,40 @@ impl CustomOp3 for Conv1dOp {
     }
 }
 
-/// Training-mode BatchNorm1d (batch statistics) + ReLU over `(y, gamma, beta)`. After the forward pass,
-/// [`BnReluOp::batch_stats`] gives the batch mean and biased variance per channel, for the running
-/// statistics.
-#[derive(Debug)]
-pub struct BnReluOp {
-    eps: f64,
-    stats: BatchStats,
-}
-
-/// Per-channel `(mean, biased variance)` of a batch, filled by [`BnReluOp`]'s forward pass.
+/// Per-channel `(mean, biased variance)` of a block's conv output (bias included), filled by
+/// [`BlockOp`]'s forward pass: what the running statistics are updated from.
 pub type BatchStats = Arc<Mutex<Option<Vec<(f64, f64)>>>>;
 
-impl BnReluOp {
-    /// An op with BatchNorm epsilon `eps`.
-    pub fn new(eps: f64) -> Self {
-        Self { eps, stats: Arc::default() }
+/// conv1d → BatchNorm1d with batch statistics → ReLU over `(x, weight, params)`, where `params` is
+/// `(3, cout)`: the conv bias, the BatchNorm weight and the BatchNorm bias.
+#[derive(Debug)]
+pub struct BlockOp {
+    stride: usize,
+    padding: usize,
+    eps: f64,
+    stats: BatchStats,
+    saved: Mutex<Option<SavedAny>>,
+}
+
+impl BlockOp {
+    /// A block op for a conv with `stride` and `padding` and a BatchNorm with epsilon `eps`.
+    pub fn new(stride: usize, padding: usize, eps: f64) -> Self {
+        Self { stride, padding, eps, stats: Arc::default(), saved: Mutex::new(None) }
     }
 
-    /// A handle to the statistics the forward pass will compute.
+    /// A handle to the batch statistics the forward pass will compute.
     pub fn stats_handle(&self) -> BatchStats {
         Arc::clone(&self.stats)
     }
-
-    /// Per channel `(mean, biased variance)` of the last forward pass.
-    pub fn batch_stats(&self) -> Option<Vec<(f64, f64)>> {
-        self.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
-    }
-
-    fn mean_invstd(&self) -> candle_core::Result<Vec<(f64, f64)>> {
-        let Some(stats) = self.batch_stats() else { bail!("batch-norm backward before its forward pass") };
-        Ok(stats.iter().map(|&(m, v)| (m, 1.0 / (v + self.eps).sqrt())).collect())
-    }
 }
 
-fn bn_geom(l: &Layout) -> candle_core::Result<BnGeom> {
-    let (batch, channels, len) = l.shape().dims3()?;
-    if batch * len < 2 {
-        bail!("batch-norm in training mode needs more than one value per channel, got {:?}", l.shape());
-    }
-    Ok(BnGeom { batch, channels, len })
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-impl CustomOp3 for BnReluOp {
+impl CustomOp3 for BlockOp {
     fn name(&self) -> &'static str {
-        "emofuse-batchnorm-relu"
+        "emofuse-conv-batchnorm-relu"
     }
 
     fn cpu_fwd(
@@ -220,55 +247,66 @@ impl CustomOp3 for BnReluOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = bn_geom(l1)?;
-        if l2.shape().dims() != [g.channels] || l3.shape().dims() != [g.channels] {
-            bail!("batch-norm: weight/bias do not match {} channels", g.channels);
+        let g = conv_geom(self.stride, self.padding, l1, l2)?;
+        if l3.shape().dims() != [3, g.cout] {
+            bail!("conv block: parameters {:?} are not (3, {})", l3.shape(), g.cout);
+        }
+        if g.batch * g.out_len < 2 {
+            bail!("batch-norm in training mode needs more than one value per channel");
         }
         dispatch!(s1, T => {
-            let y = slice::<T>(s1, l1, "batch-norm input")?;
-            let gamma = slice::<T>(s2, l2, "batch-norm weight")?;
-            let beta = slice::<T>(s3, l3, "batch-norm bias")?;
-            let stats = batchnorm::stats(&g, y);
-            *self.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(stats);
-            let out = batchnorm::forward(&g, y, &self.mean_invstd()?, gamma, beta);
-            Ok((T::to_cpu_storage_owned(out), l1.shape().clone()))
+            let x = slice::<T>(s1, l1, "conv block input")?;
+            let w = slice::<T>(s2, l2, "conv block weight")?;
+            let p = slice::<T>(s3, l3, "conv block parameters")?;
+            let (bias, rest) = p.split_at(g.cout);
+            let (gamma, beta) = rest.split_at(g.cout);
+            let (out, saved) = block::forward(&g, x, w, gamma, beta, self.eps);
+            let stats = saved.mean_var.iter().zip(bias).map(|(&(m, v), b)| (m + b.to_f64(), v)).collect();
+            *lock(&self.stats) = Some(stats);
+            *lock(&self.saved) = Some(T::save(saved));
+            Ok((T::to_cpu_storage_owned(out), Shape::from((g.batch, g.cout, g.out_len))))
         })
     }
 
     fn bwd(
         &self,
-        y: &Tensor,
-        gamma: &Tensor,
-        _beta: &Tensor,
+        x: &Tensor,
+        w: &Tensor,
+        p: &Tensor,
         res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let mean_invstd = self.mean_invstd()?;
-        let gamma_values: Vec<f64> = gamma.to_dtype(DType::F64)?.to_vec1()?;
+        let gamma: Vec<f64> = p.get(1)?.to_dtype(DType::F64)?.to_vec1()?;
         let grad = grad.contiguous()?;
-        let (ys, yl) = y.storage_and_layout();
+        let need_dx = x.track_op();
+        let (xs, xl) = x.storage_and_layout();
+        let (ws, wl) = w.storage_and_layout();
         let (os, ol) = res.storage_and_layout();
         let (gs, gl) = grad.storage_and_layout();
-        let g = bn_geom(yl)?;
-        if ol.shape() != yl.shape() || gl.shape() != yl.shape() || mean_invstd.len() != g.channels {
-            bail!("batch-norm backward: shapes differ");
+        let g = conv_geom(self.stride, self.padding, xl, wl)?;
+        if ol.shape() != gl.shape() || gl.shape().dims() != [g.batch, g.cout, g.out_len] {
+            bail!("conv block backward: gradient {:?} does not match the output", gl.shape());
         }
-        let (ys, os, gs) = (cpu(&ys)?, cpu(&os)?, cpu(&gs)?);
-        let (dy, dg, db) = dispatch!(ys, T => {
-            let (dy, dg, db) = batchnorm::backward(
+        let saved = lock(&self.saved);
+        let Some(saved) = saved.as_ref() else { bail!("conv block backward before its forward pass") };
+        let (xs, ws, os, gs) = (cpu(&xs)?, cpu(&ws)?, cpu(&os)?, cpu(&gs)?);
+        let (dx, dp, dw) = dispatch!(xs, T => {
+            let Some(saved) = T::saved(saved) else { bail!("conv block: dtype changed between passes") };
+            let (dx, dw, db, dgamma, dbeta) = block::backward(
                 &g,
-                slice::<T>(ys, yl, "batch-norm input")?,
-                slice::<T>(os, ol, "batch-norm output")?,
-                slice::<T>(gs, gl, "batch-norm output gradient")?,
-                &mean_invstd,
-                &gamma_values,
+                slice::<T>(xs, xl, "conv block input")?,
+                slice::<T>(ws, wl, "conv block weight")?,
+                saved,
+                slice::<T>(os, ol, "conv block output")?,
+                slice::<T>(gs, gl, "conv block output gradient")?,
+                &gamma,
+                self.eps,
+                need_dx,
             );
-            (T::to_cpu_storage_owned(dy), T::to_cpu_storage_owned(dg), T::to_cpu_storage_owned(db))
+            let dp: Vec<T> = db.into_iter().chain(dgamma).chain(dbeta).collect();
+            (dx.map(T::to_cpu_storage_owned), T::to_cpu_storage_owned(dp), T::to_cpu_storage_owned(dw))
         });
-        Ok((
-            Some(tensor(dy, y.dims(), y)?),
-            Some(tensor(dg, gamma.dims(), gamma)?),
-            Some(tensor(db, gamma.dims(), gamma)?),
-        ))
+        let dx = dx.map(|d| tensor(d, x.dims(), x)).transpose()?;
+        Ok((dx, Some(tensor(dw, w.dims(), w)?), Some(tensor(dp, p.dims(), p)?)))
     }
 }
