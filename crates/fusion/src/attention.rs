@@ -47,9 +47,14 @@ impl MultiHeadAttention {
         let k = self.project(context, 1)?;
         let v = self.project(context, 2)?;
         let scale = 1.0 / ((self.embed / self.heads) as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?;
+        // With a handful of tokens and a few dimensions per head, a batched matmul is B·H tiny matrix
+        // products; a broadcast product and a sum over the shared axis is the same arithmetic in two
+        // element-wise ops. scores[b,h,i,j] = Σ_d q[b,h,i,d]·k[b,h,j,d].
+        let scores = (q.unsqueeze(3)?.broadcast_mul(&k.unsqueeze(2)?)?.sum(D::Minus1)? * scale)?;
         let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
-        let ctx = weights.matmul(&v)?.transpose(1, 2)?.reshape((b, tq, self.embed))?;
+        // ctx[b,h,i,d] = Σ_j weights[b,h,i,j]·v[b,h,j,d].
+        let ctx = weights.unsqueeze(4)?.broadcast_mul(&v.unsqueeze(2)?)?.sum(3)?;
+        let ctx = ctx.transpose(1, 2)?.reshape((b, tq, self.embed))?;
         Ok((self.out_proj.forward(&ctx)?, weights))
     }
 }
