@@ -85,7 +85,7 @@ impl MelFilterbank {
     /// `out[m] = Σ_k basis[m, k] · power[k]`.
     pub(crate) fn apply(&self, power: &[f64], out: &mut [f64]) {
         for (o, (first, w)) in out.iter_mut().zip(&self.filters) {
-            *o = w.iter().zip(&power[*first..]).map(|(a, b)| a * b).sum();
+            *o = crate::planner::dot(w, &power[*first..*first + w.len()]);
         }
     }
 

@@ -153,7 +153,7 @@ impl Mfcc {
     /// # Errors
     /// See [`Mfcc::n_frames`]; [`Error::NonFinite`] for a NaN or infinite sample.
     pub fn mel_db<T: Sample>(&self, signal: &[T]) -> Result<Features> {
-        let (frames, by_frame) = self.mel_db_by_frame(signal)?;
+        let (frames, by_frame) = self.mel_db_by_frame(signal, None)?;
         Ok(transpose(&by_frame, frames, self.cfg.n_mels))
     }
 
@@ -162,24 +162,28 @@ impl Mfcc {
     /// # Errors
     /// As [`Mfcc::mel_db`].
     pub fn mfcc<T: Sample>(&self, signal: &[T]) -> Result<Features> {
-        let (frames, by_frame) = self.mel_db_by_frame(signal)?;
-        let (n_mfcc, n_mels) = (self.cfg.n_mfcc, self.cfg.n_mels);
-        // DCT per frame, frame-major, then one transpose to (n_mfcc, frames).
-        let mut cepstra = vec![0.0; frames * n_mfcc];
-        for_frame_chunks(&mut cepstra, n_mfcc, |first, chunk| {
-            let mel = &by_frame[first * n_mels..];
-            for (out, col) in chunk.chunks_exact_mut(n_mfcc).zip(mel.chunks_exact(n_mels)) {
-                for (o, basis) in out.iter_mut().zip(self.dct.chunks_exact(n_mels)) {
-                    *o = basis.iter().zip(col).map(|(a, b)| a * b).sum();
-                }
-            }
-            f64::NEG_INFINITY
-        });
-        Ok(transpose(&cepstra, frames, n_mfcc))
+        // The DCT runs in the same pass as the mel spectrogram, on the values before the top_db floor;
+        // frames where the floor clips a value (silence, mostly) are transformed again afterwards.
+        let mut cepstra = Vec::new();
+        let (frames, _) = self.mel_db_by_frame(signal, Some(&mut cepstra))?;
+        Ok(transpose(&cepstra, frames, self.cfg.n_mfcc))
     }
 
-    /// dB mel values laid out frame-major, `(frames, n_mels)`.
-    fn mel_db_by_frame<T: Sample>(&self, signal: &[T]) -> Result<(usize, Vec<f64>)> {
+    /// The orthonormal DCT-II of one frame's dB values.
+    fn dct_frame(&self, mel_db: &[f64], out: &mut [f64]) {
+        for (o, basis) in out.iter_mut().zip(self.dct.chunks_exact(mel_db.len())) {
+            *o = dot(basis, mel_db);
+        }
+    }
+
+    /// dB mel values laid out frame-major, `(frames, n_mels)`, floored at `top_db` below the maximum.
+    /// With `cepstra`, also fills it with the DCT of every frame's values before the floor, in the same
+    /// pass (`(frames, n_mfcc)`).
+    fn mel_db_by_frame<T: Sample>(
+        &self,
+        signal: &[T],
+        cepstra: Option<&mut Vec<f64>>,
+    ) -> Result<(usize, Vec<f64>)> {
         let frames = self.n_frames(signal.len())?;
         let cfg = &self.cfg;
         let pad = if cfg.center { cfg.n_fft / 2 } else { 0 };
@@ -193,22 +197,47 @@ impl Mfcc {
         }
 
         let mut out = vec![0.0; frames * cfg.n_mels];
-        // Mel power and 10·log10(max(S, amin)) per frame, in parallel; each chunk reports its maximum.
-        let max =
-            for_frame_chunks(&mut out, cfg.n_mels, |first, chunk| self.mel_db_frames(&padded, first, chunk));
+        let mut dct_out = Vec::new();
+        let with_dct = cepstra.is_some();
+        if with_dct {
+            dct_out = vec![0.0; frames * cfg.n_mfcc];
+        }
+        // Mel power, 10·log10(max(S, amin)) and (optionally) the DCT per frame, in parallel; each chunk
+        // reports its maximum.
+        let max = for_frame_chunks(&mut out, cfg.n_mels, &mut dct_out, cfg.n_mfcc, |first, chunk, dct| {
+            self.mel_db_frames(&padded, first, chunk, with_dct.then_some(dct))
+        });
         // The floor at (clip maximum − top_db).
         if let Some(top_db) = cfg.top_db {
             let floor = max - top_db;
-            for v in &mut out {
-                *v = v.max(floor);
+            let n_mfcc = cfg.n_mfcc;
+            for (t, col) in out.chunks_exact_mut(cfg.n_mels).enumerate() {
+                if col.iter().any(|&v| v < floor) {
+                    for v in col.iter_mut() {
+                        *v = v.max(floor);
+                    }
+                    if with_dct {
+                        self.dct_frame(col, &mut dct_out[t * n_mfcc..][..n_mfcc]);
+                    }
+                }
             }
+        }
+        if let Some(c) = cepstra {
+            *c = dct_out;
         }
         Ok((frames, out))
     }
 
     /// dB mel power of frames `first_frame..` into `out` (`n_mels` values per frame), from the padded
-    /// signal, without the `top_db` floor; returns the largest value.
-    fn mel_db_frames(&self, padded: &[f64], first_frame: usize, out: &mut [f64]) -> f64 {
+    /// signal, without the `top_db` floor, and their DCT into `dct` when given; returns the largest
+    /// dB value.
+    fn mel_db_frames(
+        &self,
+        padded: &[f64],
+        first_frame: usize,
+        out: &mut [f64],
+        dct: Option<&mut [f64]>,
+    ) -> f64 {
         let cfg = &self.cfg;
         // Only the window's non-zero span [left, left + win_length) contributes.
         let left = (cfg.n_fft - cfg.win_length) / 2;
@@ -218,6 +247,7 @@ impl Mfcc {
         let mut spec = self.fft.make_output_vec();
         let mut scratch = self.fft.make_scratch_vec();
         let mut power = vec![0.0; cfg.n_bins()];
+        let mut max = f64::NEG_INFINITY;
         for (t, mel_col) in out.chunks_exact_mut(cfg.n_mels).enumerate() {
             let start = (first_frame + t) * cfg.hop_length + span.start;
             buf.fill(0.0);
@@ -231,22 +261,45 @@ impl Mfcc {
                 *p = c.norm_sqr();
             }
             self.mel.apply(&power, mel_col);
+            for v in mel_col.iter_mut() {
+                *v = 10.0 * v.max(AMIN).log10();
+                max = max.max(*v);
+            }
         }
-        let mut max = f64::NEG_INFINITY;
-        for v in out {
-            *v = 10.0 * v.max(AMIN).log10();
-            max = max.max(*v);
+        if let Some(dct) = dct {
+            for (col, c) in out.chunks_exact(cfg.n_mels).zip(dct.chunks_exact_mut(cfg.n_mfcc)) {
+                self.dct_frame(col, c);
+            }
         }
         max
     }
 }
 
-/// Splits `out` (`per_frame` values per frame) into one chunk of whole frames per available core (when
-/// there are enough frames to be worth it) and runs `f(first_frame, chunk)` on each; returns the maximum of
-/// the results.
-fn for_frame_chunks<F>(out: &mut [f64], per_frame: usize, f: F) -> f64
+/// `Σ a·b` with four independent accumulators (pipelined, and vectorised by the compiler).
+pub(crate) fn dot(a: &[f64], b: &[f64]) -> f64 {
+    let mut acc = [0.0; 4];
+    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
+    let tail: f64 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..4 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+}
+
+/// Splits `out` (`per_frame` values per frame) and `extra` (`extra_per_frame` values per frame, or empty)
+/// into one chunk of whole frames per available core (when there are enough frames to be worth it) and
+/// runs `f(first_frame, chunk, extra_chunk)` on each; returns the maximum of the results.
+fn for_frame_chunks<F>(
+    out: &mut [f64],
+    per_frame: usize,
+    extra: &mut [f64],
+    extra_per_frame: usize,
+    f: F,
+) -> f64
 where
-    F: Fn(usize, &mut [f64]) -> f64 + Sync,
+    F: Fn(usize, &mut [f64], &mut [f64]) -> f64 + Sync,
 {
     let frames = out.len() / per_frame;
     let threads = if frames >= 2 * MIN_FRAMES_PER_THREAD {
@@ -255,13 +308,23 @@ where
         1
     };
     let per_thread = frames.div_ceil(threads).max(1);
+    let extra_step = if extra.is_empty() { 0 } else { per_thread * extra_per_frame };
+    let mut extra_chunks: Vec<&mut [f64]> =
+        if extra.is_empty() { Vec::new() } else { extra.chunks_mut(extra_step).collect() };
     let f = &f;
     std::thread::scope(|scope| {
-        let mut chunks = out.chunks_mut(per_thread * per_frame).enumerate();
-        let last = chunks.next_back();
-        let handles: Vec<_> =
-            chunks.map(|(i, chunk)| scope.spawn(move || f(i * per_thread, chunk))).collect();
-        let mut max = last.map_or(f64::NEG_INFINITY, |(i, chunk)| f(i * per_thread, chunk));
+        let mut handles = Vec::new();
+        let mut mine = None;
+        for (i, chunk) in out.chunks_mut(per_thread * per_frame).enumerate() {
+            let ex: &mut [f64] =
+                if extra_chunks.is_empty() { &mut [] } else { std::mem::take(&mut extra_chunks[i]) };
+            if mine.is_none() {
+                mine = Some((i, chunk, ex));
+            } else {
+                handles.push(scope.spawn(move || f(i * per_thread, chunk, ex)));
+            }
+        }
+        let mut max = mine.map_or(f64::NEG_INFINITY, |(i, chunk, ex)| f(i * per_thread, chunk, ex));
         for h in handles {
             max = max.max(h.join().expect("an MFCC worker thread panicked"));
         }

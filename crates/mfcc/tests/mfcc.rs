@@ -100,6 +100,39 @@ fn mel_basis_and_window_equal_librosa() {
     }
 }
 
+/// The MFCCs are the orthonormal DCT-II of the floored mel-dB frames, also where the `top_db` floor
+/// clips some frames and not others (a tone, then near-silence 120 dB down).
+#[test]
+fn mfcc_is_the_dct_of_the_floored_mel_spectrogram() {
+    let cfg = MfccConfig::project();
+    let planner = Mfcc::new(cfg.clone()).unwrap();
+    let signal: Vec<f64> = (0..16_000)
+        .map(|i| {
+            let tone = (2.0 * std::f64::consts::PI * 440.0 * f64::from(i) / 16_000.0).sin();
+            if i < 8_000 { tone } else { 1e-6 * tone }
+        })
+        .collect();
+    let mel = planner.mel_db(&signal).unwrap();
+    let mfcc = planner.mfcc(&signal).unwrap();
+    let (n_mels, frames) = mel.shape();
+    let floor = mel.as_slice().iter().copied().fold(f64::INFINITY, f64::min);
+    let clipped = (0..frames).filter(|&t| (0..n_mels).any(|m| mel.row(m)[t] == floor)).count();
+    assert!(clipped > 0 && clipped < frames, "the floor should clip some frames only ({clipped})");
+    for t in 0..frames {
+        for k in 0..cfg.n_mfcc {
+            let scale = if k == 0 { (1.0 / n_mels as f64).sqrt() } else { (2.0 / n_mels as f64).sqrt() };
+            let want: f64 = (0..n_mels)
+                .map(|m| {
+                    let angle =
+                        std::f64::consts::PI * k as f64 * (2.0 * m as f64 + 1.0) / (2.0 * n_mels as f64);
+                    scale * angle.cos() * mel.row(m)[t]
+                })
+                .sum();
+            assert!((mfcc.row(k)[t] - want).abs() < 1e-9, "frame {t}, coefficient {k}");
+        }
+    }
+}
+
 #[test]
 fn five_seconds_give_501_frames() {
     let planner = Mfcc::new(MfccConfig::project()).unwrap();
