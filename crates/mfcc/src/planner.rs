@@ -2,14 +2,15 @@
 
 use std::sync::Arc;
 
+use rayon::prelude::*;
 use realfft::{RealFftPlanner, RealToComplex};
 
 use crate::config::MfccConfig;
 use crate::error::{Error, Result};
 use crate::mel::{MelFilterbank, dct_ortho_matrix, periodic_hann_padded};
 
-/// Frames below which a signal is not worth splitting over threads.
-const MIN_FRAMES_PER_THREAD: usize = 512;
+/// Frames per parallel task: enough to amortise a task, small enough to balance 2–16 cores.
+const FRAMES_PER_TASK: usize = 512;
 
 /// `power_to_db`'s floor on power values.
 pub const AMIN: f64 = 1e-10;
@@ -188,12 +189,12 @@ impl Mfcc {
         let cfg = &self.cfg;
         let pad = if cfg.center { cfg.n_fft / 2 } else { 0 };
         // The padded signal in f64, once: every frame is then a plain slice of it.
-        let mut padded = vec![0.0; signal.len() + 2 * pad];
-        for (i, (p, s)) in padded[pad..].iter_mut().zip(signal).enumerate() {
-            *p = s.to_f64();
-            if !p.is_finite() {
-                return Err(Error::NonFinite { index: i, value: *p });
-            }
+        let mut padded = Vec::with_capacity(signal.len() + 2 * pad);
+        padded.resize(pad, 0.0);
+        padded.extend(signal.iter().map(|s| s.to_f64()));
+        padded.resize(signal.len() + 2 * pad, 0.0);
+        if let Some(i) = padded[pad..pad + signal.len()].iter().position(|v| !v.is_finite()) {
+            return Err(Error::NonFinite { index: i, value: padded[pad + i] });
         }
 
         let mut out = vec![0.0; frames * cfg.n_mels];
@@ -250,8 +251,12 @@ impl Mfcc {
         let mut max = f64::NEG_INFINITY;
         for (t, mel_col) in out.chunks_exact_mut(cfg.n_mels).enumerate() {
             let start = (first_frame + t) * cfg.hop_length + span.start;
-            buf.fill(0.0);
-            for ((b, w), x) in buf[span.clone()].iter_mut().zip(window).zip(&padded[start..]) {
+            // The FFT uses its input as scratch: zero the padding around the window each frame.
+            let (head, rest) = buf.split_at_mut(span.start);
+            let (body, tail) = rest.split_at_mut(cfg.win_length);
+            head.fill(0.0);
+            tail.fill(0.0);
+            for ((b, w), x) in body.iter_mut().zip(window).zip(&padded[start..start + cfg.win_length]) {
                 *b = w * x;
             }
             self.fft
@@ -289,8 +294,9 @@ pub(crate) fn dot(a: &[f64], b: &[f64]) -> f64 {
 }
 
 /// Splits `out` (`per_frame` values per frame) and `extra` (`extra_per_frame` values per frame, or empty)
-/// into one chunk of whole frames per available core (when there are enough frames to be worth it) and
-/// runs `f(first_frame, chunk, extra_chunk)` on each; returns the maximum of the results.
+/// into chunks of whole frames, runs `f(first_frame, chunk, extra_chunk)` on each in parallel (rayon's
+/// pool), and returns the maximum of the results. Each frame is computed alone, so the result does not
+/// depend on the split.
 fn for_frame_chunks<F>(
     out: &mut [f64],
     per_frame: usize,
@@ -302,34 +308,16 @@ where
     F: Fn(usize, &mut [f64], &mut [f64]) -> f64 + Sync,
 {
     let frames = out.len() / per_frame;
-    let threads = if frames >= 2 * MIN_FRAMES_PER_THREAD {
-        std::thread::available_parallelism().map_or(1, |n| n.get()).min(frames / MIN_FRAMES_PER_THREAD)
-    } else {
-        1
-    };
-    let per_thread = frames.div_ceil(threads).max(1);
-    let extra_step = if extra.is_empty() { 0 } else { per_thread * extra_per_frame };
+    let chunk = FRAMES_PER_TASK.min(frames.max(1));
+    let extra_step = if extra.is_empty() { 0 } else { chunk * extra_per_frame };
     let mut extra_chunks: Vec<&mut [f64]> =
         if extra.is_empty() { Vec::new() } else { extra.chunks_mut(extra_step).collect() };
-    let f = &f;
-    std::thread::scope(|scope| {
-        let mut handles = Vec::new();
-        let mut mine = None;
-        for (i, chunk) in out.chunks_mut(per_thread * per_frame).enumerate() {
-            let ex: &mut [f64] =
-                if extra_chunks.is_empty() { &mut [] } else { std::mem::take(&mut extra_chunks[i]) };
-            if mine.is_none() {
-                mine = Some((i, chunk, ex));
-            } else {
-                handles.push(scope.spawn(move || f(i * per_thread, chunk, ex)));
-            }
-        }
-        let mut max = mine.map_or(f64::NEG_INFINITY, |(i, chunk, ex)| f(i * per_thread, chunk, ex));
-        for h in handles {
-            max = max.max(h.join().expect("an MFCC worker thread panicked"));
-        }
-        max
-    })
+    extra_chunks.resize_with(frames.div_ceil(chunk), Default::default);
+    out.par_chunks_mut(chunk * per_frame)
+        .zip(extra_chunks.into_par_iter())
+        .enumerate()
+        .map(|(i, (c, ex))| f(i * chunk, c, ex))
+        .reduce(|| f64::NEG_INFINITY, f64::max)
 }
 
 /// `(frames, n)` frame-major values as `(n, frames)` [`Features`].
