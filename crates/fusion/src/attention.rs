@@ -30,22 +30,38 @@ impl MultiHeadAttention {
         Ok(Self { in_proj_weight, in_proj_bias, out_proj, embed, heads })
     }
 
-    /// Projection `i` (0 = query, 1 = key, 2 = value) of `x` `(B, T, E)`, split into heads `(B, H, T, E/H)`.
+    /// Projection `i` (0 = query, 1 = key, 2 = value) of `x` `(B, T, E)`; head `h` is columns `h·d..(h+1)·d`.
     fn project(&self, x: &Tensor, i: usize) -> Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
         let w = self.in_proj_weight.narrow(0, i * self.embed, self.embed)?;
         let bias = self.in_proj_bias.narrow(0, i * self.embed, self.embed)?;
-        let y = x.broadcast_matmul(&w.t()?)?.broadcast_add(&bias)?;
-        Ok(y.reshape((b, t, self.heads, self.embed / self.heads))?.transpose(1, 2)?.contiguous()?)
+        Ok(x.broadcast_matmul(&w.t()?)?.broadcast_add(&bias)?)
+    }
+
+    /// `(B, T, E)` → `(B, H, T, E/H)`.
+    fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        Ok(x.reshape((b, t, self.heads, self.embed / self.heads))?.transpose(1, 2)?.contiguous()?)
     }
 
     /// Attends from `query` `(B, Tq, E)` to `context` `(B, Tk, E)`; returns the output `(B, Tq, E)` and the
-    /// attention weights `(B, H, Tq, Tk)` (each row sums to 1).
+    /// attention weights `(B, H, Tq, Tk)` (each row sums to 1). On the CPU the attention core is one op
+    /// with its own backward pass (its weights are then a detached copy, for inspection); elsewhere it is
+    /// built from candle ops.
     pub(crate) fn forward(&self, query: &Tensor, context: &Tensor) -> Result<(Tensor, Tensor)> {
-        let (b, tq, _) = query.dims3()?;
-        let q = self.project(query, 0)?;
-        let k = self.project(context, 1)?;
-        let v = self.project(context, 2)?;
+        let (q, k, v) = (self.project(query, 0)?, self.project(context, 1)?, self.project(context, 2)?);
+        if crate::attention_op::supported(&q) {
+            let (ctx, weights) = crate::attention_op::attend(&q, &k, &v, self.heads)?;
+            return Ok((self.out_proj.forward(&ctx)?, weights));
+        }
+        let (ctx, weights) = self.forward_generic(&q, &k, &v)?;
+        Ok((self.out_proj.forward(&ctx)?, weights))
+    }
+
+    /// The attention core from candle ops, on projected `q` `(B, Tq, E)`, `k` and `v` `(B, Tk, E)`:
+    /// the context `(B, Tq, E)` before the output projection, and the weights.
+    fn forward_generic(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (b, tq, _) = q.dims3()?;
+        let (q, k, v) = (self.split_heads(q)?, self.split_heads(k)?, self.split_heads(v)?);
         let scale = 1.0 / ((self.embed / self.heads) as f64).sqrt();
         // With a handful of tokens and a few dimensions per head, a batched matmul is B·H tiny matrix
         // products; a broadcast product and a sum over the shared axis is the same arithmetic in two
@@ -54,7 +70,87 @@ impl MultiHeadAttention {
         let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
         // ctx[b,h,i,d] = Σ_j weights[b,h,i,j]·v[b,h,j,d].
         let ctx = weights.unsqueeze(4)?.broadcast_mul(&v.unsqueeze(2)?)?.sum(3)?;
-        let ctx = ctx.transpose(1, 2)?.reshape((b, tq, self.embed))?;
-        Ok((self.out_proj.forward(&ctx)?, weights))
+        Ok((ctx.transpose(1, 2)?.reshape((b, tq, self.embed))?, weights))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, Var};
+    use candle_nn::VarMap;
+    use proptest::prelude::*;
+
+    fn random(dims: &[usize], seed: u64) -> Tensor {
+        let n: usize = dims.iter().product();
+        let v: Vec<f64> =
+            (0..n as u64).map(|i| ((i * 7919 + seed * 104_729) % 1000) as f64 / 500.0 - 1.0).collect();
+        Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
+    }
+
+    type Core = fn(&Tensor, &Tensor, &Tensor, usize) -> Tensor;
+
+    fn op(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Tensor {
+        crate::attention_op::attend(q, k, v, heads).unwrap().0
+    }
+
+    fn generic(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Tensor {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F64, &Device::Cpu);
+        let mha = MultiHeadAttention::new(q.dim(2).unwrap(), heads, vb).unwrap();
+        mha.forward_generic(q, k, v).unwrap().0
+    }
+
+    /// Gradients of `Σ core(q, k, v)·r` with respect to q, k and v.
+    fn grads(core: Core, q: &Var, k: &Var, v: &Var, r: &Tensor, heads: usize) -> Vec<Vec<f64>> {
+        let y = core(q.as_tensor(), k.as_tensor(), v.as_tensor(), heads);
+        let g = (y * r).unwrap().sum_all().unwrap().backward().unwrap();
+        [q, k, v]
+            .iter()
+            .map(|x| g.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap())
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(16))]
+
+        /// The op equals the candle-op attention (output, weights, gradients) and its gradients equal
+        /// central differences, in f64.
+        #[test]
+        fn op_matches_candle_ops_and_finite_differences(
+            batch in 1usize..4, tq in 1usize..5, tk in 1usize..5, heads in 1usize..4, hd in 1usize..4, seed in 0u64..1000,
+        ) {
+            let e = heads * hd;
+            let (q, k, v) = (random(&[batch, tq, e], seed), random(&[batch, tk, e], seed + 1), random(&[batch, tk, e], seed + 2));
+            let r = random(&[batch, tq, e], seed + 3);
+            let (qv, kv, vv) = (Var::from_tensor(&q).unwrap(), Var::from_tensor(&k).unwrap(), Var::from_tensor(&v).unwrap());
+            let (a, b) = (op(&q, &k, &v, heads), generic(&q, &k, &v, heads));
+            let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+            prop_assert!(diff < 1e-12, "outputs differ by {}", diff);
+            let go = grads(op, &qv, &kv, &vv, &r, heads);
+            let gg = grads(generic, &qv, &kv, &vv, &r, heads);
+            for (x, y) in go.iter().flatten().zip(gg.iter().flatten()) {
+                prop_assert!((x - y).abs() < 1e-12, "gradients {} vs {}", x, y);
+            }
+            let loss = |q: &Tensor, k: &Tensor, v: &Tensor| -> f64 {
+                (op(q, k, v, heads) * &r).unwrap().sum_all().unwrap().to_scalar().unwrap()
+            };
+            let inputs = [&q, &k, &v];
+            for (which, analytic) in go.iter().enumerate() {
+                let base: Vec<f64> = inputs[which].flatten_all().unwrap().to_vec1().unwrap();
+                for (i, a) in analytic.iter().enumerate() {
+                    let bump = |d: f64| {
+                        let mut x = base.clone();
+                        x[i] += d;
+                        let t = Tensor::from_vec(x, inputs[which].dims(), &Device::Cpu).unwrap();
+                        let mut args = [q.clone(), k.clone(), v.clone()];
+                        args[which] = t;
+                        loss(&args[0], &args[1], &args[2])
+                    };
+                    let numeric = (bump(1e-6) - bump(-1e-6)) / 2e-6;
+                    prop_assert!((a - numeric).abs() < 1e-6 * numeric.abs().max(1.0), "{} vs {}", a, numeric);
+                }
+            }
+        }
     }
 }

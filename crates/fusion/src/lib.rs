@@ -27,6 +27,7 @@
 //! ```
 
 mod attention;
+mod attention_op;
 mod error;
 mod fusion;
 

@@ -1,0 +1,279 @@
+//! The core of multi-head attention for a few short tokens, as one candle custom op with a hand-written
+//! backward pass (CPU, f32/f64): `softmax(q·kᵀ·scale)·v` per sample and head, on `(B, T, E)` tensors whose
+//! columns `h·d..(h+1)·d` belong to head `h` (PyTorch's layout), so no reshape or transpose is needed
+//! around it. The attention weights are kept for the backward pass and for inspection.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Storage, Tensor, WithDType, bail};
+
+/// Whether the op can run on `t` (CPU, f32 or f64).
+pub(crate) fn supported(t: &Tensor) -> bool {
+    t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
+}
+
+/// Attention weights `(B, H, Tq, Tk)` of the last forward pass.
+pub(crate) type Weights = Arc<Mutex<Option<CpuStorage>>>;
+
+/// `ctx = softmax(q·kᵀ·scale)·v` over `(q, k, v)`; see the module docs.
+#[derive(Debug)]
+pub(crate) struct AttentionOp {
+    heads: usize,
+    weights: Weights,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    batch: usize,
+    tq: usize,
+    tk: usize,
+    embed: usize,
+    heads: usize,
+}
+
+impl Dims {
+    fn head_dim(&self) -> usize {
+        self.embed / self.heads
+    }
+
+    fn scale(&self) -> f64 {
+        1.0 / (self.head_dim() as f64).sqrt()
+    }
+}
+
+impl AttentionOp {
+    pub(crate) fn new(heads: usize) -> Self {
+        Self { heads, weights: Arc::default() }
+    }
+
+    /// A handle to the weights the forward pass will compute.
+    pub(crate) fn weights_handle(&self) -> Weights {
+        Arc::clone(&self.weights)
+    }
+
+    fn dims(&self, q: &Layout, k: &Layout, v: &Layout) -> candle_core::Result<Dims> {
+        let (batch, tq, embed) = q.shape().dims3()?;
+        let (kb, tk, ke) = k.shape().dims3()?;
+        if (kb, ke) != (batch, embed) || v.shape() != k.shape() || embed % self.heads != 0 || tk == 0 {
+            bail!(
+                "attention: q {:?}, k {:?}, v {:?} do not fit {} heads",
+                q.shape(),
+                k.shape(),
+                v.shape(),
+                self.heads
+            );
+        }
+        Ok(Dims { batch, tq, tk, embed, heads: self.heads })
+    }
+}
+
+fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [T]> {
+    let data = T::cpu_storage_as_slice(s)?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => bail!("attention inputs must be contiguous"),
+    }
+}
+
+/// Forward for one sample: returns ctx `(tq, E)` into `ctx` and weights `(H, tq, tk)` into `p`.
+fn forward_sample<T: WithDType>(d: &Dims, q: &[T], k: &[T], v: &[T], ctx: &mut [T], p: &mut [T]) {
+    let (hd, e, scale) = (d.head_dim(), d.embed, T::from_f64(d.scale()));
+    for h in 0..d.heads {
+        let cols = h * hd..(h + 1) * hd;
+        for i in 0..d.tq {
+            let row = &mut p[(h * d.tq + i) * d.tk..][..d.tk];
+            let qi = &q[i * e + cols.start..i * e + cols.end];
+            let mut max = f64::NEG_INFINITY;
+            for (j, s) in row.iter_mut().enumerate() {
+                let kj = &k[j * e + cols.start..j * e + cols.end];
+                *s = qi.iter().zip(kj).fold(T::zero(), |a, (x, y)| a + *x * *y) * scale;
+                max = max.max(s.to_f64());
+            }
+            let mut sum = 0.0;
+            for s in row.iter_mut() {
+                let x = (s.to_f64() - max).exp();
+                *s = T::from_f64(x);
+                sum += x;
+            }
+            let out = &mut ctx[i * e + cols.start..i * e + cols.end];
+            out.fill(T::zero());
+            for (j, s) in row.iter_mut().enumerate() {
+                *s = T::from_f64(s.to_f64() / sum);
+                for (o, x) in out.iter_mut().zip(&v[j * e + cols.start..j * e + cols.end]) {
+                    *o += *s * *x;
+                }
+            }
+        }
+    }
+}
+
+/// Backward for one sample: gradients of q, k, v from `dctx` and the forward's weights `p`.
+#[allow(clippy::too_many_arguments)]
+fn backward_sample<T: WithDType>(
+    d: &Dims,
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    p: &[T],
+    dctx: &[T],
+    dq: &mut [T],
+    dk: &mut [T],
+    dv: &mut [T],
+) {
+    let (hd, e, scale) = (d.head_dim(), d.embed, T::from_f64(d.scale()));
+    let mut ds = vec![T::zero(); d.tk];
+    for h in 0..d.heads {
+        let cols = h * hd..(h + 1) * hd;
+        for i in 0..d.tq {
+            let row = &p[(h * d.tq + i) * d.tk..][..d.tk];
+            let go = &dctx[i * e + cols.start..i * e + cols.end];
+            // dP[j] = dctx_i · v_j;  dv_j += P[j]·dctx_i
+            let mut dot = T::zero();
+            for (j, (s, pj)) in ds.iter_mut().zip(row).enumerate() {
+                let vj = &v[j * e + cols.start..j * e + cols.end];
+                *s = go.iter().zip(vj).fold(T::zero(), |a, (x, y)| a + *x * *y);
+                dot += *s * *pj;
+                for (g, x) in dv[j * e + cols.start..j * e + cols.end].iter_mut().zip(go) {
+                    *g += *pj * *x;
+                }
+            }
+            // dS[j] = P[j]·(dP[j] − Σ P·dP), times the scale for q and k.
+            for (s, pj) in ds.iter_mut().zip(row) {
+                *s = *pj * (*s - dot) * scale;
+            }
+            let qi = &q[i * e + cols.start..i * e + cols.end];
+            for (j, s) in ds.iter().enumerate() {
+                let kj = &k[j * e + cols.start..j * e + cols.end];
+                for (g, x) in dq[i * e + cols.start..i * e + cols.end].iter_mut().zip(kj) {
+                    *g += *s * *x;
+                }
+                for (g, x) in dk[j * e + cols.start..j * e + cols.end].iter_mut().zip(qi) {
+                    *g += *s * *x;
+                }
+            }
+        }
+    }
+}
+
+macro_rules! dispatch {
+    ($storage:expr, $t:ident => $body:expr) => {
+        match $storage {
+            CpuStorage::F32(_) => {
+                type $t = f32;
+                $body
+            }
+            CpuStorage::F64(_) => {
+                type $t = f64;
+                $body
+            }
+            other => bail!("attention supports f32 and f64, not {:?}", other.dtype()),
+        }
+    };
+}
+
+fn cpu<'a>(s: &'a candle_core::StorageRef<'_>) -> candle_core::Result<&'a CpuStorage> {
+    match &**s {
+        Storage::Cpu(c) => Ok(c),
+        _ => bail!("the attention op runs on the CPU only"),
+    }
+}
+
+fn tensor(s: CpuStorage, shape: &[usize], like: &Tensor) -> candle_core::Result<Tensor> {
+    match s {
+        CpuStorage::F32(v) => Tensor::from_vec(v, shape, like.device()),
+        CpuStorage::F64(v) => Tensor::from_vec(v, shape, like.device()),
+        other => bail!("unsupported dtype {:?}", other.dtype()),
+    }
+}
+
+impl CustomOp3 for AttentionOp {
+    fn name(&self) -> &'static str {
+        "emofuse-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let d = self.dims(l1, l2, l3)?;
+        dispatch!(s1, T => {
+            let (q, k, v) = (slice::<T>(s1, l1)?, slice::<T>(s2, l2)?, slice::<T>(s3, l3)?);
+            let mut ctx = vec![T::from_f64(0.0); d.batch * d.tq * d.embed];
+            let mut p = vec![T::from_f64(0.0); d.batch * d.heads * d.tq * d.tk];
+            for (b, (c, pb)) in ctx.chunks_exact_mut(d.tq * d.embed).zip(p.chunks_exact_mut(d.heads * d.tq * d.tk)).enumerate() {
+                let kv = b * d.tk * d.embed..(b + 1) * d.tk * d.embed;
+                forward_sample(&d, &q[b * d.tq * d.embed..(b + 1) * d.tq * d.embed], &k[kv.clone()], &v[kv], c, pb);
+            }
+            *self.weights.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(T::to_cpu_storage_owned(p));
+            Ok((T::to_cpu_storage_owned(ctx), Shape::from((d.batch, d.tq, d.embed))))
+        })
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let guard = self.weights.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(p) = guard.as_ref() else { bail!("attention backward before its forward pass") };
+        let (qs, ql) = q.storage_and_layout();
+        let (ks, kl) = k.storage_and_layout();
+        let (vs, vl) = v.storage_and_layout();
+        let (gs, gl) = grad.storage_and_layout();
+        let d = self.dims(ql, kl, vl)?;
+        if gl.shape() != ql.shape() {
+            bail!("attention backward: gradient {:?} does not match the output", gl.shape());
+        }
+        let (qs, ks, vs, gs) = (cpu(&qs)?, cpu(&ks)?, cpu(&vs)?, cpu(&gs)?);
+        let (dq, dk, dv) = dispatch!(qs, T => {
+            let (q, k, v, g) = (slice::<T>(qs, ql)?, slice::<T>(ks, kl)?, slice::<T>(vs, vl)?, slice::<T>(gs, gl)?);
+            let p = T::cpu_storage_as_slice(p)?;
+            let (qn, kn, pn) = (d.tq * d.embed, d.tk * d.embed, d.heads * d.tq * d.tk);
+            let mut dq = vec![T::from_f64(0.0); q.len()];
+            let mut dk = vec![T::from_f64(0.0); k.len()];
+            let mut dv = vec![T::from_f64(0.0); v.len()];
+            for b in 0..d.batch {
+                backward_sample(
+                    &d,
+                    &q[b * qn..][..qn],
+                    &k[b * kn..][..kn],
+                    &v[b * kn..][..kn],
+                    &p[b * pn..][..pn],
+                    &g[b * qn..][..qn],
+                    &mut dq[b * qn..][..qn],
+                    &mut dk[b * kn..][..kn],
+                    &mut dv[b * kn..][..kn],
+                );
+            }
+            (T::to_cpu_storage_owned(dq), T::to_cpu_storage_owned(dk), T::to_cpu_storage_owned(dv))
+        });
+        Ok((Some(tensor(dq, q.dims(), q)?), Some(tensor(dk, k.dims(), k)?), Some(tensor(dv, v.dims(), v)?)))
+    }
+}
+
+/// The op's output and its attention weights `(B, H, Tq, Tk)` (not differentiable: for inspection).
+pub(crate) fn attend(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let op = AttentionOp::new(heads);
+    let weights = op.weights_handle();
+    let (b, tq, _) = q.dims3()?;
+    let tk = k.dim(1)?;
+    let ctx = q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)?;
+    let w = weights.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    let Some(w) = w else { bail!("attention forward left no weights") };
+    Ok((ctx, tensor(w, &[b, heads, tq, tk], q)?))
+}
