@@ -177,7 +177,7 @@ fn save_state(
             tensors.insert(format!("best.{n}"), w.clone());
         }
     }
-    for (n, t) in opt.state() {
+    for (n, t) in opt.state()? {
         tensors.insert(format!("adam.{n}"), t);
     }
     let json = serde_json::to_vec(state).map_err(|e| Error::Input(e.to_string()))?;
