@@ -1,9 +1,11 @@
-//! [`Conv1d`]: a 1-D convolution built from ops whose gradients candle computes correctly.
+//! [`Conv1d`]: a 1-D convolution with verified gradients.
 //!
 //! candle 0.11.1's native CPU `conv1d` backward is wrong (the weight gradient always, the input gradient
 //! when padding is 0 and batch > 1), so a network built on `candle_nn::conv1d` silently does not learn.
-//! This layer lowers the convolution to im2col (`pad_with_zeros` + `index_select`) and a matrix product,
-//! all of which backpropagate correctly; a finite-difference test guards it.
+//! On the CPU this layer runs the crate's conv kernel (im2col + matrix product, with its own backward
+//! pass); on other devices it lowers the convolution to candle ops (`pad_with_zeros` + `index_select` +
+//! matmul), which backpropagate correctly. A finite-difference test guards the kernel, and a cross-check
+//! holds the two paths equal.
 
 use candle_core::{Device, Module, Tensor};
 use candle_nn::VarBuilder;
