@@ -266,10 +266,16 @@ impl Mfcc {
                 *p = c.norm_sqr();
             }
             self.mel.apply(&power, mel_col);
-            for v in mel_col.iter_mut() {
-                *v = 10.0 * v.max(AMIN).log10();
-                max = max.max(*v);
+            if mel_col.iter().all(|v| v.is_finite()) {
+                for v in mel_col.iter_mut() {
+                    *v = 10.0 * log10_finite(v.max(AMIN));
+                }
+            } else {
+                for v in mel_col.iter_mut() {
+                    *v = 10.0 * v.max(AMIN).log10();
+                }
             }
+            max = mel_col.iter().fold(max, |a, &v| a.max(v));
         }
         if let Some(dct) = dct {
             for (col, c) in out.chunks_exact(cfg.n_mels).zip(dct.chunks_exact_mut(cfg.n_mfcc)) {
@@ -278,6 +284,26 @@ impl Mfcc {
         }
         max
     }
+}
+
+/// `log10(x)` for finite `x ≥ 1e-300`, within a few ulps of `f64::log10`, in branch-free arithmetic the
+/// compiler vectorises (the libm call was a fifth of the MFCC time): `x = m·2^e` with `m` in [√½, √2),
+/// `ln m = 2·atanh(s)`, `s = (m − 1)/(m + 1)`, `|s| ≤ 0.172`, summed to `s²³` (the next term is below
+/// 1e-18 relative).
+pub(crate) fn log10_finite(x: f64) -> f64 {
+    let bits = x.to_bits();
+    let exp = ((bits >> 52) & 0x7ff) as i64 - 1023;
+    let m = f64::from_bits((bits & 0x000f_ffff_ffff_ffff) | 0x3ff0_0000_0000_0000);
+    let big = m > std::f64::consts::SQRT_2;
+    let m = if big { m * 0.5 } else { m };
+    let e = (exp + i64::from(big)) as f64;
+    let s = (m - 1.0) / (m + 1.0);
+    let s2 = s * s;
+    let mut p = 1.0 / 23.0;
+    for k in (0..11).rev() {
+        p = p * s2 + 1.0 / f64::from(2 * k + 1);
+    }
+    (e * std::f64::consts::LN_2 + 2.0 * s * p) * std::f64::consts::LOG10_E
 }
 
 /// `Σ a·b` with four independent accumulators (pipelined, and vectorised by the compiler).
@@ -329,4 +355,30 @@ fn transpose(by_frame: &[f64], frames: usize, n: usize) -> Features {
         }
     }
     Features { rows: n, cols: frames, data }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn log10_matches_the_standard_library(exp in -10.0f64..30.0, frac in 0.0f64..1.0) {
+            let x = 10f64.powf(exp) * (1.0 + frac);
+            let (a, b) = (log10_finite(x), x.log10());
+            prop_assert!((a - b).abs() <= 4.0 * f64::EPSILON * b.abs().max(1.0), "{} vs {} at {}", a, b, x);
+        }
+    }
+
+    #[test]
+    fn log10_at_powers_of_ten_and_around_one() {
+        for k in -10..=30 {
+            let x = 10f64.powi(k);
+            assert!((log10_finite(x) - f64::from(k)).abs() < 1e-14, "{x}");
+        }
+        for x in [1.0, 1.0 + 1e-12, 1.0 - 1e-12, std::f64::consts::SQRT_2, 0.7071, 1.4142, 1e-300] {
+            assert!((log10_finite(x) - x.log10()).abs() < 4.0 * f64::EPSILON, "{x}");
+        }
+    }
 }
