@@ -154,7 +154,7 @@ impl Mfcc {
     /// # Errors
     /// See [`Mfcc::n_frames`]; [`Error::NonFinite`] for a NaN or infinite sample.
     pub fn mel_db<T: Sample>(&self, signal: &[T]) -> Result<Features> {
-        let (frames, by_frame) = self.mel_db_by_frame(signal, None)?;
+        let (frames, by_frame, _) = self.mel_db_by_frame(signal, false)?;
         Ok(transpose(&by_frame, frames, self.cfg.n_mels))
     }
 
@@ -165,8 +165,7 @@ impl Mfcc {
     pub fn mfcc<T: Sample>(&self, signal: &[T]) -> Result<Features> {
         // The DCT runs in the same pass as the mel spectrogram, on the values before the top_db floor;
         // frames where the floor clips a value (silence, mostly) are transformed again afterwards.
-        let mut cepstra = Vec::new();
-        let (frames, _) = self.mel_db_by_frame(signal, Some(&mut cepstra))?;
+        let (frames, _, cepstra) = self.mel_db_by_frame(signal, true)?;
         Ok(transpose(&cepstra, frames, self.cfg.n_mfcc))
     }
 
@@ -178,13 +177,13 @@ impl Mfcc {
     }
 
     /// dB mel values laid out frame-major, `(frames, n_mels)`, floored at `top_db` below the maximum.
-    /// With `cepstra`, also fills it with the DCT of every frame's values before the floor, in the same
-    /// pass (`(frames, n_mfcc)`).
+    /// With `with_dct`, also the MFCCs, frame-major `(frames, n_mfcc)`, computed in the same pass
+    /// (otherwise that vector is empty).
     fn mel_db_by_frame<T: Sample>(
         &self,
         signal: &[T],
-        cepstra: Option<&mut Vec<f64>>,
-    ) -> Result<(usize, Vec<f64>)> {
+        with_dct: bool,
+    ) -> Result<(usize, Vec<f64>, Vec<f64>)> {
         let frames = self.n_frames(signal.len())?;
         let cfg = &self.cfg;
         let pad = if cfg.center { cfg.n_fft / 2 } else { 0 };
@@ -198,11 +197,7 @@ impl Mfcc {
         }
 
         let mut out = vec![0.0; frames * cfg.n_mels];
-        let mut dct_out = Vec::new();
-        let with_dct = cepstra.is_some();
-        if with_dct {
-            dct_out = vec![0.0; frames * cfg.n_mfcc];
-        }
+        let mut dct_out = if with_dct { vec![0.0; frames * cfg.n_mfcc] } else { Vec::new() };
         // Mel power, 10·log10(max(S, amin)) and (optionally) the DCT per frame, in parallel; each chunk
         // reports its maximum.
         let max = for_frame_chunks(&mut out, cfg.n_mels, &mut dct_out, cfg.n_mfcc, |first, chunk, dct| {
@@ -223,10 +218,7 @@ impl Mfcc {
                 }
             }
         }
-        if let Some(c) = cepstra {
-            *c = dct_out;
-        }
-        Ok((frames, out))
+        Ok((frames, out, dct_out))
     }
 
     /// dB mel power of frames `first_frame..` into `out` (`n_mels` values per frame), from the padded
