@@ -131,13 +131,18 @@ impl Conv1d {
         let x = core_types::EegBatch::new(x.clone(), Some(c.in_channels), None)
             .map_err(|e| core_types::ShapeError { what: "Conv1d input", ..e })?
             .into_tensor();
-        let (_, _, len) = x.dims3()?;
+        self.output_len(x.dim(2)?)?;
+        Ok(x)
+    }
+
+    /// The output length for input length `len`, or [`Error::TooShort`].
+    fn output_len(&self, len: usize) -> Result<usize> {
+        let c = &self.cfg;
         c.out_len(len).ok_or_else(|| Error::TooShort {
             layer: format!("conv1d(k={}, p={})", c.kernel, c.padding),
             len,
             min: c.kernel.saturating_sub(2 * c.padding).max(1),
-        })?;
-        Ok(x)
+        })
     }
 
     /// The convolution with a given weight and bias (of this layer's shapes), then ReLU when `relu`: the
@@ -151,7 +156,7 @@ impl Conv1d {
     ) -> Result<Tensor> {
         let c = &self.cfg;
         let x = self.check_input(x)?;
-        if kernels::supported(&x) && x.dtype() == weight.dtype() && x.dtype() == bias.dtype() {
+        if crate::cpu_op::supported(&x) && x.dtype() == weight.dtype() && x.dtype() == bias.dtype() {
             let op = kernels::Conv1dOp { stride: c.stride, padding: c.padding, relu };
             return Ok(x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)?);
         }
@@ -164,11 +169,7 @@ impl Conv1d {
     pub(crate) fn forward_generic(&self, x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
         let c = &self.cfg;
         let (b, _, len) = x.dims3()?;
-        let out_len = c.out_len(len).ok_or_else(|| Error::TooShort {
-            layer: format!("conv1d(k={}, p={})", c.kernel, c.padding),
-            len,
-            min: c.kernel.saturating_sub(2 * c.padding).max(1),
-        })?;
+        let out_len = self.output_len(len)?;
         let x = x.clone();
         let padded = if c.padding > 0 { x.pad_with_zeros(2, c.padding, c.padding)? } else { x };
         let idx = self.gather_indices(out_len, padded.device())?;

@@ -110,7 +110,7 @@ impl Block {
         let Some((gamma, beta)) = self.bn.weight_and_bias() else {
             return Err(Error::Config("encoder BatchNorm layers are affine".into()));
         };
-        if !kernels::supported(x) || gamma.dtype() != x.dtype() {
+        if !crate::cpu_op::supported(x) || gamma.dtype() != x.dtype() {
             let y = self.conv.try_forward(x)?;
             return Ok(self.bn.forward_t(&y, train)?.relu()?);
         }

@@ -5,6 +5,7 @@
 //! - [`EegEncoder`], [`AudioEncoder`]: `Conv1d → BatchNorm1d → ReLU` blocks, mean over time, to a
 //!   128-d [`core_types::Latent`]; [`EncoderConfig::eeg`] and [`EncoderConfig::audio`] are the reference sizes.
 //! - [`EmotionClassifier`]: `128 → 64 → 5` logits.
+//! - [`cpu_op`]: helpers for candle custom ops with f32/f64 CPU kernels (also used by `fusion`).
 //! - [`Dropout`] with seeded masks, and [`init_pytorch_default`]: seeded PyTorch-default initialisation.
 //!
 //! Tensor names equal the PyTorch reference's `state_dict` names. Layers are built with
@@ -29,6 +30,7 @@
 
 mod classifier;
 mod conv;
+pub mod cpu_op;
 mod dropout;
 mod encoder;
 mod error;

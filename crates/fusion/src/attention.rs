@@ -49,7 +49,7 @@ impl MultiHeadAttention {
     /// built from candle ops.
     pub(crate) fn forward(&self, query: &Tensor, context: &Tensor) -> Result<(Tensor, Tensor)> {
         let (q, k, v) = (self.project(query, 0)?, self.project(context, 1)?, self.project(context, 2)?);
-        if crate::attention_op::supported(&q) {
+        if encoders::cpu_op::supported(&q) {
             let (ctx, weights) = crate::attention_op::attend(&q, &k, &v, self.heads)?;
             return Ok((self.out_proj.forward(&ctx)?, weights));
         }

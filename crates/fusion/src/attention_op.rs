@@ -5,13 +5,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Storage, Tensor, WithDType, bail};
-
-/// Whether the op can run on `t` (CPU, f32 or f64).
-pub(crate) fn supported(t: &Tensor) -> bool {
-    t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
-}
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor, WithDType, bail};
+use encoders::cpu_op::{contiguous, cpu_storage, dispatch_float as dispatch, tensor_from};
 
 /// Attention weights `(B, H, Tq, Tk)` of the last forward pass.
 pub(crate) type Weights = Arc<Mutex<Option<CpuStorage>>>;
@@ -65,14 +60,6 @@ impl AttentionOp {
             );
         }
         Ok(Dims { batch, tq, tk, embed, heads: self.heads })
-    }
-}
-
-fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [T]> {
-    let data = T::cpu_storage_as_slice(s)?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => bail!("attention inputs must be contiguous"),
     }
 }
 
@@ -156,37 +143,6 @@ fn backward_sample<T: WithDType>(
     }
 }
 
-macro_rules! dispatch {
-    ($storage:expr, $t:ident => $body:expr) => {
-        match $storage {
-            CpuStorage::F32(_) => {
-                type $t = f32;
-                $body
-            }
-            CpuStorage::F64(_) => {
-                type $t = f64;
-                $body
-            }
-            other => bail!("attention supports f32 and f64, not {:?}", other.dtype()),
-        }
-    };
-}
-
-fn cpu<'a>(s: &'a candle_core::StorageRef<'_>) -> candle_core::Result<&'a CpuStorage> {
-    match &**s {
-        Storage::Cpu(c) => Ok(c),
-        _ => bail!("the attention op runs on the CPU only"),
-    }
-}
-
-fn tensor(s: CpuStorage, shape: &[usize], like: &Tensor) -> candle_core::Result<Tensor> {
-    match s {
-        CpuStorage::F32(v) => Tensor::from_vec(v, shape, like.device()),
-        CpuStorage::F64(v) => Tensor::from_vec(v, shape, like.device()),
-        other => bail!("unsupported dtype {:?}", other.dtype()),
-    }
-}
-
 impl CustomOp3 for AttentionOp {
     fn name(&self) -> &'static str {
         "emofuse-attention"
@@ -203,7 +159,7 @@ impl CustomOp3 for AttentionOp {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let d = self.dims(l1, l2, l3)?;
         dispatch!(s1, T => {
-            let (q, k, v) = (slice::<T>(s1, l1)?, slice::<T>(s2, l2)?, slice::<T>(s3, l3)?);
+            let (q, k, v) = (contiguous::<T>(s1, l1, "attention query")?, contiguous::<T>(s2, l2, "attention key")?, contiguous::<T>(s3, l3, "attention value")?);
             let mut ctx = vec![T::from_f64(0.0); d.batch * d.tq * d.embed];
             let mut p = vec![T::from_f64(0.0); d.batch * d.heads * d.tq * d.tk];
             for (b, (c, pb)) in ctx.chunks_exact_mut(d.tq * d.embed).zip(p.chunks_exact_mut(d.heads * d.tq * d.tk)).enumerate() {
@@ -234,9 +190,9 @@ impl CustomOp3 for AttentionOp {
         if gl.shape() != ql.shape() {
             bail!("attention backward: gradient {:?} does not match the output", gl.shape());
         }
-        let (qs, ks, vs, gs) = (cpu(&qs)?, cpu(&ks)?, cpu(&vs)?, cpu(&gs)?);
+        let (qs, ks, vs, gs) = (cpu_storage(&qs)?, cpu_storage(&ks)?, cpu_storage(&vs)?, cpu_storage(&gs)?);
         let (dq, dk, dv) = dispatch!(qs, T => {
-            let (q, k, v, g) = (slice::<T>(qs, ql)?, slice::<T>(ks, kl)?, slice::<T>(vs, vl)?, slice::<T>(gs, gl)?);
+            let (q, k, v, g) = (contiguous::<T>(qs, ql, "attention query")?, contiguous::<T>(ks, kl, "attention key")?, contiguous::<T>(vs, vl, "attention value")?, contiguous::<T>(gs, gl, "attention output gradient")?);
             let p = T::cpu_storage_as_slice(p)?;
             let (qn, kn, pn) = (d.tq * d.embed, d.tk * d.embed, d.heads * d.tq * d.tk);
             let mut dq = vec![T::from_f64(0.0); q.len()];
@@ -257,7 +213,11 @@ impl CustomOp3 for AttentionOp {
             }
             (T::to_cpu_storage_owned(dq), T::to_cpu_storage_owned(dk), T::to_cpu_storage_owned(dv))
         });
-        Ok((Some(tensor(dq, q.dims(), q)?), Some(tensor(dk, k.dims(), k)?), Some(tensor(dv, v.dims(), v)?)))
+        Ok((
+            Some(tensor_from(dq, q.dims(), q)?),
+            Some(tensor_from(dk, k.dims(), k)?),
+            Some(tensor_from(dv, v.dims(), v)?),
+        ))
     }
 }
 
@@ -275,5 +235,5 @@ pub(crate) fn attend(
     let ctx = q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)?;
     let w = weights.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     let Some(w) = w else { bail!("attention forward left no weights") };
-    Ok((ctx, tensor(w, &[b, heads, tq, tk], q)?))
+    Ok((ctx, tensor_from(w, &[b, heads, tq, tk], q)?))
 }

@@ -13,10 +13,9 @@ mod gemm;
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::backend::BackendStorage;
-use candle_core::{
-    CpuStorage, CustomOp3, DType, Layout, Shape, Storage, StorageRef, Tensor, WithDType, bail,
-};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor, WithDType, bail};
+
+use crate::cpu_op::{contiguous, cpu_storage, dispatch_float as dispatch, tensor_from};
 
 pub use conv::ConvGeom;
 
@@ -65,54 +64,6 @@ impl Real for f64 {
 pub enum SavedAny {
     F32(block::Saved<f32>),
     F64(block::Saved<f64>),
-}
-
-/// Whether the kernels can run on `t` (CPU, f32 or f64).
-pub fn supported(t: &Tensor) -> bool {
-    t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
-}
-
-/// The CPU storage behind a tensor's storage guard.
-fn cpu<'a>(s: &'a StorageRef<'_>) -> candle_core::Result<&'a CpuStorage> {
-    match &**s {
-        Storage::Cpu(c) => Ok(c),
-        _ => bail!("emofuse kernels run on the CPU only"),
-    }
-}
-
-/// The contiguous slice of `s` that `l` describes.
-fn slice<'a, T: Real>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [T]> {
-    let data = T::cpu_storage_as_slice(s)?;
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => bail!("{what} must be contiguous"),
-    }
-}
-
-/// A tensor of `shape` from a CPU storage's values.
-fn tensor(s: CpuStorage, shape: &[usize], like: &Tensor) -> candle_core::Result<Tensor> {
-    match s {
-        CpuStorage::F32(v) => Tensor::from_vec(v, shape, like.device()),
-        CpuStorage::F64(v) => Tensor::from_vec(v, shape, like.device()),
-        other => bail!("unsupported dtype {:?}", other.dtype()),
-    }
-}
-
-/// Runs `$body` with `$t` bound to the element type of `$storage`.
-macro_rules! dispatch {
-    ($storage:expr, $t:ident => $body:expr) => {
-        match $storage {
-            CpuStorage::F32(_) => {
-                type $t = f32;
-                $body
-            }
-            CpuStorage::F64(_) => {
-                type $t = f64;
-                $body
-            }
-            other => bail!("emofuse kernels support f32 and f64, not {:?}", other.dtype()),
-        }
-    };
 }
 
 /// Conv1d with bias over `(x, weight, bias)`; ReLU afterwards when `relu`.
@@ -164,9 +115,9 @@ impl CustomOp3 for Conv1dOp {
             bail!("conv1d: bias {:?} does not match {} output channels", l3.shape(), g.cout);
         }
         dispatch!(s1, T => {
-            let x = slice::<T>(s1, l1, "conv1d input")?;
-            let w = slice::<T>(s2, l2, "conv1d weight")?;
-            let b = slice::<T>(s3, l3, "conv1d bias")?;
+            let x = contiguous::<T>(s1, l1, "conv1d input")?;
+            let w = contiguous::<T>(s2, l2, "conv1d weight")?;
+            let b = contiguous::<T>(s3, l3, "conv1d bias")?;
             let y = conv::forward(&g, x, w, b, self.relu);
             Ok((T::to_cpu_storage_owned(y), Shape::from((g.batch, g.cout, g.out_len))))
         })
@@ -190,15 +141,15 @@ impl CustomOp3 for Conv1dOp {
         if gl.shape().dims() != [g.batch, g.cout, g.out_len] {
             bail!("conv1d backward: gradient {:?} does not match the output", gl.shape());
         }
-        let (xs, ws, gs) = (cpu(&xs)?, cpu(&ws)?, cpu(&gs)?);
+        let (xs, ws, gs) = (cpu_storage(&xs)?, cpu_storage(&ws)?, cpu_storage(&gs)?);
         let (dx, dw, db) = dispatch!(xs, T => {
-            let dy = slice::<T>(gs, gl, "conv1d output gradient")?;
+            let dy = contiguous::<T>(gs, gl, "conv1d output gradient")?;
             let (dx, dw, db) =
-                conv::backward(&g, slice::<T>(xs, xl, "conv1d input")?, slice::<T>(ws, wl, "conv1d weight")?, dy, need_dx);
+                conv::backward(&g, contiguous::<T>(xs, xl, "conv1d input")?, contiguous::<T>(ws, wl, "conv1d weight")?, dy, need_dx);
             (dx.map(T::to_cpu_storage_owned), T::to_cpu_storage_owned(dw), T::to_cpu_storage_owned(db))
         });
-        let dx = dx.map(|d| tensor(d, x.dims(), x)).transpose()?;
-        Ok((dx, Some(tensor(dw, w.dims(), w)?), Some(tensor(db, &[g.cout], w)?)))
+        let dx = dx.map(|d| tensor_from(d, x.dims(), x)).transpose()?;
+        Ok((dx, Some(tensor_from(dw, w.dims(), w)?), Some(tensor_from(db, &[g.cout], w)?)))
     }
 }
 
@@ -255,9 +206,9 @@ impl CustomOp3 for BlockOp {
             bail!("batch-norm in training mode needs more than one value per channel");
         }
         dispatch!(s1, T => {
-            let x = slice::<T>(s1, l1, "conv block input")?;
-            let w = slice::<T>(s2, l2, "conv block weight")?;
-            let p = slice::<T>(s3, l3, "conv block parameters")?;
+            let x = contiguous::<T>(s1, l1, "conv block input")?;
+            let w = contiguous::<T>(s2, l2, "conv block weight")?;
+            let p = contiguous::<T>(s3, l3, "conv block parameters")?;
             let (bias, rest) = p.split_at(g.cout);
             let (gamma, beta) = rest.split_at(g.cout);
             let (out, saved) = block::forward(&g, x, w, gamma, beta, self.eps);
@@ -289,16 +240,16 @@ impl CustomOp3 for BlockOp {
         }
         let saved = lock(&self.saved);
         let Some(saved) = saved.as_ref() else { bail!("conv block backward before its forward pass") };
-        let (xs, ws, os, gs) = (cpu(&xs)?, cpu(&ws)?, cpu(&os)?, cpu(&gs)?);
+        let (xs, ws, os, gs) = (cpu_storage(&xs)?, cpu_storage(&ws)?, cpu_storage(&os)?, cpu_storage(&gs)?);
         let (dx, dp, dw) = dispatch!(xs, T => {
             let Some(saved) = T::saved(saved) else { bail!("conv block: dtype changed between passes") };
             let (dx, dw, db, dgamma, dbeta) = block::backward(
                 &g,
-                slice::<T>(xs, xl, "conv block input")?,
-                slice::<T>(ws, wl, "conv block weight")?,
+                contiguous::<T>(xs, xl, "conv block input")?,
+                contiguous::<T>(ws, wl, "conv block weight")?,
                 saved,
-                slice::<T>(os, ol, "conv block output")?,
-                slice::<T>(gs, gl, "conv block output gradient")?,
+                contiguous::<T>(os, ol, "conv block output")?,
+                contiguous::<T>(gs, gl, "conv block output gradient")?,
                 &gamma,
                 self.eps,
                 need_dx,
@@ -306,7 +257,7 @@ impl CustomOp3 for BlockOp {
             let dp: Vec<T> = db.into_iter().chain(dgamma).chain(dbeta).collect();
             (dx.map(T::to_cpu_storage_owned), T::to_cpu_storage_owned(dp), T::to_cpu_storage_owned(dw))
         });
-        let dx = dx.map(|d| tensor(d, x.dims(), x)).transpose()?;
-        Ok((dx, Some(tensor(dw, w.dims(), w)?), Some(tensor(dp, p.dims(), p)?)))
+        let dx = dx.map(|d| tensor_from(d, x.dims(), x)).transpose()?;
+        Ok((dx, Some(tensor_from(dw, w.dims(), w)?), Some(tensor_from(dp, p.dims(), p)?)))
     }
 }

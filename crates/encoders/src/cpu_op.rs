@@ -1,0 +1,82 @@
+//! Helpers for candle custom ops with CPU kernels in f32 and f64, shared by this crate's kernels and the
+//! `fusion` crate's attention op: whether a tensor qualifies, the CPU storage behind a tensor, the
+//! contiguous slice a layout describes, a tensor from kernel output, and [`dispatch_float`] to run code
+//! typed by a storage's element type.
+
+pub use candle_core::CpuStorage;
+use candle_core::backend::BackendStorage;
+use candle_core::{DType, Layout, Storage, StorageRef, Tensor, WithDType, bail};
+
+/// Whether CPU kernels can run on `t` (CPU, f32 or f64).
+#[must_use]
+pub fn supported(t: &Tensor) -> bool {
+    t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
+}
+
+/// The CPU storage behind a tensor's storage guard.
+///
+/// # Errors
+/// When the tensor lives on another device.
+pub fn cpu_storage<'a>(s: &'a StorageRef<'_>) -> candle_core::Result<&'a CpuStorage> {
+    match &**s {
+        Storage::Cpu(c) => Ok(c),
+        _ => bail!("emofuse CPU kernels run on the CPU only"),
+    }
+}
+
+/// The contiguous slice of `s` that `l` describes; `what` names the operand in the error.
+///
+/// # Errors
+/// When `s` does not hold `T`, or `l` is not contiguous.
+pub fn contiguous<'a, T: WithDType>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    what: &str,
+) -> candle_core::Result<&'a [T]> {
+    let data = T::cpu_storage_as_slice(s)?;
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => bail!("{what} must be contiguous"),
+    }
+}
+
+/// A tensor of `shape` from a kernel's output storage, on `like`'s device.
+///
+/// # Errors
+/// When the storage is neither f32 nor f64, or its length does not fit `shape`.
+pub fn tensor_from(s: CpuStorage, shape: &[usize], like: &Tensor) -> candle_core::Result<Tensor> {
+    match s {
+        CpuStorage::F32(v) => Tensor::from_vec(v, shape, like.device()),
+        CpuStorage::F64(v) => Tensor::from_vec(v, shape, like.device()),
+        other => bail!("unsupported dtype {:?}", other.dtype()),
+    }
+}
+
+/// The error [`dispatch_float`] returns for a storage that is neither f32 nor f64.
+#[must_use]
+pub fn unsupported_dtype(s: &CpuStorage) -> candle_core::Error {
+    candle_core::Error::Msg(format!("emofuse CPU kernels support f32 and f64, not {:?}", s.dtype())).bt()
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __dispatch_float {
+    ($storage:expr, $t:ident => $body:expr) => {
+        match $storage {
+            $crate::cpu_op::CpuStorage::F32(_) => {
+                type $t = f32;
+                $body
+            }
+            $crate::cpu_op::CpuStorage::F64(_) => {
+                type $t = f64;
+                $body
+            }
+            other => return ::core::result::Result::Err($crate::cpu_op::unsupported_dtype(other)),
+        }
+    };
+}
+
+/// `dispatch_float!(storage, T => body)`: runs `body` with the type `T` bound to the element type of a
+/// [`CpuStorage`] (f32 or f64); for any other type, returns an error from the enclosing function (which
+/// returns `candle_core::Result`).
+pub use crate::__dispatch_float as dispatch_float;
