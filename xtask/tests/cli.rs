@@ -1,17 +1,24 @@
 //! The command line end to end: each command on real files, its output files and exit status.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 fn xtask(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_xtask")).args(args).output().expect("the xtask binary runs")
 }
 
-fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("xtask-cli-{}", std::process::id())).join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A scratch folder, removed with everything in it when the value is dropped (also when a test fails).
+struct Scratch(tempfile::TempDir);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+fn tmp(name: &str) -> Scratch {
+    Scratch(tempfile::Builder::new().prefix(&format!("xtask-cli-{name}-")).tempdir().unwrap())
 }
 
 fn repo(rel: &str) -> String {
@@ -61,7 +68,8 @@ fn synth_then_inspect_reports_the_tree_and_fails_on_a_broken_subject() {
     let problems = report["subjects"][1]["problems"].as_array().unwrap();
     assert!(problems[0].as_str().unwrap().contains("_eeg_label.mat"), "{problems:?}");
 
-    let out = xtask(&["inspect", "--data-dir", &tmp("empty").display().to_string()]);
+    let empty = tmp("empty");
+    let out = xtask(&["inspect", "--data-dir", &empty.display().to_string()]);
     assert!(!out.status.success());
 
     // A tree written by scipy (plain and compressed MAT, 22.05 kHz WAV, a padded folder name).
@@ -96,7 +104,8 @@ fn mat_lists_variables_and_rejects_damaged_files() {
     assert_eq!(seg["stats"]["nan"], 0);
     assert_eq!(vars.iter().find(|v| v["name"] == "cellvar").unwrap()["class"], "cell");
 
-    let damaged = tmp("damaged").join("cut.mat");
+    let scratch = tmp("damaged");
+    let damaged = scratch.join("cut.mat");
     let bytes = std::fs::read(repo("crates/eav/tests/data/mat/scipy_eeg_plain.mat")).unwrap();
     std::fs::write(&damaged, &bytes[..bytes.len() - 64]).unwrap();
     let out = xtask(&["mat", &damaged.display().to_string()]);
@@ -107,7 +116,8 @@ fn mat_lists_variables_and_rejects_damaged_files() {
 
 #[test]
 fn mfcc_writes_the_documented_json() {
-    let out_file = tmp("mfcc").join("speech.json");
+    let scratch = tmp("mfcc");
+    let out_file = scratch.join("speech.json");
     let out = xtask(&[
         "mfcc",
         "--input",
@@ -346,12 +356,10 @@ fn sweeps_shard_merge_resume_and_emit_slurm() {
     assert_eq!(csv(&cut), csv(&whole));
 
     // SLURM: a job array of 3 shards whose script is valid bash.
-    let script = tmp("sweep-slurm").join("sweep.sbatch");
+    let (scratch, slurm_out) = (tmp("sweep-slurm"), tmp("sweep-slurm-out"));
+    let script = scratch.join("sweep.sbatch");
     let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(sweep(
-            &tmp("sweep-slurm-out"),
-            &["--emit-slurm", &script.display().to_string(), "--shards", "3"],
-        ))
+        .args(sweep(&slurm_out, &["--emit-slurm", &script.display().to_string(), "--shards", "3"]))
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -5,8 +5,10 @@ use std::path::{Path, PathBuf};
 use eav::audio::{load_mono, read_wav, resample};
 use hound::{SampleFormat, WavSpec, WavWriter};
 
+/// A path in this test binary's scratch folder under `target/` (overwritten by the next run, removed by
+/// `cargo clean`).
 fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("eav-test-{}", std::process::id()));
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("eav-test");
     std::fs::create_dir_all(&dir).unwrap();
     dir.join(name)
 }

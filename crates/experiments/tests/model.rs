@@ -114,8 +114,8 @@ fn check_reference_set(dir: &Path) {
 
 #[test]
 fn checkpoints_round_trip_and_mismatches_are_listed() {
-    let dir = std::env::temp_dir().join(format!("experiments-ckpt-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path();
     let a = EmotionModel::new(&ModelConfig::fused(28, FusionMode::CrossAttention), &Device::Cpu, 1).unwrap();
     let path = dir.join("a.safetensors");
     a.save(&path).unwrap();
@@ -301,11 +301,12 @@ mod runs {
     use eav::synth::{SynthConfig, write_synthetic};
     use experiments::compare::{ExperimentConfig, Quiet, Results, run, write_config};
 
-    fn tree(name: &str, cfg: &SynthConfig) -> PathBuf {
-        let root = std::env::temp_dir().join(format!("experiments-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
+    /// A synthetic tree in a scratch folder that is removed when the returned guard is dropped.
+    fn tree(name: &str, cfg: &SynthConfig) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::Builder::new().prefix(&format!("experiments-{name}-")).tempdir().unwrap();
+        let root = dir.path().join("tree");
         write_synthetic(&root, cfg, &|_| {}).unwrap();
-        root
+        (dir, root)
     }
 
     /// Everything of each run but its wall time, as JSON.
@@ -323,7 +324,7 @@ mod runs {
     /// When only the audio carries the class, EEG+audio learns it and EEG-only stays near chance.
     #[test]
     fn audio_only_tree_separates_the_modalities() {
-        let root = tree(
+        let (_scratch, root) = tree(
             "audio-only",
             &SynthConfig { subjects: 1, trials: 40, eeg_signal: false, ..SynthConfig::default() },
         );
@@ -338,7 +339,8 @@ mod runs {
     /// The same config (also read back from its `config.json`) gives the same numbers.
     #[test]
     fn same_seed_same_results_and_config_json_repeats_the_run() {
-        let root = tree("determinism", &SynthConfig { subjects: 1, trials: 20, ..SynthConfig::default() });
+        let (_scratch, root) =
+            tree("determinism", &SynthConfig { subjects: 1, trials: 20, ..SynthConfig::default() });
         let mut cfg =
             ExperimentConfig::new(root.clone(), vec![FusionMode::Gated, FusionMode::CrossAttention]);
         cfg.train.epochs = 2;
@@ -369,7 +371,8 @@ mod runs {
 
     #[test]
     fn a_diverging_run_stops_with_a_named_error() {
-        let root = tree("diverge", &SynthConfig { subjects: 1, trials: 20, ..SynthConfig::default() });
+        let (_scratch, root) =
+            tree("diverge", &SynthConfig { subjects: 1, trials: 20, ..SynthConfig::default() });
         let mut cfg = ExperimentConfig::new(root, vec![]);
         cfg.train.lr = 1e30;
         cfg.train.grad_clip = None;
@@ -381,7 +384,8 @@ mod runs {
 
     #[test]
     fn missing_subjects_and_cuda_without_the_feature_are_clear_errors() {
-        let root = tree("errors", &SynthConfig { subjects: 1, trials: 10, ..SynthConfig::default() });
+        let (_scratch, root) =
+            tree("errors", &SynthConfig { subjects: 1, trials: 10, ..SynthConfig::default() });
         let mut cfg = ExperimentConfig::new(root, vec![FusionMode::Concat]);
         cfg.subjects = vec![9];
         assert!(run(&cfg, &Quiet).unwrap_err().to_string().contains("subject 9 not found"));

@@ -82,10 +82,11 @@ impl MelFilterbank {
         Self { filters }
     }
 
-    /// `out[m] = Σ_k basis[m, k] · power[k]`.
-    pub(crate) fn apply(&self, power: &[f64], out: &mut [f64]) {
+    /// `out[m] = Σ_k basis[m, k] · power[k]` for two power spectra side by side (`[a, b]` per bin).
+    #[inline]
+    pub(crate) fn apply(&self, power: &[[f64; 2]], out: &mut [[f64; 2]]) {
         for (o, (first, w)) in out.iter_mut().zip(&self.filters) {
-            *o = crate::planner::dot(w, &power[*first..*first + w.len()]);
+            *o = crate::planner::dot2(w, &power[*first..*first + w.len()]);
         }
     }
 

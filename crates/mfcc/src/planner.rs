@@ -3,31 +3,37 @@
 use std::sync::Arc;
 
 use rayon::prelude::*;
-use realfft::{RealFftPlanner, RealToComplex};
+use rustfft::num_complex::Complex;
+use rustfft::{Fft, FftPlanner};
 
 use crate::config::MfccConfig;
 use crate::error::{Error, Result};
 use crate::mel::{MelFilterbank, dct_ortho_matrix, periodic_hann_padded};
 
-/// Frames per parallel task: enough to amortise a task, small enough to balance 2–16 cores.
+/// Frames per parallel task: enough to amortise a task, small enough to balance 2–16 cores. Even, so that
+/// the frame pairs sharing an FFT are the same however the frames are split.
 const FRAMES_PER_TASK: usize = 512;
 
 /// `power_to_db`'s floor on power values.
 pub const AMIN: f64 = 1e-10;
 
 /// A sample type the planner accepts.
-pub trait Sample: Copy {
+pub trait Sample: Copy + Send + Sync {
+    /// Zero (the value `center` pads the signal with).
+    const ZERO: Self;
     /// The value as `f64` (all computation runs in `f64`).
     fn to_f64(self) -> f64;
 }
 
 impl Sample for f32 {
+    const ZERO: Self = 0.0;
     fn to_f64(self) -> f64 {
         f64::from(self)
     }
 }
 
 impl Sample for f64 {
+    const ZERO: Self = 0.0;
     fn to_f64(self) -> f64 {
         self
     }
@@ -91,7 +97,9 @@ pub struct Mfcc {
     window: Vec<f64>,
     mel: MelFilterbank,
     dct: Vec<f64>,
-    fft: Arc<dyn RealToComplex<f64>>,
+    /// A complex FFT of `n_fft` points: two real frames go through it at once, one as the real part and
+    /// one as the imaginary part.
+    fft: Arc<dyn Fft<f64>>,
 }
 
 impl std::fmt::Debug for Mfcc {
@@ -110,7 +118,7 @@ impl Mfcc {
         let window = periodic_hann_padded(cfg.win_length, cfg.n_fft);
         let mel = MelFilterbank::slaney(&cfg);
         let dct = dct_ortho_matrix(cfg.n_mfcc, cfg.n_mels);
-        let fft = RealFftPlanner::<f64>::new().plan_fft_forward(cfg.n_fft);
+        let fft = FftPlanner::<f64>::new().plan_fft_forward(cfg.n_fft);
         Ok(Self { cfg, window, mel, dct, fft })
     }
 
@@ -171,8 +179,32 @@ impl Mfcc {
 
     /// The orthonormal DCT-II of one frame's dB values.
     fn dct_frame(&self, mel_db: &[f64], out: &mut [f64]) {
-        for (o, basis) in out.iter_mut().zip(self.dct.chunks_exact(mel_db.len())) {
-            *o = dot(basis, mel_db);
+        let pairs: Vec<[f64; 2]> = mel_db.iter().map(|&v| [v, 0.0]).collect();
+        let mut fold = Vec::new();
+        self.dct_pair(&pairs, &mut fold, |k, c| out[k] = c[0]);
+    }
+
+    /// The orthonormal DCT-II of two frames side by side (`x[i] = [a_i, b_i]`), coefficient `k` handed
+    /// to `out(k, [A_k, B_k])`. Row k of the basis is symmetric about the middle for even k and
+    /// antisymmetric for odd k, so the frame is folded first (`x_i ± x_{N−1−i}`), halving the products.
+    #[inline]
+    fn dct_pair(&self, x: &[[f64; 2]], fold: &mut Vec<[f64; 2]>, mut out: impl FnMut(usize, [f64; 2])) {
+        let n = x.len();
+        let h = n.div_ceil(2);
+        fold.clear();
+        fold.resize(2 * h, [0.0; 2]);
+        let (even, odd) = fold.split_at_mut(h);
+        for i in 0..n / 2 {
+            let (a, b) = (x[i], x[n - 1 - i]);
+            even[i] = [a[0] + b[0], a[1] + b[1]];
+            odd[i] = [a[0] - b[0], a[1] - b[1]];
+        }
+        if n % 2 == 1 {
+            // The middle value: weight cos(πk/2)·scale, zero for odd k.
+            even[h - 1] = x[h - 1];
+        }
+        for (k, basis) in self.dct.chunks_exact(n).enumerate() {
+            out(k, dot2(&basis[..h], if k % 2 == 0 { even } else { odd }));
         }
     }
 
@@ -186,22 +218,16 @@ impl Mfcc {
     ) -> Result<(usize, Vec<f64>, Vec<f64>)> {
         let frames = self.n_frames(signal.len())?;
         let cfg = &self.cfg;
-        let pad = if cfg.center { cfg.n_fft / 2 } else { 0 };
-        // The padded signal in f64, once: every frame is then a plain slice of it.
-        let mut padded = Vec::with_capacity(signal.len() + 2 * pad);
-        padded.resize(pad, 0.0);
-        padded.extend(signal.iter().map(|s| s.to_f64()));
-        padded.resize(signal.len() + 2 * pad, 0.0);
-        if let Some(i) = padded[pad..pad + signal.len()].iter().position(|v| !v.is_finite()) {
-            return Err(Error::NonFinite { index: i, value: padded[pad + i] });
-        }
+        first_non_finite(signal)?;
 
         let mut out = vec![0.0; frames * cfg.n_mels];
         let mut dct_out = if with_dct { vec![0.0; frames * cfg.n_mfcc] } else { Vec::new() };
         // Mel power, 10·log10(max(S, amin)) and (optionally) the DCT per frame, in parallel; each chunk
         // reports its maximum.
         let max = for_frame_chunks(&mut out, cfg.n_mels, &mut dct_out, cfg.n_mfcc, |first, chunk, dct| {
-            self.mel_db_frames(&padded, first, chunk, with_dct.then_some(dct))
+            crate::simd::with_best_features(|| {
+                self.mel_db_frames(signal, first, chunk, with_dct.then_some(dct))
+            })
         });
         // The floor at (clip maximum − top_db).
         if let Some(top_db) = cfg.top_db {
@@ -221,60 +247,126 @@ impl Mfcc {
         Ok((frames, out, dct_out))
     }
 
-    /// dB mel power of frames `first_frame..` into `out` (`n_mels` values per frame), from the padded
-    /// signal, without the `top_db` floor, and their DCT into `dct` when given; returns the largest
-    /// dB value.
-    fn mel_db_frames(
+    /// dB mel power of frames `first_frame..` into `out` (`n_mels` values per frame), without the
+    /// `top_db` floor, and their DCT into `dct` when given; returns the largest dB value.
+    #[inline(always)]
+    fn mel_db_frames<T: Sample>(
         &self,
-        padded: &[f64],
+        signal: &[T],
         first_frame: usize,
         out: &mut [f64],
         dct: Option<&mut [f64]>,
     ) -> f64 {
         let cfg = &self.cfg;
-        // Only the window's non-zero span [left, left + win_length) contributes.
-        let left = (cfg.n_fft - cfg.win_length) / 2;
-        let span = left..left + cfg.win_length;
-        let window = &self.window[span.clone()];
-        let mut buf = self.fft.make_input_vec();
-        let mut spec = self.fft.make_output_vec();
-        let mut scratch = self.fft.make_scratch_vec();
-        let mut power = vec![0.0; cfg.n_bins()];
+        let (n_fft, n_bins, n_mels, win) = (cfg.n_fft, cfg.n_bins(), cfg.n_mels, cfg.win_length);
+        // Only the window's non-zero span [left, left + win_length) contributes. Frame t starts at
+        // t·hop in the padded signal, i.e. at t·hop + left − pad in `signal`.
+        let left = (n_fft - win) / 2;
+        let pad = if cfg.center { n_fft / 2 } else { 0 };
+        let window = &self.window[left..left + win];
+        let zero = Complex::new(0.0, 0.0);
+        let mut buf = vec![zero; n_fft];
+        let mut scratch = vec![zero; self.fft.get_inplace_scratch_len()];
+        // Both frames of a pair side by side: [frame a, frame b] per bin, per band, per coefficient.
+        let mut power = vec![[0.0; 2]; n_bins];
+        let mut mel_db = vec![[0.0; 2]; n_mels];
+        let mut fold = Vec::with_capacity(n_mels + 1);
+        // Frames that reach into the padding (or a missing partner frame) are copied here first.
+        let (mut edge_a, mut edge_b) = (Vec::new(), Vec::new());
         let mut max = f64::NEG_INFINITY;
-        for (t, mel_col) in out.chunks_exact_mut(cfg.n_mels).enumerate() {
-            let start = (first_frame + t) * cfg.hop_length + span.start;
-            // The FFT uses its input as scratch: zero the padding around the window each frame.
-            let (head, rest) = buf.split_at_mut(span.start);
-            let (body, tail) = rest.split_at_mut(cfg.win_length);
-            head.fill(0.0);
-            tail.fill(0.0);
-            for ((b, w), x) in body.iter_mut().zip(window).zip(&padded[start..start + cfg.win_length]) {
-                *b = w * x;
+        let mut dct = dct.map(|d| d.chunks_mut(2 * cfg.n_mfcc));
+        // Frames go in pairs: z = a + i·b, Z = FFT(z), then A[k] = (Z[k] + conj Z[N−k]) / 2 and
+        // B[k] = (Z[k] − conj Z[N−k]) / 2i. A lone last frame is paired with zeros.
+        for (pair, cols) in out.chunks_mut(2 * n_mels).enumerate() {
+            let t = first_frame + 2 * pair;
+            let a = frame_samples(signal, (t * cfg.hop_length + left).wrapping_sub(pad), win, &mut edge_a);
+            let b = if cols.len() > n_mels {
+                frame_samples(signal, ((t + 1) * cfg.hop_length + left).wrapping_sub(pad), win, &mut edge_b)
+            } else {
+                edge_b.clear();
+                edge_b.resize(win, T::ZERO);
+                &edge_b
+            };
+            // The FFT works in place: the padding around the window is zeroed again every time.
+            let (head, rest) = buf.split_at_mut(left);
+            let (body, tail) = rest.split_at_mut(win);
+            head.fill(zero);
+            tail.fill(zero);
+            for (((z, w), x), y) in body.iter_mut().zip(window).zip(a).zip(b) {
+                *z = Complex::new(w * x.to_f64(), w * y.to_f64());
             }
-            self.fft
-                .process_with_scratch(&mut buf, &mut spec, &mut scratch)
-                .expect("buffers come from the plan, so their lengths fit");
-            for (p, c) in power.iter_mut().zip(&spec) {
-                *p = c.norm_sqr();
+            self.fft.process_with_scratch(&mut buf, &mut scratch);
+            // |Z[k] ± conj Z[N−k]|² / 4; Z[N − 0] is Z[0].
+            let (z0, rest) = buf.split_first().expect("n_fft ≥ 1");
+            power[0] = [z0.re * z0.re, z0.im * z0.im];
+            let mirror = buf[n_fft + 1 - n_bins..].iter().rev();
+            for ((z, m), p) in rest.iter().zip(mirror).zip(&mut power[1..]) {
+                let (re_a, im_a) = (z.re + m.re, z.im - m.im);
+                let (re_b, im_b) = (z.im + m.im, m.re - z.re);
+                *p = [0.25 * (re_a * re_a + im_a * im_a), 0.25 * (re_b * re_b + im_b * im_b)];
             }
-            self.mel.apply(&power, mel_col);
-            if mel_col.iter().all(|v| v.is_finite()) {
-                for v in mel_col.iter_mut() {
-                    *v = 10.0 * log10_finite(v.max(AMIN));
+            self.mel.apply(&power, &mut mel_db);
+            if mel_db.iter().all(|v| v[0].is_finite() && v[1].is_finite()) {
+                for v in &mut mel_db {
+                    *v = v.map(|x| 10.0 * log10_finite(x.max(AMIN)));
                 }
             } else {
-                for v in mel_col.iter_mut() {
-                    *v = 10.0 * v.max(AMIN).log10();
+                for v in &mut mel_db {
+                    *v = v.map(|x| 10.0 * x.max(AMIN).log10());
                 }
             }
-            max = mel_col.iter().fold(max, |a, &v| a.max(v));
-        }
-        if let Some(dct) = dct {
-            for (col, c) in out.chunks_exact(cfg.n_mels).zip(dct.chunks_exact_mut(cfg.n_mfcc)) {
-                self.dct_frame(col, c);
+            for (lane, col) in cols.chunks_exact_mut(n_mels).enumerate() {
+                for (c, v) in col.iter_mut().zip(&mel_db) {
+                    *c = v[lane];
+                    max = max.max(v[lane]);
+                }
+            }
+            if let Some(d) = dct.as_mut().and_then(Iterator::next) {
+                let n_mfcc = cfg.n_mfcc;
+                self.dct_pair(&mel_db, &mut fold, |k, c| {
+                    for (lane, out) in d.chunks_exact_mut(n_mfcc).enumerate() {
+                        out[k] = c[lane];
+                    }
+                });
             }
         }
         max
+    }
+}
+
+/// `len` samples of `signal` from `start` (wrapped: a "negative" start reads as zeros before the
+/// signal), zeros outside the signal; a plain slice when the frame lies inside, else copied into `edge`.
+#[inline]
+fn frame_samples<'a, T: Sample>(signal: &'a [T], start: usize, len: usize, edge: &'a mut Vec<T>) -> &'a [T] {
+    if let Some(frame) = signal.get(start..).and_then(|s| s.get(..len)) {
+        return frame;
+    }
+    edge.clear();
+    edge.resize(len, T::ZERO);
+    for (i, e) in edge.iter_mut().enumerate() {
+        if let Some(&x) = signal.get(start.wrapping_add(i)) {
+            *e = x;
+        }
+    }
+    edge
+}
+
+/// [`Error::NonFinite`] for the first NaN or infinite sample, checked in parallel blocks (vectorised).
+fn first_non_finite<T: Sample>(signal: &[T]) -> Result<()> {
+    const BLOCK: usize = 16_384;
+    let bad = signal
+        .par_chunks(BLOCK)
+        .position_first(|b| !b.iter().fold(true, |ok, x| ok & x.to_f64().is_finite()));
+    match bad {
+        None => Ok(()),
+        Some(b) => {
+            let (i, x) = signal[b * BLOCK..]
+                .iter()
+                .enumerate()
+                .find(|(_, x)| !x.to_f64().is_finite())
+                .expect("one is");
+            Err(Error::NonFinite { index: b * BLOCK + i, value: x.to_f64() })
+        }
     }
 }
 
@@ -282,6 +374,7 @@ impl Mfcc {
 /// compiler vectorises (the libm call was a fifth of the MFCC time): `x = m·2^e` with `m` in [√½, √2),
 /// `ln m = 2·atanh(s)`, `s = (m − 1)/(m + 1)`, `|s| ≤ 0.172`, summed to `s²³` (the next term is below
 /// 1e-18 relative).
+#[inline]
 pub(crate) fn log10_finite(x: f64) -> f64 {
     let bits = x.to_bits();
     let exp = ((bits >> 52) & 0x7ff) as i64 - 1023;
@@ -290,25 +383,32 @@ pub(crate) fn log10_finite(x: f64) -> f64 {
     let m = if big { m * 0.5 } else { m };
     let e = (exp + i64::from(big)) as f64;
     let s = (m - 1.0) / (m + 1.0);
+    // p = Σ_{k<12} s2^k / (2k + 1), in Estrin's scheme: short dependency chains, so that neighbouring
+    // values overlap in the pipeline.
+    let c = |k: u32| 1.0 / f64::from(2 * k + 1);
     let s2 = s * s;
-    let mut p = 1.0 / 23.0;
-    for k in (0..11).rev() {
-        p = p * s2 + 1.0 / f64::from(2 * k + 1);
-    }
+    let s4 = s2 * s2;
+    let s8 = s4 * s4;
+    let q = |k: u32| (c(k) + c(k + 1) * s2) + (c(k + 2) + c(k + 3) * s2) * s4;
+    let p = q(0) + q(4) * s8 + q(8) * (s8 * s8);
     (e * std::f64::consts::LN_2 + 2.0 * s * p) * std::f64::consts::LOG10_E
 }
 
-/// `Σ a·b` with four independent accumulators (pipelined, and vectorised by the compiler).
-pub(crate) fn dot(a: &[f64], b: &[f64]) -> f64 {
-    let mut acc = [0.0; 4];
-    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
-    let tail: f64 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
+/// `Σ w·x` for two vectors `x` at once (`x[i] = [a_i, b_i]`), with four independent accumulators.
+#[inline]
+pub(crate) fn dot2(w: &[f64], x: &[[f64; 2]]) -> [f64; 2] {
+    let mut acc = [[0.0; 2]; 4];
+    let (cw, cx) = (w.chunks_exact(4), x.chunks_exact(4));
+    let mut tail = [0.0; 2];
+    for (w, x) in cw.remainder().iter().zip(cx.remainder()) {
+        tail = [tail[0] + w * x[0], tail[1] + w * x[1]];
+    }
+    for (w, x) in cw.zip(cx) {
         for i in 0..4 {
-            acc[i] += x[i] * y[i];
+            acc[i] = [acc[i][0] + w[i] * x[i][0], acc[i][1] + w[i] * x[i][1]];
         }
     }
-    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+    std::array::from_fn(|l| (acc[0][l] + acc[1][l]) + (acc[2][l] + acc[3][l]) + tail[l])
 }
 
 /// Splits `out` (`per_frame` values per frame) and `extra` (`extra_per_frame` values per frame, or empty)
@@ -360,6 +460,49 @@ mod tests {
             let x = 10f64.powf(exp) * (1.0 + frac);
             let (a, b) = (log10_finite(x), x.log10());
             prop_assert!((a - b).abs() <= 4.0 * f64::EPSILON * b.abs().max(1.0), "{} vs {} at {}", a, b, x);
+        }
+    }
+
+    /// The AVX2 build of the per-frame pass and the baseline build give the same bits.
+    #[test]
+    fn vector_width_does_not_change_the_numbers() {
+        let planner = Mfcc::new(MfccConfig::project()).unwrap();
+        let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+        let signal: Vec<f32> = (0..16_000)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+            })
+            .collect();
+        let frames = planner.n_frames(signal.len()).unwrap();
+        let (n_mels, n_mfcc) = (planner.cfg.n_mels, planner.cfg.n_mfcc);
+        let run = |best: bool| {
+            let (mut mel, mut dct) = (vec![0.0; frames * n_mels], vec![0.0; frames * n_mfcc]);
+            let max = if best {
+                crate::simd::with_best_features(|| {
+                    planner.mel_db_frames(&signal, 0, &mut mel, Some(&mut dct))
+                })
+            } else {
+                planner.mel_db_frames(&signal, 0, &mut mel, Some(&mut dct))
+            };
+            (max.to_bits(), mel.iter().chain(&dct).map(|v| v.to_bits()).collect::<Vec<_>>())
+        };
+        assert_eq!(run(true), run(false));
+    }
+
+    #[test]
+    fn folded_dct_equals_the_matrix_product() {
+        for n_mels in [40, 41] {
+            let planner = Mfcc::new(MfccConfig { n_mels, ..MfccConfig::project() }).unwrap();
+            let x: Vec<f64> = (0..n_mels).map(|i| ((i * 37 % 11) as f64 - 5.0) * 3.7).collect();
+            let mut got = vec![0.0; planner.cfg.n_mfcc];
+            planner.dct_frame(&x, &mut got);
+            for (k, g) in got.iter().enumerate() {
+                let want: f64 = (0..n_mels).map(|i| planner.dct[k * n_mels + i] * x[i]).sum();
+                assert!((g - want).abs() < 1e-12, "n_mels {n_mels}, k {k}: {g} vs {want}");
+            }
         }
     }
 
