@@ -6,8 +6,9 @@
 //! matrices, objects, function handles and char arrays are listed (name, class, dims) but their data is
 //! skipped. Level 4 and v7.3 (HDF5) files are recognised and refused with a clear error.
 //!
-//! Data is streamed: a variable that is not asked for is never decompressed past its header, so one large
-//! variable costs its own size (plus its decompressed bytes) and no more.
+//! Data is streamed: a variable that is not asked for is never decompressed past its header, and one that is
+//! asked for is decoded a block at a time straight into its values, so it costs its own size and no more.
+//! [`read_mat`] gives `f64` values; [`read_mat_as`] also `f32`, half the memory for a large EEG array.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -119,9 +120,9 @@ impl MatClass {
     }
 }
 
-/// One variable of a MAT file.
+/// One variable of a MAT file, its values as `T` (`f64` unless asked otherwise).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Variable {
+pub struct Variable<T = f64> {
     /// Its name.
     pub name: String,
     /// Its MATLAB class.
@@ -135,24 +136,24 @@ pub struct Variable {
     /// Byte offset of its element in the file.
     pub offset: u64,
     /// The real part in column-major order, when it was asked for and is numeric.
-    pub data: Option<Vec<f64>>,
+    pub data: Option<Vec<T>>,
 }
 
-/// What a MAT file holds.
+/// What a MAT file holds, values as `T` (`f64` unless asked otherwise).
 #[derive(Debug, Clone, PartialEq)]
-pub struct MatFile {
+pub struct MatFile<T = f64> {
     /// The 116-byte descriptive header text, trimmed.
     pub header: String,
     /// Byte order.
     pub endian: Endian,
     /// Every variable in file order.
-    pub variables: Vec<Variable>,
+    pub variables: Vec<Variable<T>>,
 }
 
-impl MatFile {
+impl<T> MatFile<T> {
     /// The variable called `name`.
     #[must_use]
-    pub fn get(&self, name: &str) -> Option<&Variable> {
+    pub fn get(&self, name: &str) -> Option<&Variable<T>> {
         self.variables.iter().find(|v| v.name == name)
     }
 }
@@ -251,34 +252,64 @@ fn storage_size(t: u32) -> Option<usize> {
     }
 }
 
-fn decode(bytes: &[u8], t: u32, endian: Endian) -> Vec<f64> {
-    let size = storage_size(t).unwrap_or(1);
-    bytes
-        .chunks_exact(size)
-        .map(|c| {
-            let mut b = [0u8; 8];
-            b[..size].copy_from_slice(c);
-            if endian == Endian::Big {
-                b[..size].reverse();
-            }
-            match t {
-                1 => f64::from(b[0] as i8),
-                2 => f64::from(b[0]),
-                3 => f64::from(i16::from_le_bytes([b[0], b[1]])),
-                4 => f64::from(u16::from_le_bytes([b[0], b[1]])),
-                5 => f64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-                6 => f64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-                7 => f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-                9 => f64::from_le_bytes(b),
-                12 => i64::from_le_bytes(b) as f64,
-                _ => u64::from_le_bytes(b) as f64,
-            }
-        })
-        .collect()
+/// A type MAT data is decoded into: `f64` (exact for every storage type but 64-bit integers beyond 2^53) or
+/// `f32` (`double` data rounded to the nearest `f32`; values beyond its range become infinite).
+pub trait MatValue: Copy + sealed::Sealed {
+    /// The value nearest to `v`.
+    fn from_f64(v: f64) -> Self;
 }
 
+impl MatValue for f64 {
+    fn from_f64(v: f64) -> Self {
+        v
+    }
+}
+
+impl MatValue for f32 {
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f64 {}
+    impl Sealed for f32 {}
+}
+
+/// Appends the values of `bytes` (whole values of storage type `t`) to `out`.
+fn decode_into<T: MatValue>(bytes: &[u8], t: u32, endian: Endian, out: &mut Vec<T>) {
+    let size = storage_size(t).unwrap_or(1);
+    out.extend(bytes.chunks_exact(size).map(|c| {
+        let mut b = [0u8; 8];
+        b[..size].copy_from_slice(c);
+        if endian == Endian::Big {
+            b[..size].reverse();
+        }
+        T::from_f64(match t {
+            1 => f64::from(b[0] as i8),
+            2 => f64::from(b[0]),
+            3 => f64::from(i16::from_le_bytes([b[0], b[1]])),
+            4 => f64::from(u16::from_le_bytes([b[0], b[1]])),
+            5 => f64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            6 => f64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            7 => f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            9 => f64::from_le_bytes(b),
+            12 => i64::from_le_bytes(b) as f64,
+            _ => u64::from_le_bytes(b) as f64,
+        })
+    }));
+}
+
+/// Bytes read at a time while decoding a large variable (a multiple of every storage size).
+const DECODE_BLOCK: usize = 1 << 16;
+
 /// Parses one `miMATRIX` element body (after its tag) of `len` bytes.
-fn matrix<R: Read>(src: &mut Src<R>, len: u64, load: &dyn Fn(&str) -> bool) -> Result<Variable> {
+fn matrix<R: Read, T: MatValue>(
+    src: &mut Src<R>,
+    len: u64,
+    load: &dyn Fn(&str) -> bool,
+) -> Result<Variable<T>> {
     let start = src.pos;
     let offset = start.saturating_sub(8);
     let (t, n, small) = src.tag()?;
@@ -327,9 +358,23 @@ fn matrix<R: Read>(src: &mut Src<R>, len: u64, load: &dyn Fn(&str) -> bool) -> R
             )));
         }
         if load(&var.name) {
-            let bytes = src.payload(n, small)?;
-            let values = decode(&bytes, t, src.endian);
-            drop(bytes);
+            // Reserved up front up to 2^26 values (a whole EEG recording); a damaged header that claims more
+            // than the file holds then costs no more than that before the read fails.
+            let mut values = Vec::with_capacity(count.min(1 << 26));
+            if small.is_some() {
+                decode_into(&src.payload(n, small)?, t, src.endian, &mut values);
+            } else {
+                // A block at a time: the raw bytes of a large variable are never all in memory.
+                let mut block = vec![0u8; DECODE_BLOCK.min(n as usize)];
+                let mut left = n as usize;
+                while left > 0 {
+                    let b = &mut block[..left.min(DECODE_BLOCK)];
+                    src.bytes(b)?;
+                    decode_into(b, t, src.endian, &mut values);
+                    left -= b.len();
+                }
+                src.skip(padding(n))?;
+            }
             var.data = Some(values);
         } else if small.is_none() {
             src.skip(u64::from(n) + padding(n))?;
@@ -352,6 +397,14 @@ fn matrix<R: Read>(src: &mut Src<R>, len: u64, load: &dyn Fn(&str) -> bool) -> R
 /// offset for anything malformed: not a MAT file, level 4, v7.3/HDF5, truncated, bad zlib data or checksum,
 /// unknown data types, bad names, sizes that do not fit.
 pub fn read_mat(path: &Path, load: &dyn Fn(&str) -> bool) -> Result<MatFile> {
+    read_mat_as(path, load)
+}
+
+/// [`read_mat`] with the values decoded as `T` (`f32` or `f64`).
+///
+/// # Errors
+/// As [`read_mat`].
+pub fn read_mat_as<T: MatValue>(path: &Path, load: &dyn Fn(&str) -> bool) -> Result<MatFile<T>> {
     let file = File::open(path).map_err(|source| Error::Io { path: path.into(), source })?;
     let mut src = Src {
         inner: BufReader::with_capacity(1 << 20, file),
@@ -430,12 +483,12 @@ pub fn read_mat(path: &Path, load: &dyn Fn(&str) -> bool) -> Result<MatFile> {
 }
 
 /// Parses a `miCOMPRESSED` element of `n` bytes whose tag started at `at`.
-fn compressed(
+fn compressed<T: MatValue>(
     src: &mut Src<BufReader<File>>,
     at: u64,
     n: u64,
     load: &dyn Fn(&str) -> bool,
-) -> Result<Variable> {
+) -> Result<Variable<T>> {
     let body = src.pos;
     let mut limited = (&mut src.inner).take(n);
     let mut z = Src {

@@ -190,7 +190,7 @@ mod wav_fuzz {
 mod mat {
     use super::*;
     use eav::Error;
-    use eav::mat::{Endian, MatClass, MatData, read_mat, write_mat};
+    use eav::mat::{Endian, MatClass, MatData, read_mat, read_mat_as, write_mat};
     use proptest::prelude::*;
 
     fn fixture(name: &str) -> PathBuf {
@@ -275,6 +275,33 @@ mod mat {
             assert_eq!(f.get("a").unwrap().dims, vec![2, 3, 4]);
             assert_eq!(f.get("b").unwrap().class, MatClass::Single);
             assert_eq!(f.get("b").unwrap().compressed, compress);
+        }
+    }
+
+    /// A variable of many decoding blocks (240 kB) reads back exactly as f64 and rounded as f32, plain and
+    /// compressed; cut in its middle, the file is a "truncated" error naming the variable.
+    #[test]
+    fn large_variables_decode_block_by_block_as_f64_and_f32() {
+        let values: Vec<f64> = (0..30_000).map(|i| (f64::from(i) * 0.37).sin() * 1e3 + 1e-7).collect();
+        for compress in [false, true] {
+            let p = tmp(&format!("large_{compress}.mat"));
+            write_mat(&p, &[("seg1", &[100, 30, 10], MatData::F64(&values))], compress).unwrap();
+            let f64s = read_mat(&p, &all).unwrap();
+            assert_eq!(f64s.get("seg1").unwrap().data.as_ref().unwrap(), &values);
+            let f32s = read_mat_as::<f32>(&p, &all).unwrap();
+            let v = f32s.get("seg1").unwrap();
+            assert_eq!(v.dims, vec![100, 30, 10]);
+            let want: Vec<f32> = values.iter().map(|&x| x as f32).collect();
+            assert_eq!(v.data.as_ref().unwrap(), &want);
+
+            let bytes = std::fs::read(&p).unwrap();
+            let cut = tmp(&format!("large_cut_{compress}.mat"));
+            std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+            let err = read_mat_as::<f32>(&cut, &all).unwrap_err().to_string();
+            assert!(
+                err.contains("seg1") && (err.contains("truncated") || err.contains("compressed")),
+                "{err}"
+            );
         }
     }
 
