@@ -1,8 +1,11 @@
 //! A preprocessing cache: a subject's windows are stored once per (source files, settings) and reused.
 //!
-//! The key hashes the preprocessing settings, the subject's folder and, for every file of the subject's `EEG/` and `Audio/`
-//! folders, its name, size and modification time; changing either gives a new key. A damaged or foreign
-//! cache file is ignored (recomputed), never trusted.
+//! An entry is named `subject<id>-<setting>-<files>.bin`: `setting` hashes the preprocessing settings and
+//! the subject's folder, `files` the name, size and modification time of every file in the subject's `EEG/`
+//! and `Audio/` folders; changing either gives a new entry. When an entry is written, the entries of the
+//! same subject and setting for other file states are removed: they can never be read again, so the cache
+//! holds one entry per (subject, setting). A damaged or foreign cache file is ignored (recomputed), never
+//! trusted.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -29,15 +32,28 @@ fn fnv(hash: &mut u64, bytes: &[u8]) {
     }
 }
 
-/// The cache key of a subject under `cfg`.
+/// The cache key of a subject under `cfg`: its setting and file-state hashes, combined.
 ///
 /// # Errors
 /// [`Error::Io`] when the subject's folders cannot be listed.
 pub fn key(sd: &SubjectDir, cfg: &PreprocessConfig) -> Result<u64> {
+    let mut h = setting_key(sd, cfg);
+    fnv(&mut h, &files_key(sd)?.to_le_bytes());
+    Ok(h)
+}
+
+/// Hash of the preprocessing settings and the subject's folder.
+fn setting_key(sd: &SubjectDir, cfg: &PreprocessConfig) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325_u64;
     fnv(&mut h, MAGIC);
     fnv(&mut h, serde_json::to_string(cfg).unwrap_or_default().as_bytes());
     fnv(&mut h, sd.path.as_os_str().as_encoded_bytes());
+    h
+}
+
+/// Hash of the name, size and modification time of every file in the subject's `EEG/` and `Audio/`.
+fn files_key(sd: &SubjectDir) -> Result<u64> {
+    let mut h = 0xcbf2_9ce4_8422_2325_u64;
     for sub in ["EEG", "Audio"] {
         let dir = sd.path.join(sub);
         let Ok(entries) = std::fs::read_dir(&dir) else { continue };
@@ -56,6 +72,21 @@ pub fn key(sd: &SubjectDir, cfg: &PreprocessConfig) -> Result<u64> {
         }
     }
     Ok(h)
+}
+
+/// Removes the entries in `dir` for the same subject and setting as `keep` (`subject<id>-<setting>-`),
+/// other than `keep` itself. Best effort: an entry another process removed first is fine.
+fn remove_stale(dir: &Path, keep: &Path) {
+    let Some(name) = keep.file_name().and_then(|n| n.to_str()) else { return };
+    let Some(prefix) = name.rfind('-').map(|i| &name[..=i]) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let n = e.file_name();
+        let n = n.to_string_lossy();
+        if n.starts_with(prefix) && n.ends_with(".bin") && *n != *name {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 fn read(path: &Path) -> Option<SubjectSamples> {
@@ -122,7 +153,8 @@ pub fn preprocess_cached(
     let path = match cache {
         Some(dir) => {
             std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.into(), source })?;
-            Some(dir.join(format!("subject{}-{:016x}.bin", sd.id, key(sd, cfg)?)))
+            let name = format!("subject{}-{:016x}-{:016x}.bin", sd.id, setting_key(sd, cfg), files_key(sd)?);
+            Some(dir.join(name))
         }
         None => None,
     };
@@ -130,8 +162,9 @@ pub fn preprocess_cached(
         return Ok((s, Outcome::Hit));
     }
     let s = preprocess(&load_subject(sd)?, cfg)?;
-    if let Some(p) = &path {
+    if let (Some(p), Some(dir)) = (&path, cache) {
         write(p, &s)?;
+        remove_stale(dir, p);
     }
     Ok((s, Outcome::Miss))
 }

@@ -748,12 +748,27 @@ fn preprocessing_cache_hits_and_invalidates() {
     // Another setting is another entry.
     let other = PreprocessConfig { band_hz: (1.0, 40.0), ..cfg.clone() };
     assert_eq!(preprocess_cached(sd, &other, Some(&cache)).unwrap().1, Outcome::Miss);
-    // A changed source file invalidates the entry.
+    let entries = || {
+        let mut v: Vec<String> = std::fs::read_dir(&cache)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    let before = entries();
+    assert_eq!(before.len(), 2, "{before:?}");
+    // A changed source file invalidates the entry; the stale entry of that setting is removed, the
+    // other setting's entry stays.
     let wav = std::fs::read_dir(root.join("subject1/Audio")).unwrap().next().unwrap().unwrap().path();
     let mut bytes = std::fs::read(&wav).unwrap();
     bytes.extend_from_slice(&[0, 0]);
     std::fs::write(&wav, bytes).unwrap();
     assert_eq!(preprocess_cached(sd, &cfg, Some(&cache)).unwrap().1, Outcome::Miss);
+    let after = entries();
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert_eq!(before.iter().filter(|e| after.contains(e)).count(), 1, "{before:?} → {after:?}");
+    assert_eq!(preprocess_cached(sd, &cfg, Some(&cache)).unwrap().1, Outcome::Hit);
     // A damaged cache file is recomputed, not trusted.
     for f in std::fs::read_dir(&cache).unwrap() {
         std::fs::write(f.unwrap().path(), b"garbage").unwrap();
