@@ -232,16 +232,21 @@ impl Mfcc {
         // The floor at (clip maximum − top_db).
         if let Some(top_db) = cfg.top_db {
             let floor = max - top_db;
-            let n_mfcc = cfg.n_mfcc;
-            for (t, col) in out.chunks_exact_mut(cfg.n_mels).enumerate() {
+            let clip = |col: &mut [f64], dct: Option<&mut [f64]>| {
                 if col.iter().any(|&v| v < floor) {
                     for v in col.iter_mut() {
                         *v = v.max(floor);
                     }
-                    if with_dct {
-                        self.dct_frame(col, &mut dct_out[t * n_mfcc..][..n_mfcc]);
+                    if let Some(d) = dct {
+                        self.dct_frame(col, d);
                     }
                 }
+            };
+            let cols = out.par_chunks_exact_mut(cfg.n_mels);
+            if with_dct {
+                cols.zip(dct_out.par_chunks_exact_mut(cfg.n_mfcc)).for_each(|(c, d)| clip(c, Some(d)));
+            } else {
+                cols.for_each(|c| clip(c, None));
             }
         }
         Ok((frames, out, dct_out))
@@ -441,11 +446,11 @@ where
 /// `(frames, n)` frame-major values as `(n, frames)` [`Features`].
 fn transpose(by_frame: &[f64], frames: usize, n: usize) -> Features {
     let mut data = vec![0.0; n * frames];
-    for (t, col) in by_frame.chunks_exact(n).enumerate() {
-        for (r, &v) in col.iter().enumerate() {
-            data[r * frames + t] = v;
+    data.par_chunks_mut(frames.max(1)).enumerate().for_each(|(r, row)| {
+        for (d, col) in row.iter_mut().zip(by_frame.chunks_exact(n)) {
+            *d = col[r];
         }
-    }
+    });
     Features { rows: n, cols: frames, data }
 }
 
