@@ -151,26 +151,25 @@ pub fn load_subject(sd: &SubjectDir) -> Result<Subject> {
             ),
         ));
     };
-    let data = var.data.ok_or_else(|| {
+    // Column-major (time, channel, trial) is row-major [trial][channel][time]: the order is kept.
+    let eeg = var.data.ok_or_else(|| {
         Error::dataset(
             &eeg_path,
             format!("variable `{}` is {}, not a numeric array", var.name, var.class.name()),
         )
     })?;
-    if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+    if let Some(i) = eeg.iter().position(|v| !v.is_finite()) {
         let (t, c, n) = (i % samples, (i / samples) % channels, i / (samples * channels));
         return Err(Error::dataset(
             &eeg_path,
             format!(
                 "non-finite sample {} at trial {}, channel {}, time {t} (or beyond the f32 range)",
-                data[i],
+                eeg[i],
                 n + 1,
                 c + 1
             ),
         ));
     }
-    // Column-major (time, channel, trial) is row-major [trial][channel][time]: the order is kept.
-    let eeg = data;
 
     let labels = read_mat(&label_path, &|n| n == "label")?;
     let lab = labels.get("label").ok_or_else(|| Error::dataset(&label_path, "no variable `label`"))?;
