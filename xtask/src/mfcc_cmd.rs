@@ -1,4 +1,4 @@
-//! `cargo xtask mfcc --input FILE.wav --output OUT.json [--config project|librosa]`.
+//! `cargo xtask mfcc --input FILE.wav --output OUT.json [--config project|librosa] [--precision f64|f32]`.
 
 use std::path::PathBuf;
 
@@ -15,6 +15,16 @@ pub enum Preset {
     Librosa,
 }
 
+/// The precision the MFCCs are computed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Double precision (within 1e-4 of librosa's values).
+    F64,
+    /// Single precision, as librosa computes for float32 audio (about twice as fast).
+    F32,
+}
+
 /// Arguments of `mfcc`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -27,11 +37,15 @@ pub struct Args {
     /// The parameter set; the audio is resampled to its rate when the file's rate differs.
     #[arg(long, value_enum, default_value = "project")]
     config: Preset,
+    /// The precision of the computation (the JSON holds f64 numbers either way).
+    #[arg(long, value_enum, default_value = "f64")]
+    precision: Precision,
 }
 
 #[derive(Serialize)]
 struct Output<'a> {
     config: &'a MfccConfig,
+    precision: Precision,
     sample_rate: u32,
     /// The file's own rate when it was resampled to `sample_rate`, else `null`.
     resampled_from: Option<u32>,
@@ -46,18 +60,29 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         Preset::Project => MfccConfig::project(),
         Preset::Librosa => MfccConfig::librosa_default(),
     };
-    let planner = Mfcc::new(cfg)?;
     let audio = eav::audio::read_wav(&args.input)?;
     let native = audio.sample_rate;
-    let audio = eav::audio::resample(audio, planner.config().sample_rate, &args.input)?;
-    let feats = planner.mfcc(&audio.samples).with_context(|| args.input.display().to_string())?;
-    let (rows, cols) = feats.shape();
+    let audio = eav::audio::resample(audio, cfg.sample_rate, &args.input)?;
+    let context = || args.input.display().to_string();
+    let (rows, cols, values) = match args.precision {
+        Precision::F64 => {
+            let f = Mfcc::new(cfg.clone())?.mfcc(&audio.samples).with_context(context)?;
+            let (rows, cols) = f.shape();
+            (rows, cols, f.into_vec())
+        }
+        Precision::F32 => {
+            let f = Mfcc::<f32>::with_precision(cfg.clone())?.mfcc(&audio.samples).with_context(context)?;
+            let (rows, cols) = f.shape();
+            (rows, cols, f.as_slice().iter().map(|&v| f64::from(v)).collect())
+        }
+    };
     let out = Output {
-        config: planner.config(),
+        config: &cfg,
+        precision: args.precision,
         sample_rate: audio.sample_rate,
         resampled_from: (native != audio.sample_rate).then_some(native),
         shape: [rows, cols],
-        mfcc: feats.rows().collect(),
+        mfcc: values.chunks_exact(cols.max(1)).take(rows).collect(),
     };
     let json = serde_json::to_vec(&out)?;
     std::fs::write(&args.output, json).with_context(|| format!("writing {}", args.output.display()))?;

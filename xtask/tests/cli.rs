@@ -132,6 +132,34 @@ fn mfcc_writes_the_documented_json() {
     assert_eq!(v["shape"], serde_json::json!([13, 486]));
     assert_eq!(v["mfcc"].as_array().unwrap().len(), 13);
     assert_eq!(v["config"]["n_mels"], 40);
+    assert_eq!(v["precision"], "f64");
+    // Single precision: the same shape, the same numbers to well within 1e-3 of the largest magnitude.
+    let single_file = scratch.join("speech-f32.json");
+    let out = xtask(&[
+        "mfcc",
+        "--input",
+        &repo("crates/eav/tests/data/speech_16k.wav"),
+        "--output",
+        &single_file.display().to_string(),
+        "--precision",
+        "f32",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s: serde_json::Value = serde_json::from_slice(&std::fs::read(&single_file).unwrap()).unwrap();
+    assert_eq!((s["precision"].as_str(), &s["shape"]), (Some("f32"), &v["shape"]));
+    let values = |v: &serde_json::Value| -> Vec<f64> {
+        v["mfcc"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.as_array().unwrap().clone())
+            .map(|x| x.as_f64().unwrap())
+            .collect()
+    };
+    let (a, b) = (values(&v), values(&s));
+    let largest = a.iter().fold(0f64, |m, x| m.max(x.abs()));
+    let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f64, f64::max);
+    assert!(diff > 0.0 && diff < 1e-5 * largest, "f32 vs f64: {diff} (largest {largest})");
     // librosa's config resamples the 16 kHz file to 22 050 Hz and says so.
     let out = xtask(&[
         "mfcc",

@@ -1,4 +1,5 @@
-//! MFCC throughput on 60 s of 16 kHz audio with the project configuration (`cargo bench -p mfcc`).
+//! MFCC throughput on 60 s of 16 kHz audio with the project configuration, in f64 and in f32
+//! (`cargo bench -p mfcc`).
 
 use std::hint::black_box;
 
@@ -7,6 +8,7 @@ use mfcc::{Mfcc, MfccConfig};
 
 fn bench(c: &mut Criterion) {
     let planner = Mfcc::new(MfccConfig::project()).expect("the project config is valid");
+    let single = Mfcc::<f32>::with_precision(MfccConfig::project()).expect("the project config is valid");
     let mut state = 0x2545_F491_4F6C_DD1D_u64;
     let y: Vec<f32> = (0..60 * 16_000)
         .map(|_| {
@@ -20,6 +22,9 @@ fn bench(c: &mut Criterion) {
     group.throughput(Throughput::Elements(y.len() as u64));
     group
         .bench_function("project_60s_16k", |b| b.iter(|| planner.mfcc(black_box(&y)).expect("finite input")));
+    group.bench_function("project_60s_16k_f32", |b| {
+        b.iter(|| single.mfcc(black_box(&y)).expect("finite input"));
+    });
     group.finish();
 }
 

@@ -1,6 +1,7 @@
 //! The fixed parts of the pipeline: window, Slaney mel filterbank and DCT-II matrix.
 
 use crate::config::MfccConfig;
+use crate::float::Float;
 
 /// Periodic Hann window of `win_length` samples (`scipy.signal.get_window('hann', n, fftbins=True)`),
 /// zero-padded to `n_fft` with `(n_fft − win_length) / 2` zeros on the left (librosa's `pad_center`).
@@ -44,13 +45,14 @@ fn linspace(start: f64, stop: f64, n: usize) -> Vec<f64> {
 
 /// A triangular filterbank stored sparsely: each filter's first non-zero bin and its weights.
 #[derive(Debug, Clone)]
-pub(crate) struct MelFilterbank {
-    filters: Vec<(usize, Vec<f64>)>,
+pub(crate) struct MelFilterbank<F> {
+    filters: Vec<(usize, Vec<F>)>,
 }
 
-impl MelFilterbank {
+impl<F: Float> MelFilterbank<F> {
     /// `librosa.filters.mel(sr, n_fft, n_mels, fmin, fmax, htk=False, norm='slaney', dtype=float32)`:
-    /// weights computed in f64 and rounded to f32, area-normalised in f64 and rounded to f32 again.
+    /// weights computed in f64 and rounded to f32, area-normalised in f64 and rounded to f32 again (so
+    /// exact in either precision).
     pub(crate) fn slaney(cfg: &MfccConfig) -> Self {
         let n_bins = cfg.n_bins();
         let sr = f64::from(cfg.sample_rate);
@@ -76,23 +78,23 @@ impl MelFilterbank {
                     .collect();
                 let first = weights.iter().position(|&w| w != 0.0).unwrap_or(0);
                 let last = weights.iter().rposition(|&w| w != 0.0).map_or(first, |l| l + 1);
-                (first, weights[first..last].to_vec())
+                (first, weights[first..last].iter().map(|&w| F::of(w)).collect())
             })
             .collect();
         Self { filters }
     }
 
-    /// `out[m] = Σ_k basis[m, k] · power[k]` for two power spectra side by side (`[a, b]` per bin).
-    #[inline]
-    pub(crate) fn apply(&self, power: &[[f64; 2]], out: &mut [[f64; 2]]) {
+    /// `out[m] = Σ_k basis[m, k] · power[k]` for `L` power spectra side by side (one lane each).
+    #[inline(always)]
+    pub(crate) fn apply<const L: usize>(&self, power: &[[F; L]], out: &mut [[F; L]]) {
         for (o, (first, w)) in out.iter_mut().zip(&self.filters) {
-            *o = crate::planner::dot2(w, &power[*first..*first + w.len()]);
+            *o = crate::planner::dot_lanes(w, &power[*first..*first + w.len()]);
         }
     }
 
     /// The dense `(n_mels, n_bins)` matrix, row-major.
-    pub(crate) fn dense(&self, n_bins: usize) -> Vec<f64> {
-        let mut d = vec![0.0; self.filters.len() * n_bins];
+    pub(crate) fn dense(&self, n_bins: usize) -> Vec<F> {
+        let mut d = vec![F::ZERO; self.filters.len() * n_bins];
         for (row, (first, w)) in d.chunks_exact_mut(n_bins).zip(&self.filters) {
             row[*first..*first + w.len()].copy_from_slice(w);
         }
