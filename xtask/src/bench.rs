@@ -177,7 +177,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let mut results = Vec::new();
     for name in &names {
         let f = bench_model(name)?;
-        println!(
+        say!(
             "{:<16} train {:>7.0} samples/s   infer {:>7.0} samples/s   batch-1 latency p50 {:.2} ms p99 {:.2} ms   peak RSS {:.0} MiB",
             f.config,
             f.train_samples_per_s,
@@ -190,7 +190,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     let (ms32, ms64) = mfcc_figures(args.repeats)?;
     let (x32, x64) = (60e3 / ms32, 60e3 / ms64);
-    println!(
+    say!(
         "MFCC (project config, 60 s of 16 kHz audio): f32 {ms32:.2} ms, {x32:.0}× real time; f64 {ms64:.2} ms, {x64:.0}× real time"
     );
     let fig = Figures {

@@ -200,8 +200,8 @@ fn execute(mut cfg: ExperimentConfig, out: Option<PathBuf>, what: &str) -> anyho
     let results = run(&cfg, &Bars { bar: bar.clone() })?;
     bar.finish_and_clear();
     write_results(&out, &cfg, &results)?;
-    println!("{}", table(&results));
-    println!(
+    say!("{}", table(&results));
+    say!(
         "results: {}/results.json, results.csv, report.md, checkpoints/ (config.json repeats the run)",
         out.display()
     );

@@ -109,17 +109,22 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     report.peak_memory_mib = peak_rss_mib();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        say!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!("{}: {} subjects", report.data_dir, report.subjects.len());
-        println!(
+        say!("{}: {} subjects", report.data_dir, report.subjects.len());
+        say!(
             "{:>7} {:>6} {:>8} {:>8} {:>8} {:>6}  classes (n/s/a/h/c)  problems",
-            "subject", "trials", "channels", "samples", "speaking", "audio"
+            "subject",
+            "trials",
+            "channels",
+            "samples",
+            "speaking",
+            "audio"
         );
         for s in &report.subjects {
             let classes: Vec<String> =
                 Emotion::ALL.iter().map(|e| s.class_counts[e.as_str()].to_string()).collect();
-            println!(
+            say!(
                 "{:>7} {:>6} {:>8} {:>8} {:>8} {:>6}  {:<19}  {}",
                 s.id,
                 s.trials,
@@ -132,10 +137,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             );
         }
         for p in &report.problems {
-            println!("problem: {p}");
+            say!("problem: {p}");
         }
         if let Some(m) = report.peak_memory_mib {
-            println!("peak memory: {m:.0} MiB");
+            say!("peak memory: {m:.0} MiB");
         }
     }
     if report.problems.is_empty() {

@@ -2,6 +2,15 @@
 //!
 //! Each command lives in its own module with an `Args` struct and a `run` function.
 
+/// `println!` that ignores a closed standard output (`cargo xtask … | head`): the command carries on and
+/// still writes its files, where `println!` would panic in the middle of a run.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod bench;
 mod compare;
 mod inspect;

@@ -77,13 +77,20 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         variables: file.variables.iter().map(describe).collect(),
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        say!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    println!("{} (MAT level 5, {:?}-endian): {}", out.file, out.endian, file.header);
-    println!(
+    say!("{} (MAT level 5, {:?}-endian): {}", out.file, out.endian, file.header);
+    say!(
         "{:<20} {:<16} {:<10} {:>12} {:>12} {:>12} {:>6} {:>6}  flags",
-        "name", "size", "class", "min", "max", "mean", "NaN", "Inf"
+        "name",
+        "size",
+        "class",
+        "min",
+        "max",
+        "mean",
+        "NaN",
+        "Inf"
     );
     for v in &out.variables {
         let size = v.dims.iter().map(ToString::to_string).collect::<Vec<_>>().join("×");
@@ -94,13 +101,27 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(",");
         match &v.stats {
-            Some(s) => println!(
+            Some(s) => say!(
                 "{:<20} {:<16} {:<10} {:>12.5} {:>12.5} {:>12.5} {:>6} {:>6}  {flags}",
-                v.name, size, v.class, s.min, s.max, s.mean, s.nan, s.inf
+                v.name,
+                size,
+                v.class,
+                s.min,
+                s.max,
+                s.mean,
+                s.nan,
+                s.inf
             ),
-            None => println!(
+            None => say!(
                 "{:<20} {:<16} {:<10} {:>12} {:>12} {:>12} {:>6} {:>6}  {flags}",
-                v.name, size, v.class, "", "", "", "", ""
+                v.name,
+                size,
+                v.class,
+                "",
+                "",
+                "",
+                "",
+                ""
             ),
         }
     }

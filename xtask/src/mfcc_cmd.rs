@@ -87,7 +87,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let json = serde_json::to_vec(&out)?;
     std::fs::write(&args.output, json).with_context(|| format!("writing {}", args.output.display()))?;
     let note = out.resampled_from.map_or(String::new(), |r| format!(", resampled from {r} Hz"));
-    println!(
+    say!(
         "{}: {rows} × {cols} MFCC at {} Hz{note} → {}",
         args.input.display(),
         audio.sample_rate,

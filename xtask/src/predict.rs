@@ -50,7 +50,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     std::fs::write(&json_path, serde_json::to_vec_pretty(&preds)?)
         .with_context(|| json_path.display().to_string())?;
     let correct = preds.iter().filter(|p| p.label == p.predicted).count();
-    println!(
+    say!(
         "{} windows, {} match the label file ({:.1} %); wrote {} and {}",
         preds.len(),
         correct,

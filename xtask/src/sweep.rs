@@ -110,7 +110,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         let repo = repo.canonicalize().unwrap_or(repo);
         let text = slurm_script(&repo, &forwarded(args), args.shards.max(1), &args.out);
         std::fs::write(script, text).with_context(|| format!("writing {}", script.display()))?;
-        println!(
+        say!(
             "wrote {}: `sbatch {}` runs {} shards into {}/shard-*; then `cargo xtask report {}/shard-*`",
             script.display(),
             script.display(),
@@ -142,7 +142,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     bar.finish_and_clear();
     let merged = report(collect(std::slice::from_ref(&args.out))?);
     write_report(&args.out, &merged)?;
-    println!(
+    say!(
         "{} of {} jobs in this {} ran now ({} were already recorded); report in {}/report.md",
         ran,
         mine.len(),
@@ -173,17 +173,18 @@ pub fn run_report(args: &ReportArgs) -> anyhow::Result<()> {
     });
     write_report(&out, &merged)?;
     for s in &merged.summary {
-        println!(
-            "{:<28} {:>4} jobs  accuracy {:.3} ± {:.3}",
-            s.setting, s.jobs, s.accuracy_mean, s.accuracy_std
-        );
+        say!("{:<28} {:>4} jobs  accuracy {:.3} ± {:.3}", s.setting, s.jobs, s.accuracy_mean, s.accuracy_std);
     }
     for t in &merged.tests {
-        println!(
+        say!(
             "{} vs {}: Δ {:+.3}, p = {:.4}, effect {:+.3}",
-            t.setting, t.baseline, t.mean_difference, t.wilcoxon.p_value, t.wilcoxon.effect_size
+            t.setting,
+            t.baseline,
+            t.mean_difference,
+            t.wilcoxon.p_value,
+            t.wilcoxon.effect_size
         );
     }
-    println!("merged {} jobs into {}/results.json, results.csv, report.md", merged.jobs.len(), out.display());
+    say!("merged {} jobs into {}/results.json, results.csv, report.md", merged.jobs.len(), out.display());
     Ok(())
 }

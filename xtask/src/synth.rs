@@ -66,7 +66,7 @@ pub fn generate(out: &std::path::Path, cfg: &SynthConfig) -> anyhow::Result<()> 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let cfg = args.config();
     generate(&args.out, &cfg)?;
-    println!(
+    say!(
         "wrote {} subjects × {} trials of synthetic EAV data to {} (settings in synth_config.json)",
         cfg.subjects,
         cfg.trials,

@@ -114,6 +114,25 @@ fn mat_lists_variables_and_rejects_damaged_files() {
     assert!(err.contains("cut.mat") && err.contains("truncated") && err.contains("seg1"), "{err}");
 }
 
+/// With standard output closed (`cargo xtask … | head`), a command still does its work and exits cleanly
+/// instead of panicking at its first line of output.
+#[test]
+fn a_closed_standard_output_is_not_an_error() {
+    let scratch = tmp("closed-stdout");
+    let out_file = scratch.join("speech.json");
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["mfcc", "--input", &repo("crates/eav/tests/data/speech_16k.wav"), "--output"])
+        .arg(&out_file)
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !err.contains("panicked"), "{:?}: {err}", out.status);
+    assert!(std::fs::metadata(&out_file).unwrap().len() > 0);
+}
+
 #[test]
 fn mfcc_writes_the_documented_json() {
     let scratch = tmp("mfcc");
