@@ -40,14 +40,51 @@ impl ConvGeom {
         vec![T::zero(); self.stride * self.phase_len()]
     }
 
+    /// Where phase `r` meets the unpadded row: entries `q` in `lo..lo + n` read `row[start + (q − lo)·s]`;
+    /// the rest fall in the padding. (`padded[q·s + r] = row[q·s + r − padding]`.)
+    fn phase_span(&self, r: usize) -> (usize, usize, usize) {
+        let (s, p, q_len) = (self.stride, self.padding, self.phase_len());
+        // The first q with q·s + r ≥ p.
+        let lo = p.saturating_sub(r).div_ceil(s);
+        if lo >= q_len {
+            return (q_len, 0, 0);
+        }
+        let start = lo * s + r - p;
+        match self.len.saturating_sub(start).div_ceil(s).min(q_len - lo) {
+            0 => (lo, 0, 0),
+            n => (lo, start, n),
+        }
+    }
+
     /// De-interleaves one zero-padded input row into `stride` phases: `phases[r][q] = padded[q·s + r]`.
     /// Tap `j` of output `o` reads `padded[o·s + j] = phases[j mod s][o + j div s]`, so every tap's
     /// outputs form one contiguous run.
     fn split_phases<T: Real>(&self, row: &[T], phases: &mut [T]) {
-        let (s, p, q_len) = (self.stride, self.padding, self.phase_len());
-        for (r, phase) in phases.chunks_exact_mut(q_len).enumerate() {
-            for (q, v) in phase.iter_mut().enumerate() {
-                *v = (q * s + r).checked_sub(p).and_then(|i| row.get(i)).copied().unwrap_or(T::zero());
+        for (r, phase) in phases.chunks_exact_mut(self.phase_len()).enumerate() {
+            let (lo, start, n) = self.phase_span(r);
+            let (head, rest) = phase.split_at_mut(lo);
+            let (body, tail) = rest.split_at_mut(n);
+            head.fill(T::zero());
+            tail.fill(T::zero());
+            match self.stride {
+                1 => body.copy_from_slice(&row[start..start + n]),
+                // Every second value (the model's strides): pairs, which the compiler vectorises.
+                2 => {
+                    let src = &row[start..];
+                    let pairs = src.chunks_exact(2);
+                    let last = pairs.remainder().first().copied();
+                    for (d, pair) in body.iter_mut().zip(pairs) {
+                        *d = pair[0];
+                    }
+                    if let (Some(v), true) = (last, n > src.len() / 2) {
+                        body[n - 1] = v;
+                    }
+                }
+                s => {
+                    for (d, v) in body.iter_mut().zip(row[start..].iter().step_by(s)) {
+                        *d = *v;
+                    }
+                }
             }
         }
     }
@@ -67,7 +104,7 @@ impl ConvGeom {
     /// Adds the im2col-shaped gradient `cols` (rows every `rs` elements) back onto one sample's input
     /// gradient `(cin, len)`.
     fn col2im<T: Real>(&self, cols: &[T], rs: usize, dx: &mut [T], phases: &mut [T]) {
-        let (s, p, k, ol, q_len) = (self.stride, self.padding, self.kernel, self.out_len, self.phase_len());
+        let (s, k, ol, q_len) = (self.stride, self.kernel, self.out_len, self.phase_len());
         for (ci, row) in dx.chunks_exact_mut(self.len).enumerate() {
             phases.fill(T::zero());
             for j in 0..k {
@@ -77,10 +114,9 @@ impl ConvGeom {
                 }
             }
             for (r, phase) in phases.chunks_exact(q_len).enumerate() {
-                for (q, v) in phase.iter().enumerate() {
-                    if let Some(d) = (q * s + r).checked_sub(p).and_then(|i| row.get_mut(i)) {
-                        *d += *v;
-                    }
+                let (lo, start, n) = self.phase_span(r);
+                for (d, v) in row[start..].iter_mut().step_by(s).zip(&phase[lo..lo + n]) {
+                    *d += *v;
                 }
             }
         }
