@@ -18,6 +18,7 @@ mod mat_cmd;
 mod mfcc_cmd;
 mod predict;
 mod progress;
+mod runtime;
 mod sweep;
 mod synth;
 
@@ -40,23 +41,6 @@ struct Cli {
     /// CPU threads for the numeric kernels (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
-}
-
-/// candle and rayon size their thread pools from `RAYON_NUM_THREADS` when they start, so `--threads` runs
-/// this program again with that variable set. Returns the child's exit status, or `None` when no re-run is
-/// needed.
-fn rerun_with_threads(threads: usize) -> Option<std::process::ExitCode> {
-    let want = threads.to_string();
-    if std::env::var("RAYON_NUM_THREADS").is_ok_and(|v| v == want) {
-        return None;
-    }
-    let exe = std::env::current_exe().ok()?;
-    let status = std::process::Command::new(exe)
-        .args(std::env::args_os().skip(1))
-        .env("RAYON_NUM_THREADS", want)
-        .status()
-        .ok()?;
-    Some(std::process::ExitCode::from(u8::try_from(status.code().unwrap_or(1)).unwrap_or(1)))
 }
 
 #[derive(Debug, Subcommand)]
@@ -85,9 +69,7 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    if let Some(code) = cli.threads.and_then(rerun_with_threads) {
-        return code;
-    }
+    runtime::fix_thread_count(cli.threads);
     let level = if cli.verbose {
         tracing_subscriber::filter::LevelFilter::INFO
     } else {
