@@ -1,5 +1,6 @@
-//! Emotion models built from the workspace's layers, their checkpoints, and (to come) training and
-//! evaluation.
+//! Emotion models built from the workspace's layers, their checkpoints, training ([`train`], [`optim`]),
+//! evaluation ([`metrics`], [`stats`]), comparisons and sweeps ([`compare`], [`sweep`]) and reports
+//! ([`plots`]).
 //!
 //! [`EmotionModel`] is the EEG-only model (classifier on the EEG latent) or the EEG+audio model (encoders,
 //! [`fusion::Fusion`], classifier). Tensor names equal the PyTorch reference's `state_dict` names, so
@@ -18,6 +19,11 @@
 //! assert_eq!(logits.dims(), &[2, 5]);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! # Performance
+//! Set `RAYON_NUM_THREADS` (e.g. to the number of cores) in programs that run the model on the CPU: candle
+//! reads it on every matrix product and, when it is unset, parses `/proc/cpuinfo` each time, which doubles
+//! the batch-1 latency of the cross-attention model. `cargo xtask` sets it at start-up.
 
 pub mod checkpoint;
 pub mod compare;
