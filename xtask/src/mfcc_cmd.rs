@@ -63,26 +63,19 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let audio = eav::audio::read_wav(&args.input)?;
     let native = audio.sample_rate;
     let audio = eav::audio::resample(audio, cfg.sample_rate, &args.input)?;
-    let context = || args.input.display().to_string();
-    let (rows, cols, values) = match args.precision {
-        Precision::F64 => {
-            let f = Mfcc::new(cfg.clone())?.mfcc(&audio.samples).with_context(context)?;
-            let (rows, cols) = f.shape();
-            (rows, cols, f.into_vec())
-        }
-        Precision::F32 => {
-            let f = Mfcc::<f32>::with_precision(cfg.clone())?.mfcc(&audio.samples).with_context(context)?;
-            let (rows, cols) = f.shape();
-            (rows, cols, f.as_slice().iter().map(|&v| f64::from(v)).collect())
-        }
-    };
+    let feats = match args.precision {
+        Precision::F64 => Mfcc::new(cfg.clone())?.mfcc(&audio.samples),
+        Precision::F32 => Mfcc::<f32>::with_precision(cfg.clone())?.mfcc(&audio.samples).map(|f| f.to_f64()),
+    }
+    .with_context(|| args.input.display().to_string())?;
+    let (rows, cols) = feats.shape();
     let out = Output {
         config: &cfg,
         precision: args.precision,
         sample_rate: audio.sample_rate,
         resampled_from: (native != audio.sample_rate).then_some(native),
         shape: [rows, cols],
-        mfcc: values.chunks_exact(cols.max(1)).take(rows).collect(),
+        mfcc: feats.rows().collect(),
     };
     let json = serde_json::to_vec(&out)?;
     std::fs::write(&args.output, json).with_context(|| format!("writing {}", args.output.display()))?;

@@ -74,6 +74,18 @@ impl<F: Copy> Features<F> {
     }
 }
 
+impl<F: Float> Features<F> {
+    /// The same matrix in `f64` (exact: every `f32` is an `f64`).
+    #[must_use]
+    pub fn to_f64(&self) -> Features<f64> {
+        Features {
+            rows: self.rows,
+            cols: self.cols,
+            data: self.data.iter().map(|&v| Sample::to_f64(v)).collect(),
+        }
+    }
+}
+
 /// The MFCC pipeline for one [`MfccConfig`], computing in precision `F` (`f64` by default; `f32` as librosa
 /// does for float32 input): window, mel filterbank, DCT matrix and FFT plan are computed once in
 /// [`Mfcc::new`] / [`Mfcc::with_precision`]; [`Mfcc::mfcc`] and [`Mfcc::mel_db`] can then be called from
