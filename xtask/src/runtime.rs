@@ -1,10 +1,10 @@
 //! The thread count, fixed in the environment at the top of `main`, before any thread pool exists.
 //!
-//! rayon sizes its pool from `RAYON_NUM_THREADS` when the pool starts. candle reads the same variable on
-//! every CPU matrix product (`candle_core::utils::get_num_threads`), and when it is unset falls back to
-//! `num_cpus::get_physical()`, which reads and parses `/proc/cpuinfo` each time: measured, that doubled the
-//! batch-1 latency of the cross-attention model (1.03 → 0.50 ms). So the variable is always set: to
-//! `--threads` when given, else to what rayon would use (all available CPUs), unless the user set it.
+//! rayon sizes its pool from `RAYON_NUM_THREADS` when the pool starts, and so does candle (its element-wise
+//! "barrier pool", and every CPU matrix product: `candle_core::utils::get_num_threads`, which when the
+//! variable is unset falls back to `num_cpus::get_physical()`, reading and parsing `/proc/cpuinfo` each
+//! time). So `--threads` has to go through the variable, and it is always set: to `--threads` when given,
+//! else to what rayon would use (all available CPUs), unless the user set it.
 //!
 //! Writing the environment is `unsafe` because another thread could read it at the same time; this module
 //! does it only before the program has started any thread.

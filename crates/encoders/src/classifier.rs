@@ -1,11 +1,12 @@
 //! [`EmotionClassifier`]: latent → emotion logits.
 
 use candle_core::{ModuleT, Tensor};
-use candle_nn::{Linear, Module, VarBuilder};
+use candle_nn::{Module, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::dropout::Dropout;
 use crate::error::Result;
+use crate::linear::Linear;
 
 /// Sizes of the classifier head.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,9 +46,9 @@ impl EmotionClassifier {
     pub fn new(cfg: &ClassifierConfig, vb: VarBuilder) -> Result<Self> {
         let vb = vb.pp("net");
         Ok(Self {
-            fc1: candle_nn::linear(cfg.latent_dim, cfg.hidden, vb.pp("0"))?,
+            fc1: Linear::new(cfg.latent_dim, cfg.hidden, vb.pp("0"))?,
             dropout: Dropout::new(cfg.dropout, cfg.seed),
-            fc2: candle_nn::linear(cfg.hidden, cfg.classes, vb.pp("3"))?,
+            fc2: Linear::new(cfg.hidden, cfg.classes, vb.pp("3"))?,
         })
     }
 

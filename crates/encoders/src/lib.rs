@@ -5,6 +5,7 @@
 //! - [`EegEncoder`], [`AudioEncoder`]: `Conv1d → BatchNorm1d → ReLU` blocks, mean over time, to a
 //!   128-d [`core_types::Latent`]; [`EncoderConfig::eeg`] and [`EncoderConfig::audio`] are the reference sizes.
 //! - [`EmotionClassifier`]: `128 → 64 → 5` logits.
+//! - [`Linear`] and [`linear()`]: PyTorch's `nn.Linear`, one CPU op with its own backward pass.
 //! - [`cpu_op`]: helpers for candle custom ops with f32/f64 CPU kernels (also used by `fusion`).
 //! - [`Dropout`] with seeded masks, and [`init_pytorch_default`]: seeded PyTorch-default initialisation.
 //!
@@ -36,6 +37,7 @@ mod encoder;
 mod error;
 mod init;
 mod kernels;
+mod linear;
 
 pub use classifier::{ClassifierConfig, EmotionClassifier};
 pub use conv::{Conv1d, Conv1dConfig};
@@ -43,3 +45,4 @@ pub use dropout::Dropout;
 pub use encoder::{AudioEncoder, BN_EPS, BN_MOMENTUM, ConvSpec, EegEncoder, EncoderConfig, LATENT_DIM};
 pub use error::{Error, Result};
 pub use init::init_pytorch_default;
+pub use linear::{Linear, linear};

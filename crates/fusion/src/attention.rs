@@ -2,7 +2,8 @@
 //! gradient), in PyTorch's `nn.MultiheadAttention` tensor layout.
 
 use candle_core::{D, Module, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
+use encoders::Linear;
 
 use crate::error::Result;
 
@@ -26,7 +27,7 @@ impl MultiHeadAttention {
             candle_nn::Init::Uniform { lo: -bound, up: bound },
         )?;
         let in_proj_bias = vb.get_with_hints(3 * embed, "in_proj_bias", candle_nn::Init::Const(0.0))?;
-        let out_proj = candle_nn::linear(embed, embed, vb.pp("out_proj"))?;
+        let out_proj = Linear::new(embed, embed, vb.pp("out_proj"))?;
         Ok(Self { in_proj_weight, in_proj_bias, out_proj, embed, heads })
     }
 
@@ -34,7 +35,7 @@ impl MultiHeadAttention {
     fn project(&self, x: &Tensor, i: usize) -> Result<Tensor> {
         let w = self.in_proj_weight.narrow(0, i * self.embed, self.embed)?;
         let bias = self.in_proj_bias.narrow(0, i * self.embed, self.embed)?;
-        Ok(x.broadcast_matmul(&w.t()?)?.broadcast_add(&bias)?)
+        Ok(encoders::linear(x, &w, &bias)?)
     }
 
     /// `(B, T, E)` → `(B, H, T, E/H)`.

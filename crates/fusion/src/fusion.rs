@@ -1,9 +1,10 @@
 //! [`Fusion`]: combines an EEG and an audio latent into one.
 
 use candle_core::{D, Module, ModuleT, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 use core_types::{FusionMode, Latent, same_batch};
 use encoders::Dropout;
+use encoders::Linear;
 use serde::{Deserialize, Serialize};
 
 use crate::attention::MultiHeadAttention;
@@ -88,10 +89,10 @@ impl Fusion {
         let eeg_scale = vb.get_with_hints(d, "eeg_scale", ones)?;
         let audio_scale = vb.get_with_hints(d, "audio_scale", ones)?;
         let kind = match cfg.mode {
-            FusionMode::Concat => Kind::Concat { proj: candle_nn::linear(2 * d, d, vb.pp("proj"))? },
+            FusionMode::Concat => Kind::Concat { proj: Linear::new(2 * d, d, vb.pp("proj"))? },
             FusionMode::Gated => Kind::Gated {
-                gate_fc: candle_nn::linear(2 * d, 2 * d, vb.pp("gate_fc"))?,
-                proj_fc: candle_nn::linear(2 * d, d, vb.pp("proj_fc"))?,
+                gate_fc: Linear::new(2 * d, 2 * d, vb.pp("gate_fc"))?,
+                proj_fc: Linear::new(2 * d, d, vb.pp("proj_fc"))?,
             },
             FusionMode::CrossAttention => {
                 let fits = cfg.tokens > 0
@@ -109,7 +110,7 @@ impl Fusion {
                     e2a: MultiHeadAttention::new(token_dim, cfg.heads, vb.pp("attn_e2a"))?,
                     a2e: MultiHeadAttention::new(token_dim, cfg.heads, vb.pp("attn_a2e"))?,
                     blend_logits: vb.get_with_hints(2, "blend_logits", candle_nn::Init::Const(0.0))?,
-                    proj: candle_nn::linear(d, d, vb.pp("proj"))?,
+                    proj: Linear::new(d, d, vb.pp("proj"))?,
                 }
             }
         };

@@ -1,7 +1,10 @@
-//! CPU kernels for the convolution blocks, as candle custom ops with their own backward passes:
-//! [`Conv1dOp`] (conv1d + bias, optionally ReLU: the [`crate::Conv1d`] layer, and a block in evaluation
-//! with BatchNorm folded in) and [`BlockOp`] (conv1d → training-mode BatchNorm1d → ReLU). They replace a
-//! dozen candle ops (and their temporaries) per layer with one pass over contiguous buffers each way.
+//! CPU kernels as candle custom ops with their own backward passes: [`Conv1dOp`] (conv1d + bias,
+//! optionally ReLU: the [`crate::Conv1d`] layer, and a block in evaluation with BatchNorm folded in),
+//! [`BlockOp`] (conv1d → training-mode BatchNorm1d → ReLU) and [`LinearOp`] (`x·Wᵀ + b`: the
+//! [`crate::Linear`] layer). The conv ops replace a dozen candle ops (and their temporaries) per layer
+//! with one pass over contiguous buffers each way; the linear op replaces candle's matrix product, which
+//! on the CPU looks up the thread count (and, with `RAYON_NUM_THREADS` unset, reads `/proc/cpuinfo`) on
+//! every call.
 //! Their gradients are checked against central differences and against the generic candle-op path in
 //! the tests of [`crate::Conv1d`] and the encoders, and against PyTorch in the model's parity test.
 //!
@@ -10,6 +13,7 @@
 mod block;
 mod conv;
 mod gemm;
+mod linear;
 
 use std::sync::{Arc, Mutex};
 
@@ -18,6 +22,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor, WithDType
 use crate::cpu_op::{contiguous, cpu_storage, dispatch_float as dispatch, tensor_from};
 
 pub use conv::ConvGeom;
+pub use linear::LinearGeom;
 
 mod sealed {
     pub trait Sealed {}
@@ -259,5 +264,78 @@ impl CustomOp3 for BlockOp {
         });
         let dx = dx.map(|d| tensor_from(d, x.dims(), x)).transpose()?;
         Ok((dx, Some(tensor_from(dw, w.dims(), w)?), Some(tensor_from(dp, p.dims(), p)?)))
+    }
+}
+
+/// `x·Wᵀ + b` over `(x, weight, bias)`: `x` `(rows, inputs)`, weight `(outputs, inputs)`, bias `(outputs)`.
+#[derive(Debug, Clone, Copy)]
+pub struct LinearOp;
+
+fn linear_geom(x: &Layout, w: &Layout, b: &Layout) -> candle_core::Result<LinearGeom> {
+    let (rows, inputs) = x.shape().dims2()?;
+    let (outputs, w_inputs) = w.shape().dims2()?;
+    if w_inputs != inputs {
+        bail!("linear: input has {inputs} features, weight expects {w_inputs}");
+    }
+    if b.shape().dims() != [outputs] {
+        bail!("linear: bias {:?} does not match {outputs} outputs", b.shape());
+    }
+    Ok(LinearGeom { rows, inputs, outputs })
+}
+
+impl CustomOp3 for LinearOp {
+    fn name(&self) -> &'static str {
+        "emofuse-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = linear_geom(l1, l2, l3)?;
+        dispatch!(s1, T => {
+            let x = contiguous::<T>(s1, l1, "linear input")?;
+            let w = contiguous::<T>(s2, l2, "linear weight")?;
+            let b = contiguous::<T>(s3, l3, "linear bias")?;
+            Ok((T::to_cpu_storage_owned(linear::forward(&g, x, w, b)), Shape::from((g.rows, g.outputs))))
+        })
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let need_dx = x.track_op();
+        let (xs, xl) = x.storage_and_layout();
+        let (ws, wl) = w.storage_and_layout();
+        let (gs, gl) = grad.storage_and_layout();
+        let g = linear_geom(xl, wl, b.layout())?;
+        if gl.shape().dims() != [g.rows, g.outputs] {
+            bail!("linear backward: gradient {:?} does not match the output", gl.shape());
+        }
+        let (xs, ws, gs) = (cpu_storage(&xs)?, cpu_storage(&ws)?, cpu_storage(&gs)?);
+        let (dx, dw, db) = dispatch!(xs, T => {
+            let dy = contiguous::<T>(gs, gl, "linear output gradient")?;
+            let (dx, dw, db) = linear::backward(
+                &g,
+                contiguous::<T>(xs, xl, "linear input")?,
+                contiguous::<T>(ws, wl, "linear weight")?,
+                dy,
+                need_dx,
+            );
+            (dx.map(T::to_cpu_storage_owned), T::to_cpu_storage_owned(dw), T::to_cpu_storage_owned(db))
+        });
+        let dx = dx.map(|d| tensor_from(d, x.dims(), x)).transpose()?;
+        Ok((dx, Some(tensor_from(dw, w.dims(), w)?), Some(tensor_from(db, b.dims(), b)?)))
     }
 }
