@@ -21,9 +21,11 @@
 //! ```
 //!
 //! # Performance
-//! Set `RAYON_NUM_THREADS` (e.g. to the number of cores) in programs that run the model on the CPU: candle
-//! reads it on every matrix product and, when it is unset, parses `/proc/cpuinfo` each time, which doubles
-//! the batch-1 latency of the cross-attention model. `cargo xtask` sets it at start-up.
+//! On the CPU every layer of the model is one of the `encoders` crate's kernels (conv blocks, `Linear`) or
+//! the `fusion` crate's attention op, each with its own backward pass; none goes through candle's matrix
+//! product, which looks up the thread count on every call (with `RAYON_NUM_THREADS` unset, by parsing
+//! `/proc/cpuinfo`). Set `RAYON_NUM_THREADS` to choose the number of threads, as `cargo xtask --threads`
+//! does; batch-1 latency does not depend on it being set.
 
 pub mod checkpoint;
 pub mod compare;
