@@ -3,8 +3,7 @@
 use candle_core::{D, Module, ModuleT, Tensor};
 use candle_nn::VarBuilder;
 use core_types::{FusionMode, Latent, same_batch};
-use encoders::Dropout;
-use encoders::Linear;
+use encoders::{Dropout, Linear};
 use serde::{Deserialize, Serialize};
 
 use crate::attention::MultiHeadAttention;
