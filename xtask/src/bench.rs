@@ -8,7 +8,6 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::Context;
 use candle_core::{Device, Tensor};
 use core_types::FusionMode;
 use experiments::optim::AdamW;
@@ -201,8 +200,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         mfcc_f64_60s_ms: ms64,
     };
     if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_vec_pretty(&fig)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+        crate::output::write(path, serde_json::to_vec_pretty(&fig)?)?;
     }
     Ok(())
 }

@@ -16,6 +16,7 @@ mod compare;
 mod inspect;
 mod mat_cmd;
 mod mfcc_cmd;
+mod output;
 mod predict;
 mod progress;
 mod runtime;

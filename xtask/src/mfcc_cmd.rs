@@ -78,7 +78,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         mfcc: feats.rows().collect(),
     };
     let json = serde_json::to_vec(&out)?;
-    std::fs::write(&args.output, json).with_context(|| format!("writing {}", args.output.display()))?;
+    crate::output::write(&args.output, json)?;
     let note = out.resampled_from.map_or(String::new(), |r| format!(", resampled from {r} Hz"));
     say!(
         "{}: {rows} × {cols} MFCC at {} Hz{note} → {}",

@@ -45,10 +45,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         csv.push('\n');
     }
     let csv_path = args.out.join("predictions.csv");
-    std::fs::write(&csv_path, csv).with_context(|| csv_path.display().to_string())?;
+    crate::output::write(&csv_path, csv)?;
     let json_path = args.out.join("predictions.json");
-    std::fs::write(&json_path, serde_json::to_vec_pretty(&preds)?)
-        .with_context(|| json_path.display().to_string())?;
+    crate::output::write(&json_path, serde_json::to_vec_pretty(&preds)?)?;
     let correct = preds.iter().filter(|p| p.label == p.predicted).count();
     say!(
         "{} windows, {} match the label file ({:.1} %); wrote {} and {}",

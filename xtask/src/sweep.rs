@@ -109,7 +109,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let repo = repo.canonicalize().unwrap_or(repo);
         let text = slurm_script(&repo, &forwarded(args), args.shards.max(1), &args.out);
-        std::fs::write(script, text).with_context(|| format!("writing {}", script.display()))?;
+        crate::output::write(script, text)?;
         say!(
             "wrote {}: `sbatch {}` runs {} shards into {}/shard-*; then `cargo xtask report {}/shard-*`",
             script.display(),
@@ -132,7 +132,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         None => all.clone(),
     };
     std::fs::create_dir_all(&args.out).with_context(|| args.out.display().to_string())?;
-    std::fs::write(args.out.join("sweep.json"), serde_json::to_vec_pretty(&spec)?)?;
+    crate::output::write(&args.out.join("sweep.json"), serde_json::to_vec_pretty(&spec)?)?;
     let bar = crate::progress::bar(mine.len() as u64, "sweep jobs");
     let mut ran = 0;
     for job in &mine {

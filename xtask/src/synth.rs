@@ -58,7 +58,7 @@ pub fn generate(out: &std::path::Path, cfg: &SynthConfig) -> anyhow::Result<()> 
     let bar = crate::progress::bar(u64::from(cfg.subjects), "writing subjects");
     write_synthetic(out, cfg, &|_| bar.inc(1))?;
     bar.finish_and_clear();
-    std::fs::write(out.join("synth_config.json"), serde_json::to_vec_pretty(cfg)?)?;
+    crate::output::write(&out.join("synth_config.json"), serde_json::to_vec_pretty(cfg)?)?;
     Ok(())
 }
 
