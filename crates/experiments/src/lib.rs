@@ -25,7 +25,11 @@
 //! the `fusion` crate's attention op, each with its own backward pass; none goes through candle's matrix
 //! product, which looks up the thread count on every call (with `RAYON_NUM_THREADS` unset, by parsing
 //! `/proc/cpuinfo`). Set `RAYON_NUM_THREADS` to choose the number of threads, as `cargo xtask --threads`
-//! does; batch-1 latency does not depend on it being set.
+//! does; batch-1 latency does not depend on it being set. [`train::train`] runs each optimisation step on a
+//! thread of rayon's pool, so that the thread doing the step's serial work also takes part in the kernels'
+//! parallel loops: called from a program's main thread, training the concat model on two cores went from
+//! 540–682 to 750–927 samples/s that way (the main thread no longer sleeps through every loop while the
+//! pool's threads spin against its work between them).
 
 pub mod checkpoint;
 pub mod compare;
