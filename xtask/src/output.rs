@@ -2,11 +2,12 @@
 //! renamed into place (a killed command leaves neither a half-written file nor a lost earlier one), and
 //! errors that name the file.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context as _;
 
-/// Writes `bytes` to `path` as described in the module docs.
+/// Writes `bytes` to `path` as described in the module docs ([`experiments::compare::write`] once the
+/// folder exists).
 ///
 /// # Errors
 /// When a folder cannot be created or the file cannot be written; the message names the path.
@@ -15,11 +16,7 @@ pub fn write(path: &Path, bytes: impl AsRef<[u8]>) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("writing {}: creating {}", path.display(), dir.display()))?;
     }
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+    Ok(experiments::compare::write(path, bytes.as_ref())?)
 }
 
 #[cfg(test)]

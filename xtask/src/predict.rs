@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use experiments::checkpoint::{load, predict};
 use experiments::compare::device;
 
@@ -31,7 +30,6 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let dev = device(&args.device)?;
     let (model, meta) = load(&args.checkpoint, &dev)?;
     let preds = predict(&model, &meta, &args.data_dir, &args.subjects)?;
-    std::fs::create_dir_all(&args.out).with_context(|| args.out.display().to_string())?;
     let mut csv = String::from("subject,trial,window,label,predicted");
     for e in core_types::Emotion::ALL {
         csv.push_str(&format!(",p_{e}"));

@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use core_types::FusionMode;
 use experiments::compare::{ExperimentConfig, Quiet};
 use experiments::sweep::{SweepSpec, collect, jobs, report, run_jobs, shard, slurm_script, write_report};
@@ -131,7 +130,6 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         Some(Shard(i, n)) => shard(&all, i, n),
         None => all.clone(),
     };
-    std::fs::create_dir_all(&args.out).with_context(|| args.out.display().to_string())?;
     crate::output::write(&args.out.join("sweep.json"), serde_json::to_vec_pretty(&spec)?)?;
     let bar = crate::progress::bar(mine.len() as u64, "sweep jobs");
     let mut ran = 0;

@@ -24,11 +24,12 @@ impl Linear {
     /// # Errors
     /// A candle error from the var builder (e.g. an existing tensor of another shape).
     pub fn new(inputs: usize, outputs: usize, vb: VarBuilder) -> candle_core::Result<Self> {
-        let weight =
-            vb.get_with_hints((outputs, inputs), "weight", candle_nn::init::DEFAULT_KAIMING_NORMAL)?;
-        let bound = 1.0 / (inputs as f64).sqrt();
-        let bias = vb.get_with_hints(outputs, "bias", candle_nn::Init::Uniform { lo: -bound, up: bound })?;
-        Ok(Self { weight, bias })
+        let layer = candle_nn::linear(inputs, outputs, vb)?;
+        let bias = layer
+            .bias()
+            .cloned()
+            .ok_or_else(|| candle_core::Error::Msg("linear layer without bias".into()))?;
+        Ok(Self { weight: layer.weight().clone(), bias })
     }
 
     /// The weight `(outputs, inputs)`.

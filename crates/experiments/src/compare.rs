@@ -521,8 +521,12 @@ pub fn table(results: &Results) -> String {
     s
 }
 
-/// Writes `bytes` to a temporary name beside `path`, then renames it into place.
-pub(crate) fn write(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Writes `bytes` to a temporary name beside `path`, then renames it into place: a killed run leaves neither
+/// a half-written file nor a lost earlier one.
+///
+/// # Errors
+/// [`Error::Io`] naming the file.
+pub fn write(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes).map_err(|source| Error::Io { path: tmp.clone(), source })?;
     std::fs::rename(&tmp, path).map_err(|source| Error::Io { path: path.into(), source })
