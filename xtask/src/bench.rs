@@ -171,7 +171,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let names: Vec<String> = match &args.config {
         Some(c) => vec![c.clone()],
         None if args.mfcc_only => Vec::new(),
-        None => ["eeg_only", "concat", "cross_attention", "gated"].map(String::from).to_vec(),
+        None => std::iter::once("eeg_only")
+            .chain(FusionMode::ALL.iter().map(|m| m.as_str()))
+            .map(String::from)
+            .collect(),
     };
     let mut results = Vec::new();
     for name in &names {

@@ -6,7 +6,10 @@ use anyhow::Context;
 use core_types::FusionMode;
 use eav::split::Protocol;
 use eav::synth::SynthConfig;
-use experiments::compare::{ExperimentConfig, Progress, run, table, write_config, write_results};
+use experiments::config::ExperimentConfig;
+use experiments::report::{write_config, write_results};
+use experiments::results::{Skipped, table};
+use experiments::run::{Progress, run_with};
 use experiments::train::EpochLog;
 use indicatif::ProgressBar;
 
@@ -20,6 +23,8 @@ pub enum ModeArg {
     CrossAttention,
     /// Gating.
     Gated,
+    /// Cross-modal transformer over time.
+    Temporal,
     /// Every mode.
     All,
 }
@@ -30,6 +35,7 @@ impl ModeArg {
             Self::Concat => vec![FusionMode::Concat],
             Self::CrossAttention => vec![FusionMode::CrossAttention],
             Self::Gated => vec![FusionMode::Gated],
+            Self::Temporal => vec![FusionMode::Temporal],
             Self::All => FusionMode::ALL.to_vec(),
         }
     }
@@ -123,6 +129,10 @@ pub struct Common {
     /// Continue an interrupted run in this run folder (its `config.json` and training states).
     #[arg(long, conflicts_with_all = ["config", "out"])]
     resume: Option<PathBuf>,
+    /// Skip a subject whose files fail to load (the reason goes to results.json and report.md) instead of
+    /// stopping the run.
+    #[arg(long)]
+    skip_bad_subjects: bool,
 }
 
 /// Arguments of `compare`.
@@ -148,9 +158,12 @@ pub struct BaselineArgs {
     common: Common,
 }
 
-/// The built-in synthetic tree: generated on first use, regenerated when its settings change.
-fn default_data() -> anyhow::Result<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/synthetic");
+/// The built-in synthetic tree (`datasets/synthetic`, or `$EMOFUSE_SYNTHETIC_DIR` when set): generated on
+/// first use, regenerated when its settings change. `compare`, `baseline` and `sweep` use it when no
+/// `--data-dir` is given.
+pub fn default_data() -> anyhow::Result<PathBuf> {
+    let dir = std::env::var_os("EMOFUSE_SYNTHETIC_DIR")
+        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/synthetic"), PathBuf::from);
     let cfg = SynthConfig::default();
     let stamp = dir.join("synth_config.json");
     let current = std::fs::read(&stamp).ok().and_then(|b| serde_json::from_slice::<SynthConfig>(&b).ok());
@@ -176,6 +189,10 @@ impl Progress for Bars {
     fn epoch(&self, setting: &str, log: &EpochLog) {
         self.bar.set_message(format!("{setting}: epoch {} loss {:.3}", log.epoch, log.train_loss));
     }
+
+    fn skipped(&self, skipped: &Skipped) {
+        self.bar.suspend(|| say!("skipping subject {}: {}", skipped.subject, skipped.reason));
+    }
 }
 
 fn execute(mut cfg: ExperimentConfig, out: Option<PathBuf>, what: &str) -> anyhow::Result<()> {
@@ -197,8 +214,23 @@ fn execute(mut cfg: ExperimentConfig, out: Option<PathBuf>, what: &str) -> anyho
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} subjects {elapsed} {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let results = run(&cfg, &Bars { bar: bar.clone() })?;
+    // Results are saved after every subject: a run stopped by a later subject's error keeps them.
+    let mut saved = 0;
+    let outcome = run_with(&cfg, &Bars { bar: bar.clone() }, &mut |partial| {
+        saved = partial.summary.first().map_or(0, |r| r.subjects.len());
+        write_results(&out, &cfg, partial)
+    });
     bar.finish_and_clear();
+    let results = match outcome {
+        Ok(r) => r,
+        Err(e) if saved > 0 => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "run stopped; the results of the {saved} subject(s) finished before are in {}",
+                out.display()
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
     write_results(&out, &cfg, &results)?;
     say!("{}", table(&results));
     say!(
@@ -226,6 +258,7 @@ fn config_from(common: &Common, modes: Vec<FusionMode>, eeg_only: bool) -> anyho
     cfg.preprocess.channels = common.channels.clone();
     cfg.standardise = !common.no_standardise;
     cfg.val_fraction = common.val_fraction;
+    cfg.skip_bad_subjects = common.skip_bad_subjects;
     common.training.apply(&mut cfg);
     cfg.seed = common.seed;
     Ok(cfg)

@@ -1,7 +1,7 @@
 //! `cargo xtask inspect --data-dir DIR [--json]`: validates and summarises an EAV copy.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use core_types::Emotion;
 use eav::subject::{discover, load_subject};
@@ -50,7 +50,36 @@ pub fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-/// Runs the command; exits non-zero when any subject is unusable.
+/// The MFCC's sample rate: audio below it is upsampled, which adds no information.
+const MFCC_RATE: u32 = 16_000;
+
+/// Checks one audio file's header against its trial: a problem naming the file, if any, and whether
+/// `compare` can read the file at all.
+fn check_audio(path: &Path, trial_seconds: f64) -> (Option<String>, bool) {
+    let info = match eav::audio::probe_wav(path) {
+        Ok(info) => info,
+        Err(e) => return (Some(e.to_string()), false),
+    };
+    let p = path.display();
+    let seconds = info.seconds();
+    let problem = if seconds + 0.01 < trial_seconds {
+        Some(format!(
+            "{p}: {seconds:.2} s of audio for a {trial_seconds:.2} s trial (runs pad it with silence)"
+        ))
+    } else if seconds > 1.5 * trial_seconds {
+        Some(format!("{p}: {seconds:.2} s of audio for a {trial_seconds:.2} s trial (is it the right file?)"))
+    } else if info.sample_rate < MFCC_RATE {
+        Some(format!(
+            "{p}: sampled at {} Hz, below the MFCC's {MFCC_RATE} Hz (upsampled, so its upper band is empty)",
+            info.sample_rate
+        ))
+    } else {
+        None
+    };
+    (problem, true)
+}
+
+/// Runs the command; exits non-zero when any subject is unusable or any file has a problem.
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let mut report = Report {
         data_dir: args.data_dir.display().to_string(),
@@ -91,6 +120,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                         }
                         for t in s.trials.iter().filter(|t| t.speaking && t.audio.is_none()) {
                             r.problems.push(format!("speaking trial {} has no audio file", t.index + 1));
+                        }
+                        let trial_seconds = s.samples_per_trial as f64 / eav::subject::EEG_RATE;
+                        for path in s.trials.iter().filter_map(|t| t.audio.as_deref()) {
+                            let (problem, readable) = check_audio(path, trial_seconds);
+                            r.problems.extend(problem);
+                            r.usable &= readable;
                         }
                         for p in &s.unmatched_audio {
                             r.problems.push(format!("{}: audio file name not understood", p.display()));
@@ -143,9 +178,6 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             say!("peak memory: {m:.0} MiB");
         }
     }
-    if report.problems.is_empty() {
-        Ok(())
-    } else {
-        anyhow::bail!("{} problem(s) found", report.problems.len())
-    }
+    let problems = report.problems.len() + report.subjects.iter().map(|s| s.problems.len()).sum::<usize>();
+    if problems == 0 { Ok(()) } else { anyhow::bail!("{problems} problem(s) found") }
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::Context as _;
 
-/// Writes `bytes` to `path` as described in the module docs ([`experiments::compare::write`] once the
+/// Writes `bytes` to `path` as described in the module docs ([`experiments::write_atomic`] once the
 /// folder exists).
 ///
 /// # Errors
@@ -16,7 +16,7 @@ pub fn write(path: &Path, bytes: impl AsRef<[u8]>) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("writing {}: creating {}", path.display(), dir.display()))?;
     }
-    Ok(experiments::compare::write(path, bytes.as_ref())?)
+    Ok(experiments::write_atomic(path, bytes.as_ref())?)
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use experiments::checkpoint::{load, predict};
-use experiments::compare::device;
+use experiments::config::device;
 
 /// Arguments of `predict`.
 #[derive(Debug, clap::Args)]

@@ -4,8 +4,12 @@
 use std::path::PathBuf;
 
 use core_types::FusionMode;
-use experiments::compare::{ExperimentConfig, Quiet};
-use experiments::sweep::{SweepSpec, collect, jobs, report, run_jobs, shard, slurm_script, write_report};
+use experiments::config::ExperimentConfig;
+use experiments::results::Skipped;
+use experiments::run::Progress;
+use experiments::sweep::{
+    SweepSpec, collect, collect_skipped, jobs, report, run_jobs, shard, slurm_script, write_report,
+};
 
 /// `on` or `off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -50,9 +54,13 @@ pub struct Args {
     subjects: Vec<u32>,
     #[command(flatten)]
     training: crate::compare::Training,
-    /// EAV root (required: sweeps are for real data or a tree made with `synth`).
+    /// EAV root; without it, the built-in synthetic tree that `compare` uses.
     #[arg(long)]
-    data_dir: PathBuf,
+    data_dir: Option<PathBuf>,
+    /// Skip a subject whose files fail to load (recorded under `<out>/skipped/` and in the report) instead
+    /// of stopping the sweep.
+    #[arg(long)]
+    skip_bad_subjects: bool,
     /// Folder of this sweep (or shard): job records, training states, report.
     #[arg(long)]
     out: PathBuf,
@@ -68,9 +76,10 @@ pub struct Args {
     shards: usize,
 }
 
-fn spec(args: &Args) -> SweepSpec {
-    let mut base = ExperimentConfig::new(args.data_dir.clone(), Vec::new());
+fn spec(args: &Args, data_dir: PathBuf) -> SweepSpec {
+    let mut base = ExperimentConfig::new(data_dir, Vec::new());
     args.training.apply(&mut base);
+    base.skip_bad_subjects = args.skip_bad_subjects;
     base.cache_dir = Some(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/cache"));
     SweepSpec {
         base,
@@ -82,7 +91,7 @@ fn spec(args: &Args) -> SweepSpec {
 }
 
 /// The sweep arguments to repeat inside each array task (all but --out, --shard, --emit-slurm, --shards).
-fn forwarded(args: &Args) -> Vec<String> {
+fn forwarded(args: &Args, data_dir: &std::path::Path) -> Vec<String> {
     let join = |v: Vec<String>| v.join(",");
     let mut a = vec![
         "--fusion-modes".into(),
@@ -92,9 +101,12 @@ fn forwarded(args: &Args) -> Vec<String> {
         "--seeds".into(),
         join(args.seeds.iter().map(ToString::to_string).collect()),
         "--data-dir".into(),
-        args.data_dir.display().to_string(),
+        data_dir.display().to_string(),
     ];
     a.extend(args.training.to_args());
+    if args.skip_bad_subjects {
+        a.push("--skip-bad-subjects".into());
+    }
     if !args.subjects.is_empty() {
         a.push("--subjects".into());
         a.push(join(args.subjects.iter().map(ToString::to_string).collect()));
@@ -104,10 +116,14 @@ fn forwarded(args: &Args) -> Vec<String> {
 
 /// Runs `sweep`.
 pub fn run(args: &Args) -> anyhow::Result<()> {
+    let data_dir = match &args.data_dir {
+        Some(d) => d.clone(),
+        None => crate::compare::default_data()?,
+    };
     if let Some(script) = &args.emit_slurm {
         let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let repo = repo.canonicalize().unwrap_or(repo);
-        let text = slurm_script(&repo, &forwarded(args), args.shards.max(1), &args.out);
+        let text = slurm_script(&repo, &forwarded(args, &data_dir), args.shards.max(1), &args.out);
         crate::output::write(script, text)?;
         say!(
             "wrote {}: `sbatch {}` runs {} shards into {}/shard-*; then `cargo xtask report {}/shard-*`",
@@ -119,9 +135,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let spec = spec(args);
+    let spec = spec(args, data_dir);
     let subjects = if spec.subjects.is_empty() {
-        eav::subject::discover(&args.data_dir)?.into_iter().map(|s| s.id).collect()
+        eav::subject::discover(&spec.base.data_dir)?.into_iter().map(|s| s.id).collect()
     } else {
         spec.subjects.clone()
     };
@@ -133,22 +149,39 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     crate::output::write(&args.out.join("sweep.json"), serde_json::to_vec_pretty(&spec)?)?;
     let bar = crate::progress::bar(mine.len() as u64, "sweep jobs");
     let mut ran = 0;
+    let progress = SkipNotice(bar.clone());
     for job in &mine {
-        ran += run_jobs(&spec, std::slice::from_ref(job), &args.out, &Quiet)?;
+        ran += run_jobs(&spec, std::slice::from_ref(job), &args.out, &progress)?;
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let merged = report(collect(std::slice::from_ref(&args.out))?);
+    let dirs = std::slice::from_ref(&args.out);
+    let merged = report(collect(dirs)?, collect_skipped(dirs)?);
     write_report(&args.out, &merged)?;
+    if merged.jobs.is_empty() && !merged.skipped.is_empty() {
+        anyhow::bail!("every subject was skipped (reasons in {}/report.md)", args.out.display());
+    }
+    let recorded = mine.iter().filter(|j| merged.jobs.iter().any(|r| r.job.id == j.id)).count();
+    let skipped = mine.len() - recorded;
     say!(
-        "{} of {} jobs in this {} ran now ({} were already recorded); report in {}/report.md",
+        "{} of {} jobs in this {} ran now ({} were already recorded{}); report in {}/report.md",
         ran,
         mine.len(),
         if args.shard.is_some() { "shard" } else { "sweep" },
-        mine.len() - ran,
+        recorded - ran,
+        if skipped > 0 { format!(", {skipped} skipped with their subjects") } else { String::new() },
         args.out.display()
     );
     Ok(())
+}
+
+/// Says on the terminal which subjects a sweep skips.
+struct SkipNotice(indicatif::ProgressBar);
+
+impl Progress for SkipNotice {
+    fn skipped(&self, skipped: &Skipped) {
+        self.0.suspend(|| say!("skipping subject {}: {}", skipped.subject, skipped.reason));
+    }
 }
 
 /// Arguments of `report`.
@@ -164,7 +197,7 @@ pub struct ReportArgs {
 
 /// Runs `report`.
 pub fn run_report(args: &ReportArgs) -> anyhow::Result<()> {
-    let merged = report(collect(&args.dirs)?);
+    let merged = report(collect(&args.dirs)?, collect_skipped(&args.dirs)?);
     let out = args.out.clone().unwrap_or_else(|| match args.dirs.as_slice() {
         [one] => one.clone(),
         _ => PathBuf::from("sweep-report"),
@@ -182,6 +215,9 @@ pub fn run_report(args: &ReportArgs) -> anyhow::Result<()> {
             t.wilcoxon.p_value,
             t.wilcoxon.effect_size
         );
+    }
+    for k in &merged.skipped {
+        say!("skipped subject {}: {}", k.subject, k.reason);
     }
     say!("merged {} jobs into {}/results.json, results.csv, report.md", merged.jobs.len(), out.display());
     Ok(())

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use eav::synth::{SynthConfig, write_synthetic};
+use eav::synth::{Signal, SynthConfig, write_synthetic};
 
 /// Arguments of `synth`.
 #[derive(Debug, clap::Args)]
@@ -34,6 +34,10 @@ pub struct Args {
     /// Seed; the same seed writes the same files.
     #[arg(long, default_value_t = SynthConfig::default().seed)]
     seed: u64,
+    /// Where the class lies: `modalities` (EEG rhythm and speech pitch) or `synchrony` (only in the lag
+    /// between an EEG event and an audio event of the same window; see `eav::synth`).
+    #[arg(long, default_value = "modalities")]
+    signal: Signal,
 }
 
 impl Args {
@@ -48,6 +52,7 @@ impl Args {
             compress: !self.plain,
             single: !self.double,
             seed: self.seed,
+            signal: self.signal,
             ..SynthConfig::default()
         }
     }

@@ -72,9 +72,17 @@ fn synth_then_inspect_reports_the_tree_and_fails_on_a_broken_subject() {
     let out = xtask(&["inspect", "--data-dir", &empty.display().to_string()]);
     assert!(!out.status.success());
 
-    // A tree written by scipy (plain and compressed MAT, 22.05 kHz WAV, a padded folder name).
-    let report =
-        json(&xtask(&["inspect", "--data-dir", &repo("crates/eav/tests/data/scipy_tree"), "--json"]));
+    // A tree written by scipy (plain and compressed MAT, 22.05 kHz WAV, a padded folder name). Its audio
+    // files hold 1 s for 20 s trials: usable (padded with silence), but each one is a problem.
+    let out = xtask(&["inspect", "--data-dir", &repo("crates/eav/tests/data/scipy_tree"), "--json"]);
+    assert!(!out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for s in report["subjects"].as_array().unwrap() {
+        assert_eq!(s["usable"], true);
+        let problems = s["problems"].as_array().unwrap();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems.iter().all(|p| p.as_str().unwrap().contains("_aud.wav: 1.00 s of audio")));
+    }
     let ids: Vec<u64> =
         report["subjects"].as_array().unwrap().iter().map(|s| s["id"].as_u64().unwrap()).collect();
     assert_eq!(ids, vec![3, 4]);
@@ -440,10 +448,172 @@ fn one_and_two_threads_train_identical_models() {
         .filter(|n| n.to_string_lossy().ends_with(".safetensors"))
         .collect();
     names.sort();
-    assert_eq!(names.len(), 4, "eeg_only and three fused models: {names:?}");
+    assert_eq!(names.len(), 5, "eeg_only and four fused models: {names:?}");
     for n in names {
         let a = std::fs::read(one.join("checkpoints").join(&n)).unwrap();
         let b = std::fs::read(two.join("checkpoints").join(&n)).unwrap();
         assert!(a == b, "{n:?} differs between one and two threads");
     }
+}
+
+/// The first audio file (by name) of a subject of a synthetic tree.
+fn first_audio(root: &Path, subject: u32) -> std::path::PathBuf {
+    let mut files: Vec<_> = std::fs::read_dir(root.join(format!("subject{subject}/Audio")))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files.remove(0)
+}
+
+/// A text file where a `.wav` should be (57 bytes, as another program once wrote).
+fn replace_with_text(path: &Path) {
+    std::fs::write(path, b"this recording could not be exported; see the session log").unwrap();
+}
+
+#[test]
+fn inspect_names_every_audio_file_compare_would_trip_on() {
+    let root = tmp("bad-audio");
+    let r = root.display().to_string();
+    let out = xtask(&["synth", "--out", &r, "--subjects", "3", "--trials", "10", "--plain"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Subject 1: a text file; subject 2: cut short of its header's length; subject 3: a valid WAV of 1 s
+    // for a 20 s trial.
+    let (text, cut, short) = (first_audio(&root, 1), first_audio(&root, 2), first_audio(&root, 3));
+    replace_with_text(&text);
+    let bytes = std::fs::read(&cut).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() - 1000]).unwrap();
+    let bytes = std::fs::read(&short).unwrap();
+    let data = bytes.windows(4).position(|w| w == b"data").unwrap();
+    let keep = 16_000 * 2; // 1 s of 16-bit mono at 16 kHz
+    let mut one_second = bytes[..data + 8 + keep].to_vec();
+    one_second[data + 4..data + 8].copy_from_slice(&(keep as u32).to_le_bytes());
+    let riff = (one_second.len() - 8) as u32;
+    one_second[4..8].copy_from_slice(&riff.to_le_bytes());
+    std::fs::write(&short, one_second).unwrap();
+
+    let t0 = std::time::Instant::now();
+    let out = xtask(&["inspect", "--data-dir", &r, "--json"]);
+    let seconds = t0.elapsed().as_secs_f64();
+    assert!(!out.status.success(), "a damaged file must fail inspect");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let problems = |i: usize| -> Vec<String> {
+        report["subjects"][i]["problems"].as_array().unwrap().iter().map(|p| p.to_string()).collect()
+    };
+    let named = |i: usize, file: &Path, reason: &str| {
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        let p = problems(i);
+        assert!(p.iter().any(|p| p.contains(&name) && p.contains(reason)), "{name} / {reason}: {p:?}");
+        assert_eq!(p.len(), 1, "only the damaged file: {p:?}");
+    };
+    named(0, &text, "not a readable WAV file");
+    named(1, &cut, "truncated");
+    named(2, &short, "1.00 s of audio for a 20.00 s trial");
+    // An unreadable file makes the subject unusable; audio that is only short does not (it is padded).
+    let usable: Vec<bool> =
+        report["subjects"].as_array().unwrap().iter().map(|s| s["usable"].as_bool().unwrap()).collect();
+    assert_eq!(usable, [false, false, true]);
+    assert!(seconds < 30.0, "inspect took {seconds:.1} s for three small subjects");
+}
+
+/// `--skip-bad-subjects`: one broken subject of three is skipped with its reason in results.json,
+/// report.md and on the terminal; without it the run stops naming the file, after saving the subject that
+/// finished; with every subject broken the run fails.
+#[test]
+fn skip_bad_subjects_finishes_with_the_rest_and_says_why() {
+    let root = tmp("skip-tree");
+    let r = root.display().to_string();
+    assert!(xtask(&["synth", "--out", &r, "--subjects", "3", "--trials", "20"]).status.success());
+    let broken = first_audio(&root, 2);
+    replace_with_text(&broken);
+    let name = broken.file_name().unwrap().to_string_lossy().into_owned();
+    let compare = |out: &Path, skip: bool| {
+        let o = out.display().to_string();
+        let mut args =
+            vec!["compare", "--data-dir", &r, "--fusion-mode", "concat", "--epochs", "1", "--out", &o];
+        if skip {
+            args.push("--skip-bad-subjects");
+        }
+        xtask(&args)
+    };
+
+    let stopped = tmp("skip-off");
+    let out = compare(&stopped, false);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&name) && err.contains("subject(s) finished before"), "{err}");
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(stopped.join("results.json")).unwrap()).unwrap();
+    assert!(saved["runs"].as_array().unwrap().iter().all(|r| r["subject"] == 1), "subject 1 kept");
+
+    let skipped = tmp("skip-on");
+    let out = compare(&skipped, true);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("skipping subject 2"));
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(skipped.join("results.json")).unwrap()).unwrap();
+    assert_eq!(results["skipped"].as_array().unwrap().len(), 1);
+    assert_eq!(results["skipped"][0]["subject"], 2);
+    assert!(results["skipped"][0]["reason"].as_str().unwrap().contains(&name));
+    let mut subjects: Vec<u64> =
+        results["runs"].as_array().unwrap().iter().map(|r| r["subject"].as_u64().unwrap()).collect();
+    subjects.dedup();
+    assert_eq!(subjects, [1, 3]);
+    let report = std::fs::read_to_string(skipped.join("report.md")).unwrap();
+    assert!(report.contains("subject 2:") && report.contains(&name), "{report}");
+
+    // The sweep skips it the same way.
+    let sweep = tmp("skip-sweep");
+    let s = sweep.display().to_string();
+    let out = xtask(&[
+        "sweep",
+        "--data-dir",
+        &r,
+        "--fusion-modes",
+        "concat",
+        "--scales",
+        "on",
+        "--seeds",
+        "1",
+        "--epochs",
+        "1",
+        "--skip-bad-subjects",
+        "--out",
+        &s,
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let merged: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(sweep.join("results.json")).unwrap()).unwrap();
+    assert_eq!(merged["jobs"].as_array().unwrap().len(), 4, "two subjects × (EEG-only + concat)");
+    assert_eq!(merged["skipped"][0]["subject"], 2);
+    assert!(std::fs::read_to_string(sweep.join("report.md")).unwrap().contains(&name));
+
+    for s in [1, 3] {
+        replace_with_text(&first_audio(&root, s));
+    }
+    let out = compare(&tmp("skip-all"), true);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("every subject was skipped"));
+}
+
+/// `sweep` without `--data-dir` runs on the built-in synthetic tree, like `compare`.
+#[test]
+fn sweep_without_a_data_folder_uses_the_built_in_tree() {
+    let tree = tmp("builtin-tree");
+    let out_dir = tmp("builtin-sweep");
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .env("EMOFUSE_SYNTHETIC_DIR", tree.as_os_str())
+        .args(["sweep", "--fusion-modes", "concat", "--scales", "on", "--seeds", "1", "--subjects", "1"])
+        .args(["--epochs", "1", "--out"])
+        .arg(out_dir.as_os_str())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(tree.join("synth_config.json").is_file(), "the built-in tree was generated");
+    let spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("sweep.json")).unwrap()).unwrap();
+    assert_eq!(spec["base"]["data_dir"].as_str().unwrap(), tree.display().to_string());
+    let merged: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("results.json")).unwrap()).unwrap();
+    assert_eq!(merged["jobs"].as_array().unwrap().len(), 2);
 }

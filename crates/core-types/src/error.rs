@@ -19,6 +19,8 @@ pub enum Axis {
     Coefficients,
     /// The frame axis of an MFCC batch.
     Frames,
+    /// The step (time) axis of an encoder's sequence.
+    Steps,
 }
 
 impl fmt::Display for Axis {
@@ -31,6 +33,7 @@ impl fmt::Display for Axis {
             Self::Time => "time",
             Self::Coefficients => "coefficients",
             Self::Frames => "frames",
+            Self::Steps => "steps",
         })
     }
 }

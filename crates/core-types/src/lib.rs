@@ -2,8 +2,9 @@
 //!
 //! - [`Emotion`], [`Modality`] and [`FusionMode`]: one spelling each, the same for `Display`, `FromStr`,
 //!   serde and clap (`snake_case`: `cross_attention`). Unknown names give an error that lists the valid ones.
-//! - [`Latent`], [`EegBatch`] and [`MfccBatch`]: tensors whose shape was checked once, at construction.
-//!   A wrong shape is a [`ShapeError`] naming the axis, never a silent broadcast.
+//! - [`Latent`], [`EegBatch`], [`MfccBatch`] and [`Sequence`] (an encoder's output over time, with each
+//!   step's time in seconds): tensors whose shape was checked once, at construction. A wrong shape is a
+//!   [`ShapeError`] naming the axis, never a silent broadcast.
 //!
 //! This crate does no IO.
 //!
@@ -32,4 +33,4 @@ mod shapes;
 
 pub use error::{Axis, Error, ParseEnumError, Result, ShapeError};
 pub use names::{Emotion, FusionMode, Modality};
-pub use shapes::{EegBatch, Latent, MfccBatch, same_batch};
+pub use shapes::{EegBatch, Latent, MfccBatch, Sequence, same_batch};

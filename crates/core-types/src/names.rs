@@ -98,11 +98,25 @@ named_enum! {
         Eeg = "eeg",
         /// Speech audio (as MFCC features).
         Audio = "audio",
+        /// Face video.
+        Video = "video",
+    }
+}
+
+impl Modality {
+    /// The one-letter tag used in tensor names of pairwise layers (`attn_e2a`: EEG attends to audio).
+    #[must_use]
+    pub const fn tag(self) -> char {
+        match self {
+            Self::Eeg => 'e',
+            Self::Audio => 'a',
+            Self::Video => 'v',
+        }
     }
 }
 
 named_enum! {
-    /// How the EEG and audio latents are combined.
+    /// How the modalities are combined.
     #[derive(Default)]
     FusionMode, "fusion mode" {
         /// Concatenate the scaled latents and project (the default).
@@ -112,6 +126,8 @@ named_enum! {
         CrossAttention = "cross_attention",
         /// A sigmoid gate over the concatenated latents, then a projection.
         Gated = "gated",
+        /// A cross-modal transformer over the encoders' time steps on one clock.
+        Temporal = "temporal",
     }
 }
 

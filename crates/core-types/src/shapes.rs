@@ -6,6 +6,7 @@
 //! | [`Latent`] | `(batch, dim)` |
 //! | [`EegBatch`] | `(batch, channels, time)` |
 //! | [`MfccBatch`] | `(batch, n_mfcc, frames)` |
+//! | [`Sequence`] | `(batch, steps, dim)`, with each step's time in seconds |
 //!
 //! Every axis must be at least 1. A constructor that is given the expected size of an axis rejects any
 //! other size with a [`ShapeError`] naming that axis; nothing is broadcast or reshaped.
@@ -178,6 +179,64 @@ impl MfccBatch {
     }
 }
 
+/// A batch of encoded sequences, `(batch, steps, dim)`, with the time of each step in seconds from the start
+/// of the window (the centre of the step's receptive field). Every modality's steps are on this one clock,
+/// whatever their rate.
+#[derive(Debug, Clone)]
+pub struct Sequence {
+    tensor: Tensor,
+    times: Vec<f64>,
+}
+
+impl Sequence {
+    /// Wraps `t` if it is `(batch, steps, dim)` with exactly `dim` features and `times.len()` steps.
+    ///
+    /// # Errors
+    /// A [`ShapeError`] naming the rank, batch, steps or dim axis.
+    pub fn new(t: Tensor, dim: usize, times: Vec<f64>) -> Result<Self, ShapeError> {
+        check(
+            "Sequence",
+            &t,
+            &[
+                (Axis::Batch, Want::Any),
+                (Axis::Steps, Want::Exactly(times.len())),
+                (Axis::Dim, Want::Exactly(dim)),
+            ],
+        )?;
+        Ok(Self { tensor: t, times })
+    }
+
+    /// The tensor, `(batch, steps, dim)`.
+    #[must_use]
+    pub fn tensor(&self) -> &Tensor {
+        &self.tensor
+    }
+
+    /// The time of each step in seconds from the window start.
+    #[must_use]
+    pub fn times(&self) -> &[f64] {
+        &self.times
+    }
+
+    /// The batch size.
+    #[must_use]
+    pub fn batch(&self) -> usize {
+        self.tensor.dims()[0]
+    }
+
+    /// The number of steps.
+    #[must_use]
+    pub fn steps(&self) -> usize {
+        self.tensor.dims()[1]
+    }
+
+    /// The feature size.
+    #[must_use]
+    pub fn dim(&self) -> usize {
+        self.tensor.dims()[2]
+    }
+}
+
 /// Checks that two batches hold the same number of samples (an EEG and an MFCC batch to be fused).
 ///
 /// # Errors
@@ -286,6 +345,16 @@ mod tests {
         let err = EegBatch::new(zeros(&[28, 512]), None, None).unwrap_err();
         assert_eq!(err.axis, Axis::Rank);
         assert_eq!((err.expected.as_str(), err.got), ("3", 2));
+    }
+
+    #[test]
+    fn sequence_checks_steps_against_its_times() {
+        let s = Sequence::new(zeros(&[2, 3, 4]), 4, vec![0.1, 0.2, 0.3]).unwrap();
+        assert_eq!((s.batch(), s.steps(), s.dim(), s.times()), (2, 3, 4, &[0.1, 0.2, 0.3][..]));
+        let err = Sequence::new(zeros(&[2, 3, 4]), 4, vec![0.1, 0.2]).unwrap_err();
+        assert_eq!((err.axis, err.got), (Axis::Steps, 3));
+        assert_eq!(Sequence::new(zeros(&[2, 3, 5]), 4, vec![0.0; 3]).unwrap_err().axis, Axis::Dim);
+        assert_eq!(Sequence::new(zeros(&[2, 3]), 4, vec![0.0; 3]).unwrap_err().axis, Axis::Rank);
     }
 
     #[test]

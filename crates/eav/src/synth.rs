@@ -8,6 +8,14 @@
 //! reach at most 60 % accuracy; together they identify every class. When `eeg_signal` or `audio_signal`
 //! switches one modality off (pure noise), the other carries all five classes (five rhythms or five
 //! pitches). `snr` sets the difficulty.
+//!
+//! With [`Signal::Synchrony`] the class is in *timing* only. Every 5 s window holds one EEG event (a 0.3 s
+//! burst of a 10 Hz rhythm over the posterior channels) and one audio event (a 0.3 s tone at 440 Hz);
+//! the EEG event's time `tₑ` is uniform over the window (0.25–4.75 s) and the audio event follows it by
+//! the class's lag, wrapped around that 4.5 s span: `tₐ = 0.25 + (tₑ − 0.25 + lag) mod 4.5` with lags
+//! 0.45, 1.35, 2.25, 3.15 and 4.05 s. Each modality's own event is then uniform over the window for every
+//! class, so neither modality alone, nor any vector pooled over time, tells the classes apart; the signed
+//! delay `tₐ − tₑ` does (it is `lag` or `lag − 4.5`, ten distinct values, two per class).
 
 use std::path::Path;
 
@@ -46,6 +54,50 @@ pub struct SynthConfig {
     pub single: bool,
     /// Seed: the same seed writes the same files.
     pub seed: u64,
+    /// Where the class information lies.
+    #[serde(default)]
+    pub signal: Signal,
+}
+
+/// Where a synthetic tree's class information lies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Signal {
+    /// In each modality's content: EEG rhythm and speech pitch (see the module docs).
+    #[default]
+    Modalities,
+    /// In the lag between an EEG event and an audio event of the same window (see the module docs).
+    Synchrony,
+}
+
+impl std::str::FromStr for Signal {
+    type Err = String;
+
+    /// `modalities` or `synchrony`.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "modalities" => Ok(Self::Modalities),
+            "synchrony" => Ok(Self::Synchrony),
+            other => Err(format!("unknown signal `{other}`; expected modalities or synchrony")),
+        }
+    }
+}
+
+/// The span (s) within a window where synchrony events lie, and its length.
+const EVENT_SPAN: (f64, f64) = (0.25, 4.5);
+/// Half-width of an event's envelope (s): a Hann window of 0.3 s.
+const EVENT_HALF: f64 = 0.15;
+
+/// The audio event's lag behind the EEG event (before wrapping) for each emotion, in seconds.
+#[must_use]
+pub fn synchrony_lag(emotion: Emotion) -> f64 {
+    0.45 + 0.9 * emotion.index() as f64
+}
+
+/// A Hann bump of half-width [`EVENT_HALF`] centred at `centre`, evaluated at `t`.
+fn bump(t: f64, centre: f64) -> f64 {
+    let x = (t - centre) / EVENT_HALF;
+    if x.abs() >= 1.0 { 0.0 } else { 0.5 * (1.0 + (std::f64::consts::PI * x).cos()) }
 }
 
 impl Default for SynthConfig {
@@ -64,6 +116,7 @@ impl Default for SynthConfig {
             compress: true,
             single: true,
             seed: 7,
+            signal: Signal::Modalities,
         }
     }
 }
@@ -115,6 +168,16 @@ pub fn write_synthetic(root: &Path, cfg: &SynthConfig, progress: &dyn Fn(u32)) -
             let emotion = emotion_of_trial(n);
             let speaking = n % 2 == 1;
             label[n * 10 + 2 * emotion.index() + usize::from(speaking)] = 1.0;
+            if cfg.signal == Signal::Synchrony {
+                synchrony_trial(
+                    &mut eeg[n * cfg.channels * samples..][..cfg.channels * samples],
+                    &dir,
+                    n,
+                    cfg,
+                    &mut rng,
+                )?;
+                continue;
+            }
             let hz = if cfg.audio_signal { EEG_HZ_SHARED } else { EEG_HZ_ALONE }[emotion.index()];
             for c in 0..cfg.channels {
                 let base = (n * cfg.channels + c) * samples;
@@ -152,6 +215,64 @@ pub fn write_synthetic(root: &Path, cfg: &SynthConfig, progress: &dyn Fn(u32)) -
         let label_path = dir.join("EEG").join(format!("subject{s}_eeg_label.mat"));
         write_mat(&label_path, &[("label", &[10, cfg.trials], MatData::F64(&label))], cfg.compress)?;
         progress(s);
+    }
+    Ok(())
+}
+
+/// One trial of a synchrony tree: EEG (`[channel][time]`, written into `eeg`) and, for a speaking trial,
+/// its audio file; one event pair per 5 s window (see the module docs).
+fn synchrony_trial(
+    eeg: &mut [f64],
+    dir: &Path,
+    n: usize,
+    cfg: &SynthConfig,
+    rng: &mut ChaCha8Rng,
+) -> Result<()> {
+    let emotion = emotion_of_trial(n);
+    let samples = eeg.len() / cfg.channels;
+    let windows = (cfg.trial_seconds / 5.0).floor() as usize;
+    let (start, span) = EVENT_SPAN;
+    let events: Vec<(f64, f64)> = (0..windows)
+        .map(|w| {
+            let te = start + rng.random_range(0.0..span);
+            let ta = start + (te - start + synchrony_lag(emotion)).rem_euclid(span);
+            (5.0 * w as f64 + te, 5.0 * w as f64 + ta)
+        })
+        .collect();
+    let noise = Normal::new(0.0, 1.0).map_err(|e| Error::dataset(dir, e.to_string()))?;
+    let posterior = cfg.channels.saturating_sub(cfg.channels / 3);
+    for c in 0..cfg.channels {
+        let phase = rng.random_range(0.0..std::f64::consts::TAU);
+        let amp = if cfg.eeg_signal && c >= posterior { cfg.snr * 4.0 } else { 0.0 };
+        for (t, v) in eeg[c * samples..(c + 1) * samples].iter_mut().enumerate() {
+            let time = t as f64 / EEG_RATE;
+            let envelope: f64 = events.iter().map(|(te, _)| bump(time, *te)).sum();
+            *v = noise.sample(rng) + amp * envelope * (std::f64::consts::TAU * 10.0 * time + phase).sin();
+        }
+    }
+    if n % 2 == 1 {
+        let name =
+            format!("{:03}_Trial_{:02}_Speaking_{}_aud.wav", n + 1, n / 2 + 1, capitalised(emotion.as_str()));
+        let path = dir.join("Audio").join(name);
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: cfg.audio_rate,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut w = hound::WavWriter::create(&path, spec).map_err(|e| Error::wav(&path, e.to_string()))?;
+        let rate = f64::from(cfg.audio_rate);
+        let noise = Normal::new(0.0, 0.05).map_err(|e| Error::dataset(&path, e.to_string()))?;
+        let loud = if cfg.audio_signal { cfg.snr.min(3.0) * 0.3 } else { 0.0 };
+        let len = (cfg.trial_seconds * rate).round() as usize;
+        for i in 0..len {
+            let t = i as f64 / rate;
+            let envelope: f64 = events.iter().map(|(_, ta)| bump(t, *ta)).sum();
+            let v = (loud * envelope * (std::f64::consts::TAU * 440.0 * t).sin() + noise.sample(rng))
+                .clamp(-1.0, 1.0);
+            w.write_sample((v * 32767.0).round() as i16).map_err(|e| Error::wav(&path, e.to_string()))?;
+        }
+        w.finalize().map_err(|e| Error::wav(&path, e.to_string()))?;
     }
     Ok(())
 }

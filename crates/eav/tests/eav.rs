@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use eav::audio::{load_mono, read_wav, resample};
+use eav::audio::{load_mono, probe_wav, read_wav, resample};
 use hound::{SampleFormat, WavSpec, WavWriter};
 
 /// A path in this test binary's scratch folder under `target/` (overwritten by the next run, removed by
@@ -124,6 +124,36 @@ fn bad_wav_files_are_named_errors() {
     let missing = tmp("missing.wav");
     let msg = read_wav(&missing).unwrap_err().to_string();
     assert!(msg.contains("missing.wav"), "{msg}");
+
+    // The header probe rejects the same files for the same reasons, without decoding them.
+    for (path, reason) in [
+        (&not_wav, "not a readable WAV"),
+        (&cut, "truncated: header declares 8000 sample frames"),
+        (&p, "65535 channels"),
+        (&empty, "no samples"),
+        (&missing, "missing.wav"),
+    ] {
+        let msg = probe_wav(path).unwrap_err().to_string();
+        let name = path.file_name().unwrap().to_string_lossy();
+        assert!(msg.contains(&*name) && msg.contains(reason), "{msg}");
+    }
+}
+
+#[test]
+fn the_header_probe_reads_what_the_decoder_reads() {
+    for (rate, channels, bits, float) in
+        [(16_000, 1, 16, false), (44_100, 2, 24, false), (22_050, 3, 32, true)]
+    {
+        let p = tmp(&format!("probe_{rate}_{channels}_{bits}.wav"));
+        write_wav(&p, rate, channels, bits, float, &sine(rate, 440.0, 0.25));
+        let info = probe_wav(&p).unwrap();
+        let audio = read_wav(&p).unwrap();
+        assert_eq!((info.sample_rate, info.channels), (rate, usize::from(channels)));
+        assert_eq!(info.frames, audio.samples.len() as u64);
+        assert_eq!(info.bits_per_sample, Some(u32::from(bits)));
+        assert!((info.seconds() - 0.25).abs() < 1e-3, "{info:?}");
+        assert!(info.codec.starts_with("pcm"), "{info:?}");
+    }
 }
 
 /// A real speech recording (synthesised by espeak-ng, stored as 16-bit PCM WAV) read through the WAV decoder
@@ -178,9 +208,21 @@ mod wav_fuzz {
             let name = format!("fuzz_{case}.wav");
             let p = tmp(&name);
             std::fs::write(&p, &bytes).unwrap();
-            if let Err(e) = read_wav(&p) {
+            let read = read_wav(&p);
+            if let Err(e) = &read {
                 let msg = e.to_string();
                 prop_assert!(msg.contains(&name), "{}", msg);
+            }
+            // The header probe never panics either, and accepts every file the decoder reads, with its
+            // rate and (at most) its length.
+            match (probe_wav(&p), &read) {
+                (Ok(info), Ok(audio)) => {
+                    prop_assert_eq!(info.sample_rate, audio.sample_rate);
+                    prop_assert!(info.frames <= audio.samples.len() as u64, "{:?}", info);
+                }
+                (Err(e), Ok(_)) => prop_assert!(false, "probe rejects a readable file: {}", e),
+                (Err(e), Err(_)) => prop_assert!(e.to_string().contains(&name), "{}", e),
+                (Ok(_), Err(_)) => {}
             }
             std::fs::remove_file(&p).unwrap();
         }

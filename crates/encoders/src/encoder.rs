@@ -91,6 +91,26 @@ impl EncoderConfig {
     pub fn out_len(&self, len: usize) -> Option<usize> {
         self.convs().iter().try_fold(len, |l, c| c.out_len(l))
     }
+
+    /// The time of each output step, in seconds from the window start, for an input of `len` samples at
+    /// `input_rate` samples per second whose sample `n` lies at `n / input_rate` s: the centre of the step's
+    /// receptive field (a block maps output step `j` to input position `j·stride − padding +
+    /// (kernel − 1)/2`). `None` when `len` is too short for the kernels.
+    #[must_use]
+    pub fn step_times(&self, len: usize, input_rate: f64) -> Option<Vec<f64>> {
+        let steps = self.out_len(len)?;
+        let convs = self.convs();
+        Some(
+            (0..steps)
+                .map(|j| {
+                    let centre = convs.iter().rev().fold(j as f64, |pos, c| {
+                        pos * c.stride as f64 - c.padding as f64 + (c.kernel as f64 - 1.0) / 2.0
+                    });
+                    centre / input_rate
+                })
+                .collect(),
+        )
+    }
 }
 
 /// Conv1d → BatchNorm1d → ReLU; tensor names `{i}.0.*` (conv) and `{i}.1.*` (BatchNorm) as in PyTorch's
@@ -190,6 +210,11 @@ impl ConvEncoder {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        Ok(self.features(x, train)?.mean(D::Minus1)?)
+    }
+
+    /// The last block's output, `(batch, latent, steps)`, before the mean over time.
+    fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let (_, _, len) = x.dims3()?;
         if self.cfg.out_len(len).is_none() {
             let min = (1..=len.max(1) * 64).find(|&l| self.cfg.out_len(l).is_some()).unwrap_or(usize::MAX);
@@ -199,7 +224,7 @@ impl ConvEncoder {
         for b in &self.blocks {
             h = b.run(&h, train)?;
         }
-        Ok(h.mean(D::Minus1)?)
+        Ok(h)
     }
 }
 
@@ -235,6 +260,28 @@ macro_rules! encoder {
                 let z = self.0.forward_t(x.tensor(), train)?;
                 Ok(core_types::Latent::new(z, self.0.cfg.latent_dim())?)
             }
+
+            /// Encodes a batch and keeps its time axis: the sequence `(batch, steps, latent)` before pooling,
+            /// with each step's time in seconds for an input at `input_rate` samples (or frames) per second,
+            /// and the pooled latent, the same numbers as [`Self::encode`].
+            ///
+            /// # Errors
+            /// As [`Self::encode`].
+            pub fn encode_sequence(
+                &self,
+                x: &Tensor,
+                input_rate: f64,
+                train: bool,
+            ) -> Result<(core_types::Sequence, core_types::Latent)> {
+                let x = core_types::EegBatch::new(x.clone(), Some(self.0.cfg.in_channels), None)
+                    .map_err(|e| core_types::ShapeError { what: $what, ..e })?;
+                let h = self.0.features(x.tensor(), train)?;
+                let d = self.0.cfg.latent_dim();
+                let times = self.0.cfg.step_times(x.time(), input_rate).unwrap_or_default();
+                let latent = core_types::Latent::new(h.mean(D::Minus1)?, d)?;
+                let sequence = core_types::Sequence::new(h.transpose(1, 2)?, d, times)?;
+                Ok((sequence, latent))
+            }
         }
 
         impl ModuleT for $name {
@@ -261,6 +308,37 @@ mod tests {
     use super::*;
     use candle_core::Device;
     use candle_nn::VarMap;
+
+    #[test]
+    fn sequences_pool_to_the_latent_and_carry_their_step_times() {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let eeg = EegEncoder::new(&EncoderConfig::eeg(4), vb.pp("eeg")).unwrap();
+        let audio = AudioEncoder::new(&EncoderConfig::audio(), vb.pp("audio")).unwrap();
+        crate::init_pytorch_default(&varmap, 1).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (3, 4, 500), &Device::Cpu).unwrap();
+        let (seq, latent) = eeg.encode_sequence(&x, 100.0, false).unwrap();
+        assert_eq!((seq.batch(), seq.steps(), seq.dim()), (3, 32, 128));
+        let pooled = seq.tensor().mean(1).unwrap();
+        assert!(max_rel(&pooled, latent.tensor()) < 1e-6, "the latent is the sequence's mean over time");
+        assert_eq!(
+            latent.tensor().to_vec2::<f32>().unwrap(),
+            eeg.encode(&x, false).unwrap().tensor().to_vec2::<f32>().unwrap()
+        );
+        // Four stride-2 blocks: steps 16 input samples apart, the first centred at 0 (kernels centred by
+        // their padding); on a 100 Hz input, 0.16 s apart.
+        let t = seq.times();
+        assert!(
+            t[0].abs() < 1e-12 && (t[1] - 0.16).abs() < 1e-12 && (t[31] - 31.0 * 0.16).abs() < 1e-9,
+            "{t:?}"
+        );
+        let m = Tensor::randn(0f32, 1.0, (2, 13, 500), &Device::Cpu).unwrap();
+        let (seq, _) = audio.encode_sequence(&m, 100.0, false).unwrap();
+        assert_eq!(seq.steps(), 125);
+        assert!((seq.times()[124] - 124.0 * 0.04).abs() < 1e-9, "{:?}", &seq.times()[120..]);
+        // Every step lies inside the window, on one clock for both encoders.
+        assert!(seq.times().iter().all(|&s| (0.0..5.0).contains(&s)));
+    }
 
     fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
         let a = a.to_dtype(DType::F64).unwrap();

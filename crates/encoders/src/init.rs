@@ -25,11 +25,16 @@ fn scheme(name: &str, dims: &[usize], names: &[String]) -> Scheme {
     };
     let leaf = name.rsplit('.').next().unwrap_or(name);
     let is_batch_norm = sibling("running_mean");
+    // Layer norms (`…norm1.weight`, `eeg_out_norm.bias`): γ 1, β 0, as PyTorch's `nn.LayerNorm`.
+    let is_layer_norm = name.rsplit('.').nth(1).is_some_and(|layer| layer.contains("norm"));
     match leaf {
         "running_mean" | "blend_logits" | "in_proj_bias" => Scheme::Const(0.0),
-        "running_var" | "eeg_scale" | "audio_scale" => Scheme::Const(1.0),
-        "weight" if is_batch_norm => Scheme::Const(1.0),
-        "bias" if is_batch_norm || name.ends_with("out_proj.bias") => Scheme::Const(0.0),
+        // `{modality}_scale` (eeg, audio, video) starts at 1, `{modality}_absent` at 0.
+        "running_var" => Scheme::Const(1.0),
+        _ if leaf.ends_with("_scale") => Scheme::Const(1.0),
+        _ if leaf.ends_with("_absent") => Scheme::Const(0.0),
+        "weight" if is_batch_norm || is_layer_norm => Scheme::Const(1.0),
+        "bias" if is_batch_norm || is_layer_norm || name.ends_with("out_proj.bias") => Scheme::Const(0.0),
         // Xavier-uniform over the packed (3·E, E) projection, as torch.nn.MultiheadAttention does.
         "in_proj_weight" => Scheme::Uniform((6.0 / (dims[0] + dims[1]) as f32).sqrt()),
         // kaiming_uniform(a = √5) on weights and U(±1/√fan_in) on biases: both bound 1/√fan_in.
@@ -43,8 +48,8 @@ fn scheme(name: &str, dims: &[usize], names: &[String]) -> Scheme {
 /// Re-initialises every variable of `varmap` with PyTorch's default scheme for its layer, drawing from a
 /// generator seeded with `seed`:
 /// conv and linear weights and biases `U(±1/√fan_in)`; BatchNorm weight 1, bias 0, running mean 0, running
-/// variance 1; attention input projections Xavier-uniform with zero biases; `eeg_scale`/`audio_scale` 1;
-/// `blend_logits` 0.
+/// variance 1; attention input projections Xavier-uniform with zero biases; every `{modality}_scale` 1,
+/// every `{modality}_absent` embedding and `blend_logits` 0.
 ///
 /// # Errors
 /// A candle error while writing a variable.

@@ -75,7 +75,7 @@ pub fn save(path: &Path, model: &EmotionModel, meta: &CheckpointMeta) -> Result<
     model.save(path)?;
     let side = meta_path(path);
     let bytes = serde_json::to_vec_pretty(meta).map_err(|e| Error::Input(e.to_string()))?;
-    crate::compare::write(&side, &bytes)
+    crate::atomic::write(&side, &bytes)
 }
 
 /// Loads a checkpoint written by [`save`].

@@ -1,6 +1,6 @@
 //! Emotion models built from the workspace's layers, their checkpoints, training ([`train`], [`optim`]),
-//! evaluation ([`metrics`], [`stats`]), comparisons and sweeps ([`compare`], [`sweep`]) and reports
-//! ([`plots`]).
+//! evaluation ([`metrics`], [`stats`]), comparisons ([`config`] → [`run`] → [`results`] → [`report`]),
+//! sweeps ([`sweep`]) and plots ([`plots`]). Every file is written through [`write_atomic`].
 //!
 //! [`EmotionModel`] is the EEG-only model (classifier on the EEG latent) or the EEG+audio model (encoders,
 //! [`fusion::Fusion`], classifier). Tensor names equal the PyTorch reference's `state_dict` names, so
@@ -31,17 +31,22 @@
 //! 540–682 to 750–927 samples/s that way (the main thread no longer sleeps through every loop while the
 //! pool's threads spin against its work between them).
 
+mod atomic;
 pub mod checkpoint;
-pub mod compare;
+pub mod config;
 pub mod data;
 mod error;
 pub mod metrics;
 mod model;
 pub mod optim;
 pub mod plots;
+pub mod report;
+pub mod results;
+pub mod run;
 pub mod stats;
 pub mod sweep;
 pub mod train;
 
+pub use atomic::write as write_atomic;
 pub use error::{Error, Result};
 pub use model::{EmotionModel, Intermediates, ModelConfig, is_running_stat};

@@ -5,9 +5,9 @@ use std::path::Path;
 
 use candle_core::{DType, Device, ModuleT, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use core_types::{FusionMode, Latent};
+use core_types::{FusionMode, Latent, Modality};
 use encoders::{AudioEncoder, ClassifierConfig, EegEncoder, EmotionClassifier, EncoderConfig};
-use fusion::{Fusion, FusionConfig};
+use fusion::{Fusion, FusionConfig, Inspection, ModalityInput};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -23,6 +23,17 @@ pub struct ModelConfig {
     pub fusion: Option<FusionConfig>,
     /// The classifier head.
     pub classifier: ClassifierConfig,
+    /// EEG samples per second at the encoder's input (100 after the default decimation): the clock of
+    /// the EEG sequence in the `temporal` mode.
+    #[serde(default = "hundred")]
+    pub eeg_rate: f64,
+    /// MFCC frames per second (100: hop 160 at 16 kHz): the clock of the audio sequence.
+    #[serde(default = "hundred")]
+    pub audio_rate: f64,
+}
+
+fn hundred() -> f64 {
+    100.0
 }
 
 impl Default for ModelConfig {
@@ -41,6 +52,8 @@ impl ModelConfig {
             audio: EncoderConfig::audio(),
             fusion: None,
             classifier: ClassifierConfig::default(),
+            eeg_rate: hundred(),
+            audio_rate: hundred(),
         }
     }
 
@@ -194,21 +207,63 @@ impl EmotionModel {
         audio: Option<&Tensor>,
         train: bool,
     ) -> Result<Intermediates> {
-        let eeg_latent = self.eeg.encode(eeg, train)?;
-        let (audio_latent, fused, z) = match (&self.audio, &self.fusion) {
-            (Some(enc), Some(fusion)) => {
-                let audio = audio.ok_or_else(|| {
-                    Error::Input(format!("the {} model needs audio input", self.cfg.name()))
-                })?;
-                core_types::same_batch("MFCC input", eeg_latent.batch(), audio)?;
-                let a = enc.encode(audio, train)?;
-                let f = fusion.fuse(&eeg_latent, &a, train)?;
-                (Some(a.into_tensor()), Some(f.tensor().clone()), f)
-            }
-            _ => (None, None, eeg_latent.clone()),
+        let (eeg_latent, audio_latent, inspection) = self.encode_and_fuse(eeg, audio, train)?;
+        let fused = inspection.map(|i| i.fused);
+        let logits = self.classifier.forward_t(fused.as_ref().unwrap_or(eeg_latent.tensor()), train)?;
+        Ok(Intermediates {
+            eeg_latent: eeg_latent.into_tensor(),
+            audio_latent: audio_latent.map(Latent::into_tensor),
+            fused,
+            logits,
+        })
+    }
+
+    /// What the fusion layer does with a batch in evaluation: the fused vector with gate values or
+    /// attention maps (fused models; `None` for the EEG-only one).
+    ///
+    /// # Errors
+    /// As [`EmotionModel::forward_intermediates`].
+    pub fn inspect_fusion(&self, eeg: &Tensor, audio: Option<&Tensor>) -> Result<Option<Inspection>> {
+        Ok(self.encode_and_fuse(eeg, audio, false)?.2)
+    }
+
+    /// The EEG latent, the audio latent and the fusion's output (fused models).
+    fn encode_and_fuse(
+        &self,
+        eeg: &Tensor,
+        audio: Option<&Tensor>,
+        train: bool,
+    ) -> Result<(Latent, Option<Latent>, Option<Inspection>)> {
+        let temporal = self.fusion.as_ref().is_some_and(|f| f.config().mode == FusionMode::Temporal);
+        let (eeg_latent, eeg_sequence) = if temporal {
+            let (s, l) = self.eeg.encode_sequence(eeg, self.cfg.eeg_rate, train)?;
+            (l, Some(s))
+        } else {
+            (self.eeg.encode(eeg, train)?, None)
         };
-        let logits = self.classifier.forward_t(z.tensor(), train)?;
-        Ok(Intermediates { eeg_latent: eeg_latent.into_tensor(), audio_latent, fused, logits })
+        let (Some(enc), Some(fusion)) = (&self.audio, &self.fusion) else {
+            return Ok((eeg_latent, None, None));
+        };
+        let audio =
+            audio.ok_or_else(|| Error::Input(format!("the {} model needs audio input", self.cfg.name())))?;
+        core_types::same_batch("MFCC input", eeg_latent.batch(), audio)?;
+        let (a, inspection) = match eeg_sequence {
+            Some(es) => {
+                let (s, a) = enc.encode_sequence(audio, self.cfg.audio_rate, train)?;
+                let set = [
+                    ModalityInput::new(Modality::Eeg, eeg_latent.clone()).with_sequence(es),
+                    ModalityInput::new(Modality::Audio, a.clone()).with_sequence(s),
+                ];
+                let inspection = fusion.fuse_set(&set, train)?;
+                (a, inspection)
+            }
+            None => {
+                let a = enc.encode(audio, train)?;
+                let inspection = fusion.forward_inspect(&eeg_latent, &a, train)?;
+                (a, inspection)
+            }
+        };
+        Ok((eeg_latent, Some(a), Some(inspection)))
     }
 
     /// Logits `(B, 5)`.

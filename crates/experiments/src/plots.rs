@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 
 use plotters::prelude::*;
 
-use crate::compare::{Results, RunResult};
 use crate::error::{Error, Result};
+use crate::results::{Results, RunResult};
 
 fn plot_error(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Io { path: path.into(), source: std::io::Error::other(e.to_string()) }

@@ -8,9 +8,12 @@ use std::path::{Path, PathBuf};
 use core_types::FusionMode;
 use serde::{Deserialize, Serialize};
 
-use crate::compare::{ExperimentConfig, Progress, RunResult, run, write as write_atomic};
+use crate::atomic::write as write_atomic;
+use crate::config::ExperimentConfig;
 use crate::error::{Error, Result};
 use crate::metrics::mean_std;
+use crate::results::{RunResult, Skipped};
+use crate::run::{Progress, load_samples, run};
 use crate::stats::{Wilcoxon, wilcoxon};
 
 /// The grid.
@@ -110,8 +113,47 @@ pub struct JobResult {
     pub run: RunResult,
 }
 
+/// Where the record of a skipped subject lives in a sweep folder.
+fn skip_record(dir: &Path, subject: u32) -> PathBuf {
+    dir.join("skipped").join(format!("s{subject:03}.json"))
+}
+
+/// Whether `subject` loads, with `skip_bad_subjects`: `None` when it does (and any earlier skip record is
+/// removed), else the reason, recorded under `<dir>/skipped/` and reported to `progress`.
+fn check_subject(
+    spec: &SweepSpec,
+    subject: u32,
+    dir: &Path,
+    progress: &dyn Progress,
+) -> Result<Option<String>> {
+    let sd = eav::subject::discover(&spec.base.data_dir)?.into_iter().find(|s| s.id == subject).ok_or_else(
+        || Error::Input(format!("subject {subject} not found in {}", spec.base.data_dir.display())),
+    )?;
+    let record = skip_record(dir, subject);
+    match load_samples(&sd, &spec.base) {
+        Ok(_) => {
+            if record.is_file() {
+                std::fs::remove_file(&record).map_err(|source| Error::Io { path: record.clone(), source })?;
+            }
+            Ok(None)
+        }
+        Err(e) => {
+            let skipped = Skipped { subject, reason: e.to_string() };
+            tracing::warn!(subject, reason = %skipped.reason, "subject skipped");
+            progress.skipped(&skipped);
+            let parent = dir.join("skipped");
+            std::fs::create_dir_all(&parent).map_err(|source| Error::Io { path: parent, source })?;
+            let bytes = serde_json::to_vec_pretty(&skipped).map_err(|e| Error::Input(e.to_string()))?;
+            write_atomic(&record, &bytes)?;
+            Ok(Some(skipped.reason))
+        }
+    }
+}
+
 /// Runs the jobs not yet recorded under `dir`; returns how many ran. A job interrupted mid-training
-/// continues from its training state.
+/// continues from its training state. With `spec.base.skip_bad_subjects`, the jobs of a subject whose files
+/// fail to load are left out and the subject is recorded under `<dir>/skipped/` (read by
+/// [`collect_skipped`]); without it, such a subject stops the sweep with its error.
 ///
 /// # Errors
 /// Data and training errors; [`Error::Io`] naming the record that could not be written.
@@ -119,10 +161,24 @@ pub fn run_jobs(spec: &SweepSpec, todo: &[Job], dir: &Path, progress: &dyn Progr
     let records = dir.join("jobs");
     std::fs::create_dir_all(&records).map_err(|source| Error::Io { path: records.clone(), source })?;
     let mut ran = 0;
+    let mut bad: BTreeMap<u32, Option<String>> = BTreeMap::new();
     for job in todo {
         let record = records.join(format!("{}.json", job.id));
         if record.is_file() {
             continue;
+        }
+        if spec.base.skip_bad_subjects {
+            let reason = match bad.get(&job.subject) {
+                Some(r) => r.clone(),
+                None => {
+                    let r = check_subject(spec, job.subject, dir, progress)?;
+                    bad.insert(job.subject, r.clone());
+                    r
+                }
+            };
+            if reason.is_some() {
+                continue;
+            }
         }
         let mut cfg = spec.base.clone();
         cfg.subjects = vec![job.subject];
@@ -194,6 +250,9 @@ pub struct SweepReport {
     pub per_subject: BTreeMap<String, BTreeMap<u32, f64>>,
     /// Every job, sorted by id.
     pub jobs: Vec<JobResult>,
+    /// Subjects left out because their files failed to load, sorted by subject.
+    #[serde(default)]
+    pub skipped: Vec<Skipped>,
 }
 
 /// Reads the job records of every folder in `dirs`.
@@ -230,9 +289,32 @@ pub fn collect(dirs: &[PathBuf]) -> Result<Vec<JobResult>> {
     Ok(by_id.into_values().collect())
 }
 
-/// Summaries, per-subject means and paired tests of `jobs`.
+/// The skipped-subject records of every folder in `dirs`, one per subject, sorted by subject.
+///
+/// # Errors
+/// [`Error::Io`] / [`Error::Input`] naming an unreadable record.
+pub fn collect_skipped(dirs: &[PathBuf]) -> Result<Vec<Skipped>> {
+    let mut by_subject: BTreeMap<u32, Skipped> = BTreeMap::new();
+    for dir in dirs {
+        let folder = dir.join("skipped");
+        let Ok(entries) = std::fs::read_dir(&folder) else { continue };
+        for e in entries {
+            let path = e.map_err(|source| Error::Io { path: folder.clone(), source })?.path();
+            if path.extension().is_none_or(|x| x != "json") {
+                continue;
+            }
+            let bytes = std::fs::read(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
+            let s: Skipped = serde_json::from_slice(&bytes)
+                .map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
+            by_subject.insert(s.subject, s);
+        }
+    }
+    Ok(by_subject.into_values().collect())
+}
+
+/// Summaries, per-subject means and paired tests of `jobs`; `skipped` is carried into the report.
 #[must_use]
-pub fn report(jobs: Vec<JobResult>) -> SweepReport {
+pub fn report(jobs: Vec<JobResult>, skipped: Vec<Skipped>) -> SweepReport {
     let mut by_setting: BTreeMap<String, Vec<&JobResult>> = BTreeMap::new();
     for j in &jobs {
         by_setting.entry(j.job.label()).or_default().push(j);
@@ -280,7 +362,7 @@ pub fn report(jobs: Vec<JobResult>) -> SweepReport {
             tests.extend(paired(setting, &format!("{mode}/scales_off")));
         }
     }
-    SweepReport { summary, tests, per_subject, jobs }
+    SweepReport { summary, tests, per_subject, jobs, skipped }
 }
 
 /// Writes `results.json`, `results.csv`, `report.md` and `per_subject_accuracy.svg` into `dir`.
@@ -330,6 +412,12 @@ pub fn write_report(dir: &Path, r: &SweepReport) -> Result<()> {
             if t.wilcoxon.exact { "" } else { " (approx.)" },
             t.wilcoxon.effect_size
         ));
+    }
+    if !r.skipped.is_empty() {
+        md.push_str("\n## Skipped subjects (files failed to load)\n\n");
+        for k in &r.skipped {
+            md.push_str(&format!("- subject {}: {}\n", k.subject, k.reason));
+        }
     }
     md.push_str("\n![per-subject accuracy](per_subject_accuracy.svg)\n");
     write_atomic(&dir.join("report.md"), md.as_bytes())?;

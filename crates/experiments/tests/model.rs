@@ -299,7 +299,10 @@ fn every_model_learns_a_separable_problem() {
 mod runs {
     use super::*;
     use eav::synth::{SynthConfig, write_synthetic};
-    use experiments::compare::{ExperimentConfig, Quiet, Results, run, write_config};
+    use experiments::config::ExperimentConfig;
+    use experiments::report::write_config;
+    use experiments::results::Results;
+    use experiments::run::{Quiet, run};
 
     /// A synthetic tree in a scratch folder that is removed when the returned guard is dropped.
     fn tree(name: &str, cfg: &SynthConfig) -> (tempfile::TempDir, PathBuf) {

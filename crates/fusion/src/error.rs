@@ -6,6 +6,9 @@ pub enum Error {
     /// An input latent had the wrong shape, or the two latents differ in batch size.
     #[error(transparent)]
     Shape(#[from] core_types::ShapeError),
+    /// The inputs of one call do not fit the layer (modalities, presence masks).
+    #[error("{0}")]
+    Input(String),
     /// A configuration value is out of range.
     #[error("invalid fusion config: {0}")]
     Config(String),

@@ -1,5 +1,8 @@
-//! Fusion of EEG and audio latents: [`Fusion`] in `concat`, `cross_attention` or `gated` mode, each with
-//! learnable per-channel `eeg_scale` / `audio_scale` applied before fusing.
+//! Fusion of the latents of a set of modalities (EEG, audio, video): [`Fusion`] in `concat`,
+//! `cross_attention` or `gated` mode, each with a learnable per-channel `{modality}_scale` applied before
+//! fusing. [`Fusion::fuse_set`] takes any ordered set of [`ModalityInput`]s, each with a per-sample presence
+//! mask: an absent modality contributes nothing to a sample's fused vector. [`Fusion::fuse`] is the
+//! reference model's EEG + audio call.
 //!
 //! Read-only inspection: [`Fusion::eeg_scale`], [`Fusion::audio_scale`], [`Fusion::gate_values`] (gated),
 //! [`Fusion::attention_weights`] and [`Fusion::blend_weights`] (cross_attention). Every op records its
@@ -23,6 +26,16 @@
 //! assert_eq!(fused.tensor().dims(), &[2, 128]);
 //! let (e2a, _a2e) = fusion.attention_weights(&eeg, &audio)?;
 //! assert_eq!(e2a.dims(), &[2, 4, 8, 8]);
+//!
+//! // The same layer with audio absent from the second sample.
+//! use fusion::ModalityInput;
+//! use core_types::Modality;
+//! let present = Tensor::new(&[1f32, 0.0], &Device::Cpu)?;
+//! let out = fusion.fuse_set(
+//!     &[ModalityInput::new(Modality::Eeg, eeg), ModalityInput::new(Modality::Audio, audio).with_presence(present)],
+//!     false,
+//! )?;
+//! assert_eq!(out.fused.dims(), &[2, 128]);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
@@ -30,6 +43,8 @@ mod attention;
 mod attention_op;
 mod error;
 mod fusion;
+mod temporal;
 
 pub use error::{Error, Result};
-pub use fusion::{Fusion, FusionConfig, Inspection};
+pub use fusion::{AttentionMap, Fusion, FusionConfig, Inspection, ModalityInput};
+pub use temporal::{LayerNorm, time_encoding};

@@ -1,0 +1,102 @@
+//! [`ExperimentConfig`]: everything a run depends on, and the device it names.
+
+use std::path::PathBuf;
+
+use candle_core::Device;
+use core_types::FusionMode;
+use eav::dataset::PreprocessConfig;
+use eav::split::Protocol;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::train::TrainConfig;
+
+/// Everything a run depends on; written to `config.json` before training starts, and enough to repeat
+/// the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExperimentConfig {
+    /// The EAV root.
+    pub data_dir: PathBuf,
+    /// Subjects to use (all when empty).
+    pub subjects: Vec<u32>,
+    /// EEG and audio preprocessing.
+    pub preprocess: PreprocessConfig,
+    /// Evaluation protocol.
+    pub split: Protocol,
+    /// Fraction of each class's trials that train (official split).
+    pub train_fraction: f64,
+    /// Fraction of the training trials moved to validation (early stopping); 0 disables it.
+    pub val_fraction: f64,
+    /// Fused models to train besides EEG-only.
+    pub fusion_modes: Vec<FusionMode>,
+    /// Whether to train the EEG-only model too.
+    pub eeg_only: bool,
+    /// Optimiser and schedule.
+    pub train: TrainConfig,
+    /// Dropout probability of the classifier and fusion layer.
+    pub dropout: f32,
+    /// Seed of weights, dropout and shuffling.
+    pub seed: u64,
+    /// `cpu` or `cuda`.
+    pub device: String,
+    /// Where to save each trained model (safetensors + side file); none when unset.
+    #[serde(default)]
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Preprocessing cache folder; none when unset.
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
+    /// Standardise EEG channels and MFCC coefficients with statistics of the training windows.
+    #[serde(default = "yes")]
+    pub standardise: bool,
+    /// Folder of per-run training states (saved every epoch; a rerun continues from them); none when unset.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+    /// Skip a subject whose files fail to load (recorded in [`Results::skipped`]) instead of stopping.
+    #[serde(default)]
+    pub skip_bad_subjects: bool,
+}
+
+impl ExperimentConfig {
+    /// The default comparison on `data_dir` for `modes`.
+    #[must_use]
+    pub fn new(data_dir: PathBuf, modes: Vec<FusionMode>) -> Self {
+        Self {
+            data_dir,
+            subjects: Vec::new(),
+            preprocess: PreprocessConfig::default(),
+            split: Protocol::Official,
+            train_fraction: 0.7,
+            val_fraction: 0.0,
+            fusion_modes: modes,
+            eeg_only: true,
+            train: TrainConfig::default(),
+            dropout: 0.3,
+            seed: 42,
+            device: "cpu".into(),
+            checkpoint_dir: None,
+            cache_dir: None,
+            state_dir: None,
+            standardise: true,
+            skip_bad_subjects: false,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The device named by `name`.
+///
+/// # Errors
+/// [`Error::Input`] for an unknown name, or `cuda` in a build without the `cuda` feature.
+pub fn device(name: &str) -> Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" if candle_core::utils::cuda_is_available() => Ok(Device::new_cuda(0)?),
+        "cuda" => Err(Error::Input(
+            "--device cuda needs a build with `--features cuda` (and nvcc); this build is CPU-only".into(),
+        )),
+        other => Err(Error::Input(format!("unknown device `{other}`; expected cpu or cuda"))),
+    }
+}

@@ -1,0 +1,88 @@
+//! A run's files: `config.json` before training, then `results.json`, `results.csv`, `report.md` and the
+//! plots.
+
+use std::path::Path;
+
+use crate::atomic::write;
+use crate::config::ExperimentConfig;
+use crate::error::{Error, Result};
+use crate::results::{Results, ScaleSummary, table};
+
+/// Writes `config.json` into `dir` (created if needed); call before training.
+///
+/// # Errors
+/// [`Error::Io`] naming the file.
+pub fn write_config(dir: &Path, cfg: &ExperimentConfig) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.into(), source })?;
+    write(&dir.join("config.json"), &serde_json::to_vec_pretty(cfg).unwrap_or_default())
+}
+
+/// Writes `results.json`, `results.csv` and `report.md` into `dir`.
+///
+/// # Errors
+/// [`Error::Io`] naming the file.
+pub fn write_results(dir: &Path, cfg: &ExperimentConfig, results: &Results) -> Result<()> {
+    write(&dir.join("results.json"), &serde_json::to_vec_pretty(results).unwrap_or_default())?;
+    let mut csv = String::from(
+        "subject,fold,modality,fusion_mode,accuracy,macro_f1,kappa,loss,parameters,train_seconds,train_windows,val_windows,test_windows\n",
+    );
+    for r in &results.runs {
+        csv.push_str(&format!(
+            "{},{},{},{},{:.6},{:.6},{:.6},{:.6},{},{:.3},{},{},{}\n",
+            r.subject,
+            r.fold,
+            r.modality,
+            r.fusion_mode,
+            r.accuracy,
+            r.macro_f1,
+            r.kappa,
+            r.loss,
+            r.parameters,
+            r.train_seconds,
+            r.windows[0],
+            r.windows[1],
+            r.windows[2]
+        ));
+    }
+    write(&dir.join("results.csv"), csv.as_bytes())?;
+    let mut md = format!(
+        "# EEG-only vs EEG+audio\n\nData: `{}` (fingerprint {}); split: {} (train fraction {}, validation fraction {}); seed {}; {} epochs, batch {}, AdamW lr {}.\n\n",
+        cfg.data_dir.display(),
+        results.data_fingerprint,
+        cfg.split,
+        cfg.train_fraction,
+        cfg.val_fraction,
+        cfg.seed,
+        cfg.train.epochs,
+        cfg.train.batch_size,
+        cfg.train.lr
+    );
+    md.push_str(&table(results));
+    md.push_str("\n## Learned per-channel scales (mean over subjects of each run's summary)\n\n| mode | eeg_scale mean ± std | audio_scale mean ± std | top EEG-latent channels | top audio-latent channels |\n|---|---|---|---|---|\n");
+    for r in results.runs.iter().filter(|r| r.eeg_scale.is_some()) {
+        let (e, a) = (r.eeg_scale.as_ref(), r.audio_scale.as_ref());
+        let top = |s: Option<&ScaleSummary>| {
+            s.map(|s| s.top10.iter().map(|(i, _)| i.to_string()).collect::<Vec<_>>().join(" "))
+                .unwrap_or_default()
+        };
+        md.push_str(&format!(
+            "| {} (subject {}) | {:.3} ± {:.3} | {:.3} ± {:.3} | {} | {} |\n",
+            r.fusion_mode,
+            r.subject,
+            e.map_or(f64::NAN, |s| s.mean),
+            e.map_or(f64::NAN, |s| s.std),
+            a.map_or(f64::NAN, |s| s.mean),
+            a.map_or(f64::NAN, |s| s.std),
+            top(e),
+            top(a)
+        ));
+    }
+    let plots = crate::plots::write_plots(dir, results)?;
+    md.push_str("\n## Plots\n\n");
+    for p in plots {
+        if let Some(name) = p.file_name().and_then(|n| n.to_str()) {
+            md.push_str(&format!("![{name}]({name})\n"));
+        }
+    }
+    write(&dir.join("report.md"), md.as_bytes())
+}

@@ -1,0 +1,203 @@
+//! What a run produces: per-model [`RunResult`]s, per-setting [`SummaryRow`]s, skipped subjects, and the
+//! comparison [`table`].
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::mean_std;
+use crate::train::EpochLog;
+
+/// Summary statistics of a per-channel scale vector.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScaleSummary {
+    /// Mean over channels.
+    pub mean: f64,
+    /// Standard deviation over channels.
+    pub std: f64,
+    /// The ten channels with the largest absolute scale: (channel, value).
+    pub top10: Vec<(usize, f64)>,
+    /// Every value.
+    pub values: Vec<f32>,
+}
+
+pub(crate) fn summarise(values: Vec<f32>) -> ScaleSummary {
+    let v: Vec<f64> = values.iter().map(|&x| f64::from(x)).collect();
+    let (mean, std) = mean_std(&v);
+    let mut idx: Vec<usize> = (0..v.len()).collect();
+    idx.sort_by(|&a, &b| v[b].abs().total_cmp(&v[a].abs()));
+    ScaleSummary { mean, std, top10: idx.into_iter().take(10).map(|i| (i, v[i])).collect(), values }
+}
+
+/// One trained and tested model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunResult {
+    /// The held-out subject (LOSO) or the subject trained and tested on.
+    pub subject: u32,
+    /// `eeg_only` or `eeg_audio`.
+    pub modality: String,
+    /// The fusion mode compared against (EEG-only runs carry the mode of their comparison, or `none`).
+    pub fusion_mode: String,
+    /// Fold index (k-fold), else 0.
+    pub fold: usize,
+    /// Test accuracy.
+    pub accuracy: f64,
+    /// Test macro-F1.
+    pub macro_f1: f64,
+    /// Test Cohen's kappa.
+    pub kappa: f64,
+    /// Test cross-entropy.
+    pub loss: f64,
+    /// Test confusion matrix, `[true][predicted]`.
+    pub confusion: Vec<Vec<usize>>,
+    /// Per-class precision and recall.
+    pub precision: Vec<f64>,
+    /// Per-class recall.
+    pub recall: Vec<f64>,
+    /// Trained scalars.
+    pub parameters: usize,
+    /// Training wall time.
+    pub train_seconds: f64,
+    /// Windows used: train, validation, test.
+    pub windows: [usize; 3],
+    /// Learning curve.
+    pub history: Vec<EpochLog>,
+    /// Learned `eeg_scale` (fused models).
+    pub eeg_scale: Option<ScaleSummary>,
+    /// Learned `audio_scale` (fused models).
+    pub audio_scale: Option<ScaleSummary>,
+    /// The saved model, when checkpoints are kept.
+    pub checkpoint: Option<PathBuf>,
+    /// Gate values averaged over the test windows, `2·128` (gated): EEG half then audio half.
+    pub gate_mean: Option<Vec<f32>>,
+    /// Attention EEG → audio averaged over test windows and heads, `tokens × tokens` (cross_attention).
+    pub attention_e2a: Option<Vec<Vec<f32>>>,
+    /// Attention audio → EEG, likewise.
+    pub attention_a2e: Option<Vec<Vec<f32>>>,
+    /// `softmax(blend_logits)`: weight of the EEG and of the audio branch (cross_attention).
+    pub blend_weights: Option<Vec<f32>>,
+}
+/// Mean ± std of one setting across subjects (and folds).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SummaryRow {
+    /// `eeg_only` or `eeg_audio`.
+    pub modality: String,
+    /// Fusion mode (EEG-only rows: `none`).
+    pub fusion_mode: String,
+    /// Mean test accuracy.
+    pub accuracy_mean: f64,
+    /// Its standard deviation.
+    pub accuracy_std: f64,
+    /// Mean test macro-F1.
+    pub macro_f1_mean: f64,
+    /// Its standard deviation.
+    pub macro_f1_std: f64,
+    /// Mean test loss.
+    pub loss_mean: f64,
+    /// Trained scalars.
+    pub parameters: usize,
+    /// Total training time.
+    pub train_seconds: f64,
+    /// Subjects covered.
+    pub subjects: Vec<u32>,
+}
+
+/// A subject left out of a run because its files failed to load.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Skipped {
+    /// The subject.
+    pub subject: u32,
+    /// Why: the loading error, naming the file.
+    pub reason: String,
+}
+
+/// All results of a comparison.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Results {
+    /// Fingerprint of the data and preprocessing: a hash over every subject's file names, sizes and
+    /// modification times and the preprocessing settings (the preprocessing cache keys).
+    pub data_fingerprint: String,
+    /// One row per setting.
+    pub summary: Vec<SummaryRow>,
+    /// One entry per subject, fold and setting.
+    pub runs: Vec<RunResult>,
+    /// Subjects left out because their files failed to load (with `skip_bad_subjects`).
+    #[serde(default)]
+    pub skipped: Vec<Skipped>,
+}
+
+pub(crate) fn summarise_runs(runs: &[RunResult]) -> Vec<SummaryRow> {
+    let mut keys: Vec<(String, String)> = Vec::new();
+    for r in runs {
+        let k = (r.modality.clone(), r.fusion_mode.clone());
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    keys.into_iter()
+        .map(|(modality, fusion_mode)| {
+            let rs: Vec<&RunResult> =
+                runs.iter().filter(|r| r.modality == modality && r.fusion_mode == fusion_mode).collect();
+            let acc: Vec<f64> = rs.iter().map(|r| r.accuracy).collect();
+            let f1: Vec<f64> = rs.iter().map(|r| r.macro_f1).collect();
+            let loss: Vec<f64> = rs.iter().map(|r| r.loss).collect();
+            let mut subjects: Vec<u32> = rs.iter().map(|r| r.subject).collect();
+            subjects.dedup();
+            SummaryRow {
+                modality,
+                fusion_mode,
+                accuracy_mean: mean_std(&acc).0,
+                accuracy_std: mean_std(&acc).1,
+                macro_f1_mean: mean_std(&f1).0,
+                macro_f1_std: mean_std(&f1).1,
+                loss_mean: mean_std(&loss).0,
+                parameters: rs.first().map_or(0, |r| r.parameters),
+                train_seconds: rs.iter().map(|r| r.train_seconds).sum(),
+                subjects,
+            }
+        })
+        .collect()
+}
+
+/// The comparison table: one line per fused mode with EEG-only, EEG+audio and the difference.
+#[must_use]
+pub fn table(results: &Results) -> String {
+    let eeg = results.summary.iter().find(|r| r.modality == "eeg_only");
+    let mut s = String::new();
+    if results.summary.iter().any(|r| r.modality == "eeg_audio") {
+        s.push_str(
+            "| mode | EEG-only acc | EEG+audio acc | Δ acc | EEG-only F1 | EEG+audio F1 | Δ F1 | loss (fused) | params (fused) | train s (fused) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        );
+    }
+    for r in results.summary.iter().filter(|r| r.modality == "eeg_audio") {
+        let (ea, ef) = eeg.map_or((f64::NAN, f64::NAN), |e| (e.accuracy_mean, e.macro_f1_mean));
+        s.push_str(&format!(
+            "| {} | {:.3} | {:.3} ± {:.3} | {:+.3} | {:.3} | {:.3} ± {:.3} | {:+.3} | {:.3} | {} | {:.1} |\n",
+            r.fusion_mode,
+            ea,
+            r.accuracy_mean,
+            r.accuracy_std,
+            r.accuracy_mean - ea,
+            ef,
+            r.macro_f1_mean,
+            r.macro_f1_std,
+            r.macro_f1_mean - ef,
+            r.loss_mean,
+            r.parameters,
+            r.train_seconds
+        ));
+    }
+    if let Some(e) = eeg {
+        s.push_str(&format!(
+            "\nEEG-only: accuracy {:.3} ± {:.3}, macro-F1 {:.3} ± {:.3}, loss {:.3}, {} parameters, {:.1} s training.\n",
+            e.accuracy_mean, e.accuracy_std, e.macro_f1_mean, e.macro_f1_std, e.loss_mean, e.parameters, e.train_seconds
+        ));
+    }
+    if !results.skipped.is_empty() {
+        s.push_str(&format!("\nSkipped {} subject(s) whose files failed to load:\n", results.skipped.len()));
+        for k in &results.skipped {
+            s.push_str(&format!("- subject {}: {}\n", k.subject, k.reason));
+        }
+    }
+    s
+}

@@ -1,0 +1,324 @@
+//! Runs over subjects: EEG-only against EEG+audio (each fusion mode) on the same speaking-trial windows,
+//! per subject, with the chosen split.
+
+use candle_core::Device;
+use core_types::Modality;
+use eav::dataset::Sample;
+use eav::split::{Protocol, Split, kfold, loso, official};
+use eav::subject::{SubjectDir, discover};
+
+use crate::config::{ExperimentConfig, device};
+use crate::data::{Normalisation, TensorSet};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::model::{EmotionModel, ModelConfig};
+use crate::results::{Results, RunResult, ScaleSummary, Skipped, summarise, summarise_runs};
+use crate::train::{EpochLog, evaluate, train};
+
+/// What the fusion layer did on a set of windows: mean gate values, mean attention maps.
+type FusionView = (Option<Vec<f32>>, Option<(Vec<Vec<f32>>, Vec<Vec<f32>>)>);
+
+fn inspect_fusion(model: &EmotionModel, set: &TensorSet) -> Result<FusionView> {
+    if model.fusion().is_none() {
+        return Ok((None, None));
+    }
+    let ids: Vec<u32> = (0..u32::try_from(set.len()).unwrap_or(u32::MAX)).collect();
+    let (mut gates, mut e2a, mut a2e): (
+        Option<candle_core::Tensor>,
+        Option<candle_core::Tensor>,
+        Option<candle_core::Tensor>,
+    ) = (None, None, None);
+    let add = |acc: &mut Option<candle_core::Tensor>, t: candle_core::Tensor| -> Result<()> {
+        *acc = Some(match acc.take() {
+            Some(a) => (a + t)?,
+            None => t,
+        });
+        Ok(())
+    };
+    for idx in ids.chunks(64) {
+        let (eeg, mfcc, _) = set.batch(idx)?;
+        let Some(ins) = model.inspect_fusion(&eeg, mfcc.as_ref())? else { return Ok((None, None)) };
+        if let Some(g) = ins.gates {
+            add(&mut gates, g.sum(0)?)?;
+        }
+        for map in ins.attention {
+            let acc = match (map.query, map.key) {
+                (Modality::Eeg, Modality::Audio) => &mut e2a,
+                (Modality::Audio, Modality::Eeg) => &mut a2e,
+                _ => continue,
+            };
+            add(acc, map.weights.mean(1)?.sum(0)?)?;
+        }
+    }
+    let n = set.len().max(1) as f64;
+    let gates = gates.map(|g| (g / n)?.to_vec1::<f32>()).transpose()?;
+    let attention = match (e2a, a2e) {
+        (Some(x), Some(y)) => Some(((x / n)?.to_vec2::<f32>()?, (y / n)?.to_vec2::<f32>()?)),
+        _ => None,
+    };
+    Ok((gates, attention))
+}
+/// What a run reports while it works.
+pub trait Progress {
+    /// A subject (or held-out subject) starts; `total` of them.
+    fn subject(&self, _id: u32, _index: usize, _total: usize) {}
+    /// An epoch of a setting ended.
+    fn epoch(&self, _setting: &str, _log: &EpochLog) {}
+    /// A subject was left out because its files failed to load.
+    fn skipped(&self, _skipped: &Skipped) {}
+}
+
+/// Reports nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Quiet;
+impl Progress for Quiet {}
+
+fn keep_speaking(s: Vec<Sample>) -> Vec<Sample> {
+    s.into_iter().filter(|s| s.mfcc.is_some()).collect()
+}
+
+/// The subjects to use.
+fn subject_dirs(cfg: &ExperimentConfig) -> Result<Vec<SubjectDir>> {
+    let all = discover(&cfg.data_dir)?;
+    if cfg.subjects.is_empty() {
+        return Ok(all);
+    }
+    cfg.subjects
+        .iter()
+        .map(|id| {
+            all.iter().find(|s| s.id == *id).cloned().ok_or_else(|| {
+                Error::Input(format!(
+                    "subject {id} not found in {} (have {:?})",
+                    cfg.data_dir.display(),
+                    all.iter().map(|s| s.id).collect::<Vec<_>>()
+                ))
+            })
+        })
+        .collect()
+}
+
+/// Loads and preprocesses one subject's speaking windows: the windows, EEG channels and EEG samples per
+/// window.
+///
+/// # Errors
+/// Data errors naming the file; [`Error::Input`] when the subject has no speaking window with audio.
+pub fn load_samples(sd: &SubjectDir, cfg: &ExperimentConfig) -> Result<(Vec<Sample>, usize, usize)> {
+    let (pre, _) = eav::cache::preprocess_cached(sd, &cfg.preprocess, cfg.cache_dir.as_deref())?;
+    let channels = pre.channels.len();
+    let samples = keep_speaking(pre.samples);
+    if samples.is_empty() {
+        return Err(Error::Input(format!("subject {}: no speaking windows with audio", sd.id)));
+    }
+    Ok((samples, channels, pre.eeg_len))
+}
+
+/// Runs EEG-only and every fused setting of `cfg` on every subject, calling `progress` as it goes.
+///
+/// # Errors
+/// Data errors naming the file; training errors.
+pub fn run(cfg: &ExperimentConfig, progress: &dyn Progress) -> Result<Results> {
+    run_with(cfg, progress, &mut |_| Ok(()))
+}
+
+/// [`run`], handing the results so far to `finished` after each subject (or held-out subject), so that a
+/// caller can save them: a run stopped later by an error or a kill keeps what finished before.
+///
+/// A subject whose files fail to load stops the run with that error, or with `cfg.skip_bad_subjects` is
+/// left out, recorded in [`Results::skipped`] and reported to `progress`.
+///
+/// # Errors
+/// Data errors naming the file; training errors; [`Error::Input`] when every subject was skipped; the
+/// errors of `finished`.
+pub fn run_with(
+    cfg: &ExperimentConfig,
+    progress: &dyn Progress,
+    finished: &mut dyn FnMut(&Results) -> Result<()>,
+) -> Result<Results> {
+    let device = device(&cfg.device)?;
+    let dirs = subject_dirs(cfg)?;
+    let mut results = Results {
+        data_fingerprint: String::new(),
+        summary: Vec::new(),
+        runs: Vec::new(),
+        skipped: Vec::new(),
+    };
+    let mut used: Vec<&SubjectDir> = Vec::new();
+    let load = |sd: &SubjectDir, results: &mut Results| -> Result<Option<(Vec<Sample>, usize, usize)>> {
+        tracing::info!(subject = sd.id, "loading and preprocessing {}", sd.path.display());
+        match load_samples(sd, cfg) {
+            Ok(loaded) => Ok(Some(loaded)),
+            Err(e) if cfg.skip_bad_subjects => {
+                let skipped = Skipped { subject: sd.id, reason: e.to_string() };
+                tracing::warn!(subject = sd.id, reason = %skipped.reason, "subject skipped");
+                progress.skipped(&skipped);
+                results.skipped.push(skipped);
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    };
+    let refresh = |results: &mut Results, used: &[&SubjectDir]| -> Result<()> {
+        results.summary = summarise_runs(&results.runs);
+        results.data_fingerprint = fingerprint(used, cfg)?;
+        Ok(())
+    };
+    match cfg.split {
+        Protocol::Official | Protocol::KFold(_) => {
+            for (i, sd) in dirs.iter().enumerate() {
+                progress.subject(sd.id, i, dirs.len());
+                let Some((samples, channels, eeg_len)) = load(sd, &mut results)? else { continue };
+                used.push(sd);
+                tracing::info!(subject = sd.id, windows = samples.len(), channels, "speaking windows ready");
+                let splits: Vec<Split> = match cfg.split {
+                    Protocol::KFold(k) => (0..k).map(|f| kfold(&samples, k, f, cfg.val_fraction)).collect(),
+                    _ => vec![official(&samples, cfg.train_fraction, cfg.val_fraction)],
+                };
+                for (fold, split) in splits.iter().enumerate() {
+                    results.runs.extend(run_split(
+                        cfg, &device, &samples, split, sd.id, fold, channels, eeg_len, progress,
+                    )?);
+                }
+                refresh(&mut results, &used)?;
+                finished(&results)?;
+            }
+        }
+        Protocol::Loso => {
+            let mut samples = Vec::new();
+            let mut dims = (0, 0);
+            for sd in &dirs {
+                let Some((s, c, l)) = load(sd, &mut results)? else { continue };
+                used.push(sd);
+                samples.extend(s);
+                dims = (c, l);
+            }
+            for (i, sd) in used.iter().enumerate() {
+                progress.subject(sd.id, i, used.len());
+                let split = loso(&samples, sd.id, cfg.val_fraction);
+                results
+                    .runs
+                    .extend(run_split(cfg, &device, &samples, &split, sd.id, 0, dims.0, dims.1, progress)?);
+                refresh(&mut results, &used)?;
+                finished(&results)?;
+            }
+        }
+    }
+    if used.is_empty() {
+        let reasons: Vec<String> =
+            results.skipped.iter().map(|s| format!("subject {}: {}", s.subject, s.reason)).collect();
+        return Err(Error::Input(format!("every subject was skipped; {}", reasons.join("; "))));
+    }
+    Ok(results)
+}
+
+/// A hash over the used subjects' file names, sizes and modification times and the preprocessing
+/// settings (the preprocessing cache keys).
+fn fingerprint(used: &[&SubjectDir], cfg: &ExperimentConfig) -> Result<String> {
+    let mut fp = 0xcbf2_9ce4_8422_2325_u64;
+    for sd in used {
+        fp = (fp ^ eav::cache::key(sd, &cfg.preprocess)?).wrapping_mul(0x0100_0000_01b3);
+    }
+    Ok(format!("{fp:016x}"))
+}
+
+#[allow(clippy::too_many_arguments)] // one call site; the arguments are the pieces of one split
+fn run_split(
+    cfg: &ExperimentConfig,
+    device: &Device,
+    samples: &[Sample],
+    split: &Split,
+    subject: u32,
+    fold: usize,
+    channels: usize,
+    eeg_len: usize,
+    progress: &dyn Progress,
+) -> Result<Vec<RunResult>> {
+    if split.train.is_empty() || split.test.is_empty() {
+        return Err(Error::Input(format!(
+            "subject {subject}: the split leaves no training or no test windows"
+        )));
+    }
+    let frames = cfg.preprocess.mfcc_frames;
+    let norm = if cfg.standardise {
+        Normalisation::fit(samples, &split.train, channels, eeg_len, frames)
+    } else {
+        Normalisation::identity(channels)
+    };
+    let set = |idx: &[usize]| TensorSet::build(samples, idx, &norm, eeg_len, frames, device);
+    let (train_set, test_set) = (set(&split.train)?, set(&split.test)?);
+    let val_set = if split.val.is_empty() { None } else { Some(set(&split.val)?) };
+    let mut settings: Vec<(ModelConfig, &str, String)> = Vec::new();
+    if cfg.eeg_only {
+        settings.push((ModelConfig::eeg_only(channels), "eeg_only", "none".into()));
+    }
+    for &mode in &cfg.fusion_modes {
+        settings.push((ModelConfig::fused(channels, mode), "eeg_audio", mode.to_string()));
+    }
+    let mut out = Vec::new();
+    for (model_cfg, modality, mode) in settings {
+        let mut model_cfg = model_cfg.with_dropout(cfg.dropout).with_dropout_seed(cfg.seed);
+        model_cfg.eeg_rate = cfg.preprocess.eeg_rate();
+        let model = EmotionModel::new(&model_cfg, device, cfg.seed)?;
+        let name = format!("subject {subject} {modality} {mode}");
+        let state = cfg
+            .state_dir
+            .as_ref()
+            .map(|d| d.join(format!("subject{subject}_fold{fold}_{modality}_{mode}.state.safetensors")));
+        if let Some(d) = &cfg.state_dir {
+            std::fs::create_dir_all(d).map_err(|source| Error::Io { path: d.clone(), source })?;
+        }
+        let trained = train(
+            &model,
+            &train_set,
+            val_set.as_ref(),
+            &cfg.train,
+            cfg.seed,
+            state.as_deref(),
+            &mut |log| progress.epoch(&name, log),
+        )?;
+        let (m, _): (Metrics, _) = evaluate(&model, &test_set, 64)?;
+        tracing::info!(subject, fold, modality, mode = %mode, accuracy = m.accuracy, macro_f1 = m.macro_f1, seconds = trained.seconds, "tested");
+        let (gate_mean, attention) = inspect_fusion(&model, &test_set)?;
+        let blend_weights =
+            model.fusion().and_then(|f| f.blend_weights().ok()).map(|w| w.to_vec1::<f32>()).transpose()?;
+        let checkpoint = match &cfg.checkpoint_dir {
+            Some(dir) => {
+                let path = dir.join(format!("subject{subject}_fold{fold}_{modality}_{mode}.safetensors"));
+                crate::checkpoint::save(
+                    &path,
+                    &model,
+                    &crate::checkpoint::CheckpointMeta::new(&model_cfg, &cfg.preprocess, &norm),
+                )?;
+                Some(path)
+            }
+            None => None,
+        };
+        let scale = |f: fn(&fusion::Fusion) -> &candle_core::Tensor| -> Result<Option<ScaleSummary>> {
+            model.fusion().map(|fu| Ok(summarise(f(fu).to_vec1::<f32>()?))).transpose()
+        };
+        out.push(RunResult {
+            subject,
+            modality: modality.into(),
+            fusion_mode: mode,
+            fold,
+            accuracy: m.accuracy,
+            macro_f1: m.macro_f1,
+            kappa: m.kappa,
+            loss: m.loss.unwrap_or(f64::NAN),
+            confusion: m.confusion,
+            precision: m.precision,
+            recall: m.recall,
+            parameters: model.num_parameters(),
+            train_seconds: trained.seconds,
+            windows: [split.train.len(), split.val.len(), split.test.len()],
+            history: trained.history,
+            eeg_scale: scale(fusion::Fusion::eeg_scale)?,
+            audio_scale: scale(fusion::Fusion::audio_scale)?,
+            checkpoint,
+            gate_mean,
+            attention_e2a: attention.as_ref().map(|a| a.0.clone()),
+            attention_a2e: attention.map(|a| a.1),
+            blend_weights,
+        });
+    }
+    Ok(out)
+}
