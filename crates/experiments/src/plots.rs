@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::error::{Error, Result};
 use crate::results::{Results, RunResult};
@@ -91,66 +92,102 @@ fn learning_curves(path: &Path, results: &Results) -> Result<()> {
 /// The confusion matrix of one setting summed over subjects.
 fn confusion(path: &Path, title: &str, m: &[Vec<usize>]) -> Result<()> {
     let m: Vec<Vec<f64>> = m.iter().map(|r| r.iter().map(|&c| c as f64).collect()).collect();
-    heatmap(path, title, &m, &["neu", "sad", "ang", "hap", "cal"], ("predicted", "true"), 0)
+    let names: Vec<String> = ["neu", "sad", "ang", "hap", "cal"].map(String::from).to_vec();
+    heatmap(path, title, &m, (&names, &names), ("predicted", "true"))
 }
 
-/// A square matrix as coloured cells with their values (`decimals` after the point).
+/// A matrix as coloured cells, row 0 at the top, with a colour bar that shows the real range of its
+/// values (colours span the matrix's own minimum to maximum, so the bar is what tells a map whose weights
+/// all lie within 0.12–0.13 from a structured one). Cells carry their values when the matrix is small.
 fn heatmap(
     path: &Path,
     title: &str,
     m: &[Vec<f64>],
-    names: &[&str],
+    (row_names, col_names): (&[String], &[String]),
     axes: (&str, &str),
-    decimals: usize,
 ) -> Result<()> {
-    let n = m.len();
-    // Colours span the matrix's own range, so near-uniform maps still show their structure.
+    let (rows, cols) = (m.len(), m.first().map_or(0, Vec::len));
     let max = m.iter().flatten().copied().fold(f64::NEG_INFINITY, f64::max);
     let min = m.iter().flatten().copied().fold(f64::INFINITY, f64::min).min(max);
     let span = (max - min).max(1e-12);
-    let root = SVGBackend::new(path, (460, 460)).into_drawing_area();
+    let shade = |v: f64| {
+        let s = 1.0 - (v - min) / span;
+        RGBColor((255.0 * s) as u8, (255.0 * s) as u8, 255)
+    };
+    let integers = m.iter().flatten().all(|v| v.fract() == 0.0);
+    let root = SVGBackend::new(path, (600, 460)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| plot_error(path, e))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 16))
+    let (left, right) = root.split_horizontally(480);
+    let mut chart = ChartBuilder::on(&left)
+        .caption(title, ("sans-serif", 13))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(48)
-        .build_cartesian_2d(0i32..n as i32, 0i32..n as i32)
+        .build_cartesian_2d((0..cols as i32 - 1).into_segmented(), (0..rows as i32 - 1).into_segmented())
         .map_err(|e| plot_error(path, e))?;
+    // Row 0 at the top: the y value of row t is rows − 1 − t.
+    let name = |names: &[String], v: &SegmentValue<i32>, flip: bool| -> String {
+        let SegmentValue::CenterOf(v) = v else { return String::new() };
+        let i = usize::try_from(*v).ok().filter(|&i| i < if flip { rows } else { cols });
+        i.map(|i| if flip { rows - 1 - i } else { i }).and_then(|i| names.get(i)).cloned().unwrap_or_default()
+    };
     chart
         .configure_mesh()
         .disable_mesh()
         .x_desc(axes.0)
         .y_desc(axes.1)
-        .x_labels(n)
-        .y_labels(n)
-        .x_label_formatter(&|v| names.get(*v as usize).copied().unwrap_or("").to_string())
-        .y_label_formatter(&|v| {
-            let row = usize::try_from(*v).ok().filter(|&v| v < n).map(|v| n - 1 - v);
-            row.and_then(|r| names.get(r)).copied().unwrap_or("").to_string()
-        })
+        .x_labels(cols.min(12))
+        .y_labels(rows.min(12))
+        .label_style(("sans-serif", 12))
+        .x_label_formatter(&|v| name(col_names, v, false))
+        .y_label_formatter(&|v| name(row_names, v, true))
         .draw()
         .map_err(|e| plot_error(path, e))?;
     for (t, row) in m.iter().enumerate() {
-        for (p, &value) in row.iter().enumerate() {
-            let y = (n - 1 - t) as i32;
-            let shade = 1.0 - (value - min) / span;
-            let color = RGBColor((255.0 * shade) as u8, (255.0 * shade) as u8, 255);
+        let y = (rows - 1 - t) as i32;
+        chart
+            .draw_series(row.iter().enumerate().map(|(p, &v)| {
+                let (x0, x1) = (SegmentValue::Exact(p as i32), SegmentValue::Exact(p as i32 + 1));
+                Rectangle::new(
+                    [(x0, SegmentValue::Exact(y)), (x1, SegmentValue::Exact(y + 1))],
+                    shade(v).filled(),
+                )
+            }))
+            .map_err(|e| plot_error(path, e))?;
+        if rows <= 12 && cols <= 12 {
             chart
-                .draw_series(std::iter::once(Rectangle::new(
-                    [(p as i32, y), (p as i32 + 1, y + 1)],
-                    color.filled(),
-                )))
-                .map_err(|e| plot_error(path, e))?;
-            chart
-                .draw_series(std::iter::once(Text::new(
-                    format!("{value:.decimals$}"),
-                    (p as i32, y + 1),
-                    ("sans-serif", 12),
-                )))
+                .draw_series(row.iter().enumerate().map(|(p, &v)| {
+                    let text = if integers { format!("{v:.0}") } else { format!("{v:.3}") };
+                    let at = (SegmentValue::CenterOf(p as i32), SegmentValue::CenterOf(y));
+                    let ink: &'static RGBColor = if (v - min) / span > 0.6 { &WHITE } else { &BLACK };
+                    let style = TextStyle::from(("sans-serif", 11).into_font()).color(ink);
+                    Text::new(text, at, style.pos(Pos::new(HPos::Center, VPos::Center)))
+                }))
                 .map_err(|e| plot_error(path, e))?;
         }
     }
+    // The colour bar: the real range of the values.
+    let mut bar = ChartBuilder::on(&right)
+        .margin_top(40)
+        .margin_bottom(52)
+        .margin_right(8)
+        .set_label_area_size(LabelAreaPosition::Right, 64)
+        .build_cartesian_2d(0f64..1.0, min..min + span)
+        .map_err(|e| plot_error(path, e))?;
+    bar.configure_mesh()
+        .disable_mesh()
+        .disable_x_axis()
+        .y_labels(6)
+        .label_style(("sans-serif", 12))
+        .y_label_formatter(&|v| if integers { format!("{v:.0}") } else { format!("{v:.4}") })
+        .draw()
+        .map_err(|e| plot_error(path, e))?;
+    let steps = 64;
+    bar.draw_series((0..steps).map(|k| {
+        let (a, b) = (min + span * k as f64 / steps as f64, min + span * (k + 1) as f64 / steps as f64);
+        Rectangle::new([(0.0, a), (1.0, b)], shade((a + b) / 2.0).filled())
+    }))
+    .map_err(|e| plot_error(path, e))?;
     root.present().map_err(|e| plot_error(path, e))
 }
 
@@ -230,12 +267,18 @@ pub fn write_plots(dir: &Path, results: &Results) -> Result<Vec<PathBuf>> {
             scales(&p, &format!("{name}: mean gate value per input (test windows)"), &g[..half], &g[half..])?;
             files.push(p);
         }
-        let tokens: Vec<String> = (0..8).map(|i| format!("t{i}")).collect();
-        let token_names: Vec<&str> = tokens.iter().map(String::as_str).collect();
-        for (dir_name, get) in [
+        let entropy = |k: usize| -> Option<f64> {
+            let vs: Vec<f64> =
+                runs.iter().filter_map(|r| r.attention_entropy.as_ref()?.get(k).copied()).collect();
+            (!vs.is_empty()).then(|| vs.iter().sum::<f64>() / vs.len() as f64)
+        };
+        for (k, (dir_name, get)) in [
             ("e2a", (|r: &RunResult| r.attention_e2a.as_ref()) as fn(&RunResult) -> Option<&Vec<Vec<f32>>>),
             ("a2e", |r: &RunResult| r.attention_a2e.as_ref()),
-        ] {
+        ]
+        .into_iter()
+        .enumerate()
+        {
             let maps: Vec<&Vec<Vec<f32>>> = runs.iter().filter_map(|r| get(r)).collect();
             let Some(first) = maps.first() else { continue };
             let avg: Vec<Vec<f64>> = (0..first.len())
@@ -245,16 +288,18 @@ pub fn write_plots(dir: &Path, results: &Results) -> Result<Vec<PathBuf>> {
                         .collect()
                 })
                 .collect();
+            let names = |n: usize| -> Vec<String> { (0..n).map(|i| format!("{i}")).collect() };
+            let (what, unit) =
+                if name.contains("temporal") { ("steps", "step") } else { ("tokens", "token") };
+            let (from, to) = if dir_name == "e2a" { ("EEG", "audio") } else { ("audio", "EEG") };
             let p = dir.join(format!("attention_{dir_name}_{name}.svg"));
-            let title =
-                if dir_name == "e2a" { "EEG tokens → audio tokens" } else { "audio tokens → EEG tokens" };
+            let h = entropy(k).map_or(String::new(), |h| format!(", entropy {h:.3} of uniform"));
             heatmap(
                 &p,
-                &format!("{name}: attention {title}"),
+                &format!("{name}: {from} {what} → {to} {what}{h}"),
                 &avg,
-                &token_names,
-                ("key token", "query token"),
-                2,
+                (&names(avg.len()), &names(first.first().map_or(0, Vec::len))),
+                (&format!("key {unit} ({to})"), &format!("query {unit} ({from})")),
             )?;
             files.push(p);
         }

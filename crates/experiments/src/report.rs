@@ -77,6 +77,23 @@ pub fn write_results(dir: &Path, cfg: &ExperimentConfig, results: &Results) -> R
             top(a)
         ));
     }
+    let attention: Vec<&crate::results::RunResult> =
+        results.runs.iter().filter(|r| r.attention_entropy.is_some()).collect();
+    if !attention.is_empty() {
+        md.push_str("\n## Attention: entropy relative to uniform\n\nMean entropy of the attention rows (per test window, head and query) over the entropy of uniform attention: 1.000 means the attention is uniform, i.e. it learned nothing about which steps or tokens matter; lower is more selective. The maps' colours span each map's own range; read the colour bar.\n\n| mode | subject | fold | EEG → audio | audio → EEG |\n|---|---:|---:|---:|---:|\n");
+        for r in attention {
+            let h = r.attention_entropy.as_deref().unwrap_or_default();
+            let at = |k: usize| h.get(k).map_or("–".to_owned(), |v| format!("{v:.3}"));
+            md.push_str(&format!(
+                "| {} | {} | {} | {} | {} |\n",
+                r.fusion_mode,
+                r.subject,
+                r.fold,
+                at(0),
+                at(1)
+            ));
+        }
+    }
     let plots = crate::plots::write_plots(dir, results)?;
     md.push_str("\n## Plots\n\n");
     for p in plots {

@@ -70,12 +70,17 @@ pub struct RunResult {
     pub checkpoint: Option<PathBuf>,
     /// Gate values averaged over the test windows, `2·128` (gated): EEG half then audio half.
     pub gate_mean: Option<Vec<f32>>,
-    /// Attention EEG → audio averaged over test windows and heads, `tokens × tokens` (cross_attention).
+    /// Attention EEG → audio averaged over test windows and heads: `tokens × tokens` (cross_attention) or
+    /// EEG steps × audio steps of the last layer (temporal).
     pub attention_e2a: Option<Vec<Vec<f32>>>,
     /// Attention audio → EEG, likewise.
     pub attention_a2e: Option<Vec<Vec<f32>>>,
     /// `softmax(blend_logits)`: weight of the EEG and of the audio branch (cross_attention).
     pub blend_weights: Option<Vec<f32>>,
+    /// Mean entropy of the attention rows over that of uniform attention (1: uniform), EEG → audio then
+    /// audio → EEG (cross_attention, temporal).
+    #[serde(default)]
+    pub attention_entropy: Option<Vec<f64>>,
 }
 /// Mean ± std of one setting across subjects (and folds).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

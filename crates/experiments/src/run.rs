@@ -15,49 +15,83 @@ use crate::model::{EmotionModel, ModelConfig};
 use crate::results::{Results, RunResult, ScaleSummary, Skipped, summarise, summarise_runs};
 use crate::train::{EpochLog, evaluate, train};
 
-/// What the fusion layer did on a set of windows: mean gate values, mean attention maps.
-type FusionView = (Option<Vec<f32>>, Option<(Vec<Vec<f32>>, Vec<Vec<f32>>)>);
+/// An attention map, `[query][key]`.
+type Map = Vec<Vec<f32>>;
+
+/// What the fusion layer did on a set of windows.
+#[derive(Default)]
+struct FusionView {
+    /// Mean gate values (gated).
+    gates: Option<Vec<f32>>,
+    /// Mean attention maps over windows and heads, EEG → audio and audio → EEG.
+    attention: Option<(Map, Map)>,
+    /// Mean entropy of the attention rows (per window, head and query), over the entropy of a uniform
+    /// row: EEG → audio and audio → EEG. 1 means the attention is uniform.
+    entropy: Option<(f64, f64)>,
+}
+
+/// Sums of one direction's attention: the map summed over windows (mean over heads) and the relative
+/// entropy summed over windows.
+#[derive(Default)]
+struct AttentionSums {
+    map: Option<candle_core::Tensor>,
+    entropy: f64,
+}
+
+impl AttentionSums {
+    fn add(&mut self, weights: &candle_core::Tensor) -> Result<()> {
+        let m = weights.mean(1)?.sum(0)?;
+        self.map = Some(match self.map.take() {
+            Some(a) => (a + m)?,
+            None => m,
+        });
+        let (b, _, _, keys) = weights.dims4()?;
+        let plogp = (weights * (weights + 1e-30)?.log()?)?.sum(candle_core::D::Minus1)?.neg()?;
+        let rows = plogp.mean_all()?.to_scalar::<f32>()?;
+        if keys > 1 {
+            self.entropy += f64::from(rows) / (keys as f64).ln() * b as f64;
+        }
+        Ok(())
+    }
+}
 
 fn inspect_fusion(model: &EmotionModel, set: &TensorSet) -> Result<FusionView> {
     if model.fusion().is_none() {
-        return Ok((None, None));
+        return Ok(FusionView::default());
     }
     let ids: Vec<u32> = (0..u32::try_from(set.len()).unwrap_or(u32::MAX)).collect();
-    let (mut gates, mut e2a, mut a2e): (
-        Option<candle_core::Tensor>,
-        Option<candle_core::Tensor>,
-        Option<candle_core::Tensor>,
-    ) = (None, None, None);
-    let add = |acc: &mut Option<candle_core::Tensor>, t: candle_core::Tensor| -> Result<()> {
-        *acc = Some(match acc.take() {
-            Some(a) => (a + t)?,
-            None => t,
-        });
-        Ok(())
-    };
+    let mut gates: Option<candle_core::Tensor> = None;
+    let (mut e2a, mut a2e) = (AttentionSums::default(), AttentionSums::default());
     for idx in ids.chunks(64) {
         let (eeg, mfcc, _) = set.batch(idx)?;
-        let Some(ins) = model.inspect_fusion(&eeg, mfcc.as_ref())? else { return Ok((None, None)) };
+        let Some(ins) = model.inspect_fusion(&eeg, mfcc.as_ref())? else { return Ok(FusionView::default()) };
         if let Some(g) = ins.gates {
-            add(&mut gates, g.sum(0)?)?;
+            let g = g.sum(0)?;
+            gates = Some(match gates.take() {
+                Some(a) => (a + g)?,
+                None => g,
+            });
         }
         for map in ins.attention {
-            let acc = match (map.query, map.key) {
-                (Modality::Eeg, Modality::Audio) => &mut e2a,
-                (Modality::Audio, Modality::Eeg) => &mut a2e,
-                _ => continue,
-            };
-            add(acc, map.weights.mean(1)?.sum(0)?)?;
+            match (map.query, map.key) {
+                (Modality::Eeg, Modality::Audio) => e2a.add(&map.weights)?,
+                (Modality::Audio, Modality::Eeg) => a2e.add(&map.weights)?,
+                _ => {}
+            }
         }
     }
     let n = set.len().max(1) as f64;
     let gates = gates.map(|g| (g / n)?.to_vec1::<f32>()).transpose()?;
-    let attention = match (e2a, a2e) {
-        (Some(x), Some(y)) => Some(((x / n)?.to_vec2::<f32>()?, (y / n)?.to_vec2::<f32>()?)),
-        _ => None,
+    let (attention, entropy) = match (e2a.map, a2e.map) {
+        (Some(x), Some(y)) => (
+            Some(((x / n)?.to_vec2::<f32>()?, (y / n)?.to_vec2::<f32>()?)),
+            Some((e2a.entropy / n, a2e.entropy / n)),
+        ),
+        _ => (None, None),
     };
-    Ok((gates, attention))
+    Ok(FusionView { gates, attention, entropy })
 }
+
 /// What a run reports while it works.
 pub trait Progress {
     /// A subject (or held-out subject) starts; `total` of them.
@@ -277,7 +311,7 @@ fn run_split(
         )?;
         let (m, _): (Metrics, _) = evaluate(&model, &test_set, 64)?;
         tracing::info!(subject, fold, modality, mode = %mode, accuracy = m.accuracy, macro_f1 = m.macro_f1, seconds = trained.seconds, "tested");
-        let (gate_mean, attention) = inspect_fusion(&model, &test_set)?;
+        let FusionView { gates: gate_mean, attention, entropy } = inspect_fusion(&model, &test_set)?;
         let blend_weights =
             model.fusion().and_then(|f| f.blend_weights().ok()).map(|w| w.to_vec1::<f32>()).transpose()?;
         let checkpoint = match &cfg.checkpoint_dir {
@@ -317,6 +351,7 @@ fn run_split(
             gate_mean,
             attention_e2a: attention.as_ref().map(|a| a.0.clone()),
             attention_a2e: attention.map(|a| a.1),
+            attention_entropy: entropy.map(|(x, y)| vec![x, y]),
             blend_weights,
         });
     }
