@@ -25,6 +25,8 @@ pub enum ModeArg {
     Gated,
     /// Cross-modal transformer over time.
     Temporal,
+    /// A learned per-sample router over the other four modes.
+    Adaptive,
     /// Every mode.
     All,
 }
@@ -36,6 +38,7 @@ impl ModeArg {
             Self::CrossAttention => vec![FusionMode::CrossAttention],
             Self::Gated => vec![FusionMode::Gated],
             Self::Temporal => vec![FusionMode::Temporal],
+            Self::Adaptive => vec![FusionMode::Adaptive],
             Self::All => FusionMode::ALL.to_vec(),
         }
     }

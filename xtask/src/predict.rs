@@ -34,10 +34,16 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     for e in core_types::Emotion::ALL {
         csv.push_str(&format!(",p_{e}"));
     }
+    let routed = preds.iter().any(|p| p.router.is_some());
+    if routed {
+        for m in fusion::ADAPTIVE_EXPERTS {
+            csv.push_str(&format!(",router_{m}"));
+        }
+    }
     csv.push('\n');
     for p in &preds {
         csv.push_str(&format!("{},{},{},{},{}", p.subject, p.trial, p.window, p.label, p.predicted));
-        for v in &p.probabilities {
+        for v in p.probabilities.iter().chain(p.router.iter().flatten()) {
             csv.push_str(&format!(",{v:.6}"));
         }
         csv.push('\n');

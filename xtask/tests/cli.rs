@@ -448,7 +448,19 @@ fn one_and_two_threads_train_identical_models() {
         .filter(|n| n.to_string_lossy().ends_with(".safetensors"))
         .collect();
     names.sort();
-    assert_eq!(names.len(), 5, "eeg_only and four fused models: {names:?}");
+    assert_eq!(names.len(), 6, "eeg_only and five fused models: {names:?}");
+    // The adaptive model's router: a distribution over the four other modes, in results and report.
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(one.join("results.json")).unwrap()).unwrap();
+    let adaptive =
+        results["runs"].as_array().unwrap().iter().find(|r| r["fusion_mode"] == "adaptive").unwrap();
+    let weights = adaptive["router_weights"].as_object().unwrap();
+    assert_eq!(weights.len(), 4);
+    let total: f64 = weights.values().map(|v| v.as_f64().unwrap()).sum();
+    assert!((total - 1.0).abs() < 1e-4, "{weights:?}");
+    let report = std::fs::read_to_string(one.join("report.md")).unwrap();
+    assert!(report.contains("Adaptive router") && report.contains("entropy relative to uniform"));
+    assert!(one.join("router_eeg_audio_adaptive.svg").is_file());
     for n in names {
         let a = std::fs::read(one.join("checkpoints").join(&n)).unwrap();
         let b = std::fs::read(two.join("checkpoints").join(&n)).unwrap();

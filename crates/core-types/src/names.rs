@@ -128,6 +128,8 @@ named_enum! {
         Gated = "gated",
         /// A cross-modal transformer over the encoders' time steps on one clock.
         Temporal = "temporal",
+        /// A learned per-sample router that mixes the other four modes.
+        Adaptive = "adaptive",
     }
 }
 

@@ -108,6 +108,9 @@ pub struct Prediction {
     pub predicted: String,
     /// Probabilities in class order (neutral, sadness, anger, happiness, calmness).
     pub probabilities: Vec<f32>,
+    /// The adaptive router's weights over `fusion::ADAPTIVE_EXPERTS` (adaptive models).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router: Option<Vec<f32>>,
 }
 
 /// Class probabilities for every window of the chosen subjects (speaking windows only for fused models).
@@ -141,7 +144,21 @@ pub fn predict(
         }
         let set = TensorSet::build(&pre.samples, &idx, &norm, pre.eeg_len, pre.mfcc_frames, model.device())?;
         let (_, probs) = evaluate(model, &set, 64)?;
-        for (&i, p) in idx.iter().zip(probs) {
+        let mut routers: Vec<Option<Vec<f32>>> = vec![None; idx.len()];
+        if meta.model.fusion.as_ref().is_some_and(|f| f.mode == core_types::FusionMode::Adaptive) {
+            let ids: Vec<u32> = (0..u32::try_from(idx.len()).unwrap_or(u32::MAX)).collect();
+            let mut rows = Vec::with_capacity(idx.len());
+            for chunk in ids.chunks(64) {
+                let (eeg, mfcc, _) = set.batch(chunk)?;
+                if let Some(w) = model.inspect_fusion(&eeg, mfcc.as_ref())?.and_then(|i| i.router) {
+                    rows.extend(w.to_vec2::<f32>()?.into_iter().map(Some));
+                }
+            }
+            if rows.len() == idx.len() {
+                routers = rows;
+            }
+        }
+        for ((&i, p), router) in idx.iter().zip(probs).zip(routers) {
             let s = &pre.samples[i];
             let best = p.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(k, _)| k);
             out.push(Prediction {
@@ -151,6 +168,7 @@ pub fn predict(
                 label: s.emotion.to_string(),
                 predicted: core_types::Emotion::from_index(best).map_or_else(String::new, |e| e.to_string()),
                 probabilities: p,
+                router,
             });
         }
     }

@@ -101,6 +101,8 @@ pub struct Intermediates {
     pub fused: Option<Tensor>,
     /// `(B, 5)`.
     pub logits: Tensor,
+    /// A penalty to add to the training loss (the adaptive router's balance term, when configured).
+    pub aux_loss: Option<Tensor>,
 }
 
 /// An emotion model that owns its parameters (a [`VarMap`] whose names are the PyTorch `state_dict` names).
@@ -208,6 +210,7 @@ impl EmotionModel {
         train: bool,
     ) -> Result<Intermediates> {
         let (eeg_latent, audio_latent, inspection) = self.encode_and_fuse(eeg, audio, train)?;
+        let aux_loss = inspection.as_ref().and_then(|i| i.aux_loss.clone());
         let fused = inspection.map(|i| i.fused);
         let logits = self.classifier.forward_t(fused.as_ref().unwrap_or(eeg_latent.tensor()), train)?;
         Ok(Intermediates {
@@ -215,6 +218,7 @@ impl EmotionModel {
             audio_latent: audio_latent.map(Latent::into_tensor),
             fused,
             logits,
+            aux_loss,
         })
     }
 
@@ -234,7 +238,11 @@ impl EmotionModel {
         audio: Option<&Tensor>,
         train: bool,
     ) -> Result<(Latent, Option<Latent>, Option<Inspection>)> {
-        let temporal = self.fusion.as_ref().is_some_and(|f| f.config().mode == FusionMode::Temporal);
+        // The temporal mode, and the adaptive one (whose experts include it), read the sequences.
+        let temporal = self
+            .fusion
+            .as_ref()
+            .is_some_and(|f| matches!(f.config().mode, FusionMode::Temporal | FusionMode::Adaptive));
         let (eeg_latent, eeg_sequence) = if temporal {
             let (s, l) = self.eeg.encode_sequence(eeg, self.cfg.eeg_rate, train)?;
             (l, Some(s))

@@ -267,6 +267,27 @@ pub fn write_plots(dir: &Path, results: &Results) -> Result<Vec<PathBuf>> {
             scales(&p, &format!("{name}: mean gate value per input (test windows)"), &g[..half], &g[half..])?;
             files.push(p);
         }
+        let by_class: Vec<&Vec<Vec<f64>>> = runs.iter().filter_map(|r| r.router_by_class.as_ref()).collect();
+        if let Some(first) = by_class.first() {
+            let avg: Vec<Vec<f64>> = (0..first.len())
+                .map(|c| {
+                    (0..first[c].len())
+                        .map(|k| by_class.iter().map(|m| m[c][k]).sum::<f64>() / by_class.len() as f64)
+                        .collect()
+                })
+                .collect();
+            let classes: Vec<String> = core_types::Emotion::ALL.iter().map(ToString::to_string).collect();
+            let modes: Vec<String> = fusion::ADAPTIVE_EXPERTS.iter().map(ToString::to_string).collect();
+            let p = dir.join(format!("router_{name}.svg"));
+            heatmap(
+                &p,
+                &format!("{name}: mean router weight per true class"),
+                &avg,
+                (&classes, &modes),
+                ("mode", "true class"),
+            )?;
+            files.push(p);
+        }
         let entropy = |k: usize| -> Option<f64> {
             let vs: Vec<f64> =
                 runs.iter().filter_map(|r| r.attention_entropy.as_ref()?.get(k).copied()).collect();
@@ -289,8 +310,9 @@ pub fn write_plots(dir: &Path, results: &Results) -> Result<Vec<PathBuf>> {
                 })
                 .collect();
             let names = |n: usize| -> Vec<String> { (0..n).map(|i| format!("{i}")).collect() };
-            let (what, unit) =
-                if name.contains("temporal") { ("steps", "step") } else { ("tokens", "token") };
+            // Temporal maps (also the ones an adaptive model reports) run over time steps.
+            let over_time = name.contains("temporal") || name.contains("adaptive");
+            let (what, unit) = if over_time { ("steps", "step") } else { ("tokens", "token") };
             let (from, to) = if dir_name == "e2a" { ("EEG", "audio") } else { ("audio", "EEG") };
             let p = dir.join(format!("attention_{dir_name}_{name}.svg"));
             let h = entropy(k).map_or(String::new(), |h| format!(", entropy {h:.3} of uniform"));

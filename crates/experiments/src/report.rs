@@ -94,6 +94,41 @@ pub fn write_results(dir: &Path, cfg: &ExperimentConfig, results: &Results) -> R
             ));
         }
     }
+    let routed: Vec<&crate::results::RunResult> =
+        results.runs.iter().filter(|r| r.router_weights.is_some()).collect();
+    if !routed.is_empty() {
+        let modes = fusion::ADAPTIVE_EXPERTS;
+        md.push_str("\n## Adaptive router: mean weight of each mode (test windows)\n\n| subject | fold |");
+        for m in modes {
+            md.push_str(&format!(" {m} |"));
+        }
+        md.push_str(&format!("\n|---:|---:|{}\n", "---:|".repeat(modes.len())));
+        for r in &routed {
+            md.push_str(&format!("| {} | {} |", r.subject, r.fold));
+            for m in modes {
+                let w =
+                    r.router_weights.as_ref().and_then(|w| w.get(m.as_str())).copied().unwrap_or(f64::NAN);
+                md.push_str(&format!(" {w:.3} |"));
+            }
+            md.push('\n');
+        }
+        md.push_str("\nPer true class (mean over subjects and folds):\n\n| class |");
+        for m in modes {
+            md.push_str(&format!(" {m} |"));
+        }
+        md.push_str(&format!("\n|---|{}\n", "---:|".repeat(modes.len())));
+        for (c, emotion) in core_types::Emotion::ALL.iter().enumerate() {
+            md.push_str(&format!("| {emotion} |"));
+            for k in 0..modes.len() {
+                let vs: Vec<f64> = routed
+                    .iter()
+                    .filter_map(|r| r.router_by_class.as_ref()?.get(c)?.get(k).copied())
+                    .collect();
+                md.push_str(&format!(" {:.3} |", vs.iter().sum::<f64>() / vs.len().max(1) as f64));
+            }
+            md.push('\n');
+        }
+    }
     let plots = crate::plots::write_plots(dir, results)?;
     md.push_str("\n## Plots\n\n");
     for p in plots {

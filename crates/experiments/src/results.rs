@@ -81,6 +81,13 @@ pub struct RunResult {
     /// audio → EEG (cross_attention, temporal).
     #[serde(default)]
     pub attention_entropy: Option<Vec<f64>>,
+    /// The adaptive router's mean weight of each mode over the test windows (adaptive).
+    #[serde(default)]
+    pub router_weights: Option<std::collections::BTreeMap<String, f64>>,
+    /// The router's mean weights per true class, `[class][mode]` with modes in
+    /// `fusion::ADAPTIVE_EXPERTS` order (adaptive; a class without test windows has zeros).
+    #[serde(default)]
+    pub router_by_class: Option<Vec<Vec<f64>>>,
 }
 /// Mean ± std of one setting across subjects (and folds).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -2,7 +2,7 @@
 //! per subject, with the chosen split.
 
 use candle_core::Device;
-use core_types::Modality;
+use core_types::{Emotion, FusionMode, Modality};
 use eav::dataset::Sample;
 use eav::split::{Protocol, Split, kfold, loso, official};
 use eav::subject::{SubjectDir, discover};
@@ -28,6 +28,8 @@ struct FusionView {
     /// Mean entropy of the attention rows (per window, head and query), over the entropy of a uniform
     /// row: EEG → audio and audio → EEG. 1 means the attention is uniform.
     entropy: Option<(f64, f64)>,
+    /// The adaptive router's mean weights over the windows, and per true class (`[class][mode]`).
+    router: Option<(Vec<f64>, Vec<Vec<f64>>)>,
 }
 
 /// Sums of one direction's attention: the map summed over windows (mean over heads) and the relative
@@ -62,8 +64,12 @@ fn inspect_fusion(model: &EmotionModel, set: &TensorSet) -> Result<FusionView> {
     let ids: Vec<u32> = (0..u32::try_from(set.len()).unwrap_or(u32::MAX)).collect();
     let mut gates: Option<candle_core::Tensor> = None;
     let (mut e2a, mut a2e) = (AttentionSums::default(), AttentionSums::default());
+    let experts = fusion::ADAPTIVE_EXPERTS.len();
+    // Router weight sums: over all windows, per true class, and the windows per class.
+    type RouterSums = (Vec<f64>, Vec<Vec<f64>>, Vec<usize>);
+    let mut router: Option<RouterSums> = None;
     for idx in ids.chunks(64) {
-        let (eeg, mfcc, _) = set.batch(idx)?;
+        let (eeg, mfcc, labels) = set.batch(idx)?;
         let Some(ins) = model.inspect_fusion(&eeg, mfcc.as_ref())? else { return Ok(FusionView::default()) };
         if let Some(g) = ins.gates {
             let g = g.sum(0)?;
@@ -72,7 +78,28 @@ fn inspect_fusion(model: &EmotionModel, set: &TensorSet) -> Result<FusionView> {
                 None => g,
             });
         }
-        for map in ins.attention {
+        if let Some(w) = &ins.router {
+            let (all, by_class, counts) = router.get_or_insert_with(|| {
+                (vec![0.0; experts], vec![vec![0.0; experts]; Emotion::COUNT], vec![0; Emotion::COUNT])
+            });
+            let w: Vec<Vec<f32>> = w.to_vec2()?;
+            let y: Vec<u32> = labels.to_vec1()?;
+            for (row, &class) in w.iter().zip(&y) {
+                let class = class as usize;
+                counts[class] += 1;
+                for (k, &v) in row.iter().enumerate() {
+                    all[k] += f64::from(v);
+                    by_class[class][k] += f64::from(v);
+                }
+            }
+        }
+        // An adaptive model reports the maps of two experts; the temporal one's are shown.
+        let shown = if ins.attention.iter().any(|m| m.mode == FusionMode::Temporal) {
+            FusionMode::Temporal
+        } else {
+            FusionMode::CrossAttention
+        };
+        for map in ins.attention.into_iter().filter(|m| m.mode == shown) {
             match (map.query, map.key) {
                 (Modality::Eeg, Modality::Audio) => e2a.add(&map.weights)?,
                 (Modality::Audio, Modality::Eeg) => a2e.add(&map.weights)?,
@@ -89,7 +116,15 @@ fn inspect_fusion(model: &EmotionModel, set: &TensorSet) -> Result<FusionView> {
         ),
         _ => (None, None),
     };
-    Ok(FusionView { gates, attention, entropy })
+    let router = router.map(|(all, by_class, counts)| {
+        let per_class = by_class
+            .into_iter()
+            .zip(&counts)
+            .map(|(row, &c)| row.into_iter().map(|v| v / c.max(1) as f64).collect())
+            .collect();
+        (all.into_iter().map(|v| v / n).collect(), per_class)
+    });
+    Ok(FusionView { gates, attention, entropy, router })
 }
 
 /// What a run reports while it works.
@@ -311,7 +346,7 @@ fn run_split(
         )?;
         let (m, _): (Metrics, _) = evaluate(&model, &test_set, 64)?;
         tracing::info!(subject, fold, modality, mode = %mode, accuracy = m.accuracy, macro_f1 = m.macro_f1, seconds = trained.seconds, "tested");
-        let FusionView { gates: gate_mean, attention, entropy } = inspect_fusion(&model, &test_set)?;
+        let FusionView { gates: gate_mean, attention, entropy, router } = inspect_fusion(&model, &test_set)?;
         let blend_weights =
             model.fusion().and_then(|f| f.blend_weights().ok()).map(|w| w.to_vec1::<f32>()).transpose()?;
         let checkpoint = match &cfg.checkpoint_dir {
@@ -352,6 +387,10 @@ fn run_split(
             attention_e2a: attention.as_ref().map(|a| a.0.clone()),
             attention_a2e: attention.map(|a| a.1),
             attention_entropy: entropy.map(|(x, y)| vec![x, y]),
+            router_weights: router.as_ref().map(|(all, _)| {
+                fusion::ADAPTIVE_EXPERTS.iter().map(|m| m.to_string()).zip(all.iter().copied()).collect()
+            }),
+            router_by_class: router.map(|(_, by_class)| by_class),
             blend_weights,
         });
     }

@@ -225,8 +225,12 @@ fn train_step(
     opt: &mut AdamW,
 ) -> Result<(f64, Tensor, Tensor)> {
     let (eeg, mfcc, y) = set.batch(idx)?;
-    let logits = model.forward(&eeg, mfcc.as_ref(), true)?;
-    let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+    let out = model.forward_intermediates(&eeg, mfcc.as_ref(), true)?;
+    let logits = out.logits;
+    let mut loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+    if let Some(aux) = out.aux_loss {
+        loss = (loss + aux)?;
+    }
     let value = scalar(&loss)?;
     if !value.is_finite() {
         return Ok((value, logits, y));

@@ -41,6 +41,12 @@ pub struct FusionConfig {
     /// Layers of the `temporal` mode's transformer (2).
     #[serde(default = "temporal_layers")]
     pub temporal_layers: usize,
+    /// Weight of the `adaptive` router's balance penalty (`K · Σₖ mean weightₖ²`, 1 when the batch uses the
+    /// K modes alike, K when it uses one). 0 by default: the router starts uniform, and on the small
+    /// per-subject training sets of EAV a penalty towards uniform use mostly keeps it there; raise it
+    /// (0.01–0.1) when one mode takes over early.
+    #[serde(default)]
+    pub router_balance: f32,
 }
 
 fn temporal_dim() -> usize {
@@ -70,6 +76,7 @@ impl Default for FusionConfig {
             absent_embeddings: false,
             temporal_dim: temporal_dim(),
             temporal_layers: temporal_layers(),
+            router_balance: 0.0,
         }
     }
 }
@@ -112,6 +119,8 @@ impl ModalityInput {
 /// Attention of one modality's tokens (queries) over another's (keys), `(B, heads, tokens, tokens)`.
 #[derive(Debug, Clone)]
 pub struct AttentionMap {
+    /// The mode whose layer attended (`cross_attention` or `temporal`; an adaptive layer reports both).
+    pub mode: FusionMode,
     /// The attending modality.
     pub query: Modality,
     /// The modality attended to.
@@ -136,6 +145,35 @@ enum Kind {
         proj: Linear,
     },
     Temporal(Box<Temporal>),
+    /// Experts of every other mode (names under `{mode}.`) and a router over them.
+    Adaptive {
+        experts: Vec<(FusionMode, Kind)>,
+        router_in: Linear,
+        router_out: Linear,
+    },
+}
+
+/// One batch as the modes see it: scaled latents `(B, D)` in `modalities` order, the masks, the inputs.
+#[derive(Clone, Copy)]
+struct Batch<'a> {
+    xs: &'a [Tensor],
+    masks: Option<&'a Masks>,
+    slots: &'a [Option<&'a ModalityInput>],
+    batch: usize,
+}
+
+/// What one mode computed.
+struct KindOutput {
+    pre: Tensor,
+    gates: Option<Tensor>,
+    attention: Vec<AttentionMap>,
+    router: Option<Tensor>,
+}
+
+impl KindOutput {
+    fn plain(pre: Tensor) -> Self {
+        Self { pre, gates: None, attention: Vec::new(), router: None }
+    }
 }
 
 /// The fusion layer over `N` modalities. Each latent is scaled per channel, `xᵢ = latentᵢ ⊙ {modality}_scale`,
@@ -147,7 +185,11 @@ enum Kind {
 /// - temporal: a cross-modal transformer over the scaled *sequences* (see [`ModalityInput::sequence`]):
 ///   each modality's steps attend to the others' on one clock of seconds, then self-attention and a
 ///   feed-forward block, `temporal_layers` times; the mean over time and present modalities is projected
-///   to `D`, then ReLU and dropout.
+///   to `D`, then ReLU and dropout;
+/// - adaptive: a router `softmax(Linear(64 → 4)(ReLU(Linear(N·D → 64)([x₁, …, x_N]))))` per sample over
+///   concat, cross_attention, gated and temporal ([`ADAPTIVE_EXPERTS`], each with its own layers under
+///   `{mode}.`), whose weights mix the four modes' `ReLU` outputs; then dropout. With `router_balance` > 0
+///   [`Inspection::aux_loss`] holds a balance penalty for the training loss.
 ///
 /// With EEG and audio this is the reference model exactly. A sample whose modality `i` is absent gets
 /// nothing from it: concat puts `{modality}_absent` (or zeros) in its slot; gated zeroes its slot of `c`
@@ -159,7 +201,8 @@ enum Kind {
 /// (concat, cross_attention), `gate_fc.*`, `proj_fc.*` (gated), `attn_{q}2{k}.*` for every ordered pair
 /// with one-letter tags (`attn_e2a`: EEG attends to audio) and `blend_logits` (cross_attention); temporal:
 /// `{modality}_in.*`, `layers.{l}.{modality}.{norm1,self_attn,norm2,norm3,ff1,ff2}.*`, `layers.{l}.attn_{q}2{k}.*`,
-/// `{modality}_out_norm.*`, `out.*`.
+/// `{modality}_out_norm.*`, `out.*`; adaptive: `router_in.*`, `router_out.*` and each expert's names under
+/// `concat.`, `cross_attention.`, `gated.`, `temporal.`.
 ///
 /// # Shapes
 /// `N × (B, D)` → `(B, D)`.
@@ -183,6 +226,10 @@ pub struct Inspection {
     /// or the last layer's `(B, heads, Tq, Tk)` over time steps (temporal). A sample's maps for an absent
     /// key modality are computed but unused.
     pub attention: Vec<AttentionMap>,
+    /// The router's weights `(B, 4)` over [`ADAPTIVE_EXPERTS`] (adaptive).
+    pub router: Option<Tensor>,
+    /// The router's balance penalty, to add to the training loss (adaptive with `router_balance` > 0).
+    pub aux_loss: Option<Tensor>,
 }
 
 fn sigmoid(x: &Tensor) -> candle_core::Result<Tensor> {
@@ -194,6 +241,78 @@ fn sigmoid(x: &Tensor) -> candle_core::Result<Tensor> {
 struct Masks {
     each: Vec<Tensor>,
     count: Tensor,
+}
+
+/// The modes an `adaptive` layer routes between, in the order of its router's outputs.
+pub const ADAPTIVE_EXPERTS: [FusionMode; 4] =
+    [FusionMode::Concat, FusionMode::CrossAttention, FusionMode::Gated, FusionMode::Temporal];
+
+/// Hidden units of the adaptive router.
+const ROUTER_HIDDEN: usize = 64;
+
+/// The layers of `mode` under `vb` (an adaptive layer's experts under `vb.pp(mode)`).
+fn build_kind(mode: FusionMode, cfg: &FusionConfig, vb: &VarBuilder) -> Result<Kind> {
+    let d = cfg.latent_dim;
+    let n = cfg.modalities.len();
+    Ok(match mode {
+        FusionMode::Concat => Kind::Concat { proj: Linear::new(n * d, d, vb.pp("proj"))? },
+        FusionMode::Gated => Kind::Gated {
+            gate_fc: Linear::new(n * d, n * d, vb.pp("gate_fc"))?,
+            proj_fc: Linear::new(n * d, d, vb.pp("proj_fc"))?,
+        },
+        FusionMode::CrossAttention => {
+            let fits = cfg.tokens > 0
+                && d.is_multiple_of(cfg.tokens)
+                && cfg.heads > 0
+                && (d / cfg.tokens).is_multiple_of(cfg.heads);
+            if !fits {
+                return Err(Error::Config(format!(
+                    "latent_dim {d} must split into {} tokens whose size is divisible by {} heads",
+                    cfg.tokens, cfg.heads
+                )));
+            }
+            let token_dim = d / cfg.tokens;
+            let mut pairs = Vec::new();
+            for (i, q) in cfg.modalities.iter().enumerate() {
+                for (j, k) in cfg.modalities.iter().enumerate().filter(|(j, _)| *j != i) {
+                    let name = format!("attn_{}2{}", q.tag(), k.tag());
+                    pairs.push((i, j, MultiHeadAttention::new(token_dim, cfg.heads, vb.pp(name))?));
+                }
+            }
+            Kind::CrossAttention {
+                pairs,
+                blend_logits: vb.get_with_hints(n, "blend_logits", candle_nn::Init::Const(0.0))?,
+                proj: Linear::new(d, d, vb.pp("proj"))?,
+            }
+        }
+        FusionMode::Adaptive => {
+            let mut experts = Vec::new();
+            for &m in &ADAPTIVE_EXPERTS {
+                experts.push((m, build_kind(m, cfg, &vb.pp(m.as_str()))?));
+            }
+            Kind::Adaptive {
+                experts,
+                router_in: Linear::new(n * d, ROUTER_HIDDEN, vb.pp("router_in"))?,
+                router_out: Linear::new(ROUTER_HIDDEN, ADAPTIVE_EXPERTS.len(), vb.pp("router_out"))?,
+            }
+        }
+        FusionMode::Temporal => {
+            if cfg.temporal_dim == 0 || cfg.heads == 0 || !cfg.temporal_dim.is_multiple_of(2 * cfg.heads) {
+                return Err(Error::Config(format!(
+                    "temporal_dim {} must be a positive multiple of 2 × {} heads",
+                    cfg.temporal_dim, cfg.heads
+                )));
+            }
+            Kind::Temporal(Box::new(Temporal::new(
+                &cfg.modalities,
+                d,
+                cfg.temporal_dim,
+                cfg.temporal_layers,
+                cfg.heads,
+                vb,
+            )?))
+        }
+    })
 }
 
 impl Fusion {
@@ -223,60 +342,12 @@ impl Fusion {
             .modalities
             .iter()
             .map(|m| {
-                (cfg.absent_embeddings && cfg.mode == FusionMode::Concat)
+                (cfg.absent_embeddings && matches!(cfg.mode, FusionMode::Concat | FusionMode::Adaptive))
                     .then(|| vb.get_with_hints(d, &format!("{m}_absent"), candle_nn::Init::Const(0.0)))
                     .transpose()
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let kind = match cfg.mode {
-            FusionMode::Concat => Kind::Concat { proj: Linear::new(n * d, d, vb.pp("proj"))? },
-            FusionMode::Gated => Kind::Gated {
-                gate_fc: Linear::new(n * d, n * d, vb.pp("gate_fc"))?,
-                proj_fc: Linear::new(n * d, d, vb.pp("proj_fc"))?,
-            },
-            FusionMode::CrossAttention => {
-                let fits = cfg.tokens > 0
-                    && d.is_multiple_of(cfg.tokens)
-                    && cfg.heads > 0
-                    && (d / cfg.tokens).is_multiple_of(cfg.heads);
-                if !fits {
-                    return Err(Error::Config(format!(
-                        "latent_dim {d} must split into {} tokens whose size is divisible by {} heads",
-                        cfg.tokens, cfg.heads
-                    )));
-                }
-                let token_dim = d / cfg.tokens;
-                let mut pairs = Vec::new();
-                for (i, q) in cfg.modalities.iter().enumerate() {
-                    for (j, k) in cfg.modalities.iter().enumerate().filter(|(j, _)| *j != i) {
-                        let name = format!("attn_{}2{}", q.tag(), k.tag());
-                        pairs.push((i, j, MultiHeadAttention::new(token_dim, cfg.heads, vb.pp(name))?));
-                    }
-                }
-                Kind::CrossAttention {
-                    pairs,
-                    blend_logits: vb.get_with_hints(n, "blend_logits", candle_nn::Init::Const(0.0))?,
-                    proj: Linear::new(d, d, vb.pp("proj"))?,
-                }
-            }
-            FusionMode::Temporal => {
-                if cfg.temporal_dim == 0 || cfg.heads == 0 || !cfg.temporal_dim.is_multiple_of(2 * cfg.heads)
-                {
-                    return Err(Error::Config(format!(
-                        "temporal_dim {} must be a positive multiple of 2 × {} heads",
-                        cfg.temporal_dim, cfg.heads
-                    )));
-                }
-                Kind::Temporal(Box::new(Temporal::new(
-                    &cfg.modalities,
-                    d,
-                    cfg.temporal_dim,
-                    cfg.temporal_layers,
-                    cfg.heads,
-                    &vb,
-                )?))
-            }
-        };
+        let kind = build_kind(cfg.mode, cfg, &vb)?;
         let dropout = Dropout::new(cfg.dropout, cfg.seed ^ 0xF0_5105);
         Ok(Self { cfg: cfg.clone(), scales, absent, dropout, kind })
     }
@@ -395,10 +466,30 @@ impl Fusion {
                 None => Ok(Tensor::zeros((batch, d), dtype, device)?),
             })
             .collect::<Result<Vec<_>>>()?;
-        let (pre, gates, attention) = match &self.kind {
+        let out =
+            self.run_kind(&self.kind, &Batch { xs: &xs, masks: masks.as_ref(), slots: &slots, batch })?;
+        let fused = self.dropout.forward_t(&out.pre.relu()?, train)?;
+        let aux_loss = match &out.router {
+            Some(w) if self.cfg.router_balance > 0.0 => {
+                // Switch-style balance: K · Σₖ (mean weight of mode k)², 1 when the batch uses every mode alike.
+                let k = w.dim(1)? as f64;
+                Some(((w.mean(0)?.sqr()?.sum_all()? * k)? * f64::from(self.cfg.router_balance))?)
+            }
+            _ => None,
+        };
+        Ok(Inspection { fused, gates: out.gates, attention: out.attention, router: out.router, aux_loss })
+    }
+
+    /// The pre-activation output of `kind` on one batch (every mode but `adaptive` ends in a projection;
+    /// `adaptive` returns its router's mix of its experts' ReLU outputs).
+    fn run_kind(&self, kind: &Kind, input: &Batch<'_>) -> Result<KindOutput> {
+        let Batch { xs, masks, slots, batch } = *input;
+        let d = self.cfg.latent_dim;
+        let (device, dtype) = (xs[0].device(), xs[0].dtype());
+        Ok(match kind {
             Kind::Concat { proj } => {
-                let parts = match &masks {
-                    None => xs,
+                let parts = match masks {
+                    None => xs.to_vec(),
                     Some(m) => xs
                         .iter()
                         .zip(&m.each)
@@ -412,11 +503,11 @@ impl Fusion {
                         })
                         .collect::<Result<Vec<_>>>()?,
                 };
-                (proj.forward(&Tensor::cat(&parts, D::Minus1)?)?, None, Vec::new())
+                KindOutput::plain(proj.forward(&Tensor::cat(&parts, D::Minus1)?)?)
             }
             Kind::Gated { gate_fc, proj_fc } => {
-                let parts = match &masks {
-                    None => xs,
+                let parts = match masks {
+                    None => xs.to_vec(),
                     Some(m) => xs
                         .iter()
                         .zip(&m.each)
@@ -427,7 +518,7 @@ impl Fusion {
                 let g = sigmoid(&gate_fc.forward(&c)?)?;
                 let mut h = (&c * &g)?;
                 let mut shown = g;
-                if let Some(m) = &masks {
+                if let Some(m) = masks {
                     let n = self.cfg.modalities.len() as f64;
                     h = h.broadcast_mul(&(m.count.recip()? * n)?)?;
                     let slot_mask = Tensor::cat(
@@ -439,7 +530,7 @@ impl Fusion {
                     )?;
                     shown = (shown * slot_mask)?;
                 }
-                (proj_fc.forward(&h)?, Some(shown), Vec::new())
+                KindOutput { gates: Some(shown), ..KindOutput::plain(proj_fc.forward(&h)?) }
             }
             Kind::CrossAttention { pairs, blend_logits, proj } => {
                 let (t, td) = (self.cfg.tokens, d / self.cfg.tokens);
@@ -449,7 +540,7 @@ impl Fusion {
                 let mut maps = Vec::with_capacity(pairs.len());
                 for (i, j, mha) in pairs {
                     let (c, w) = mha.forward(&tokens[*i], &tokens[*j])?;
-                    let c = match &masks {
+                    let c = match masks {
                         Some(m) => c.broadcast_mul(&m.each[*j].unsqueeze(2)?)?,
                         None => c,
                     };
@@ -458,6 +549,7 @@ impl Fusion {
                         None => c,
                     });
                     maps.push(AttentionMap {
+                        mode: FusionMode::CrossAttention,
                         query: self.cfg.modalities[*i],
                         key: self.cfg.modalities[*j],
                         weights: w,
@@ -466,7 +558,7 @@ impl Fusion {
                 let others = xs.len().saturating_sub(1);
                 let mut mixed: Option<Tensor> = None;
                 let w = candle_nn::ops::softmax(blend_logits, 0)?;
-                let w = match &masks {
+                let w = match masks {
                     None => w.unsqueeze(0)?,
                     Some(m) => {
                         let present = Tensor::cat(&m.each, 1)?; // (B, N)
@@ -475,7 +567,7 @@ impl Fusion {
                     }
                 };
                 for (i, (tok, c)) in tokens.iter().zip(ctx).enumerate() {
-                    let c = match (c, &masks) {
+                    let c = match (c, masks) {
                         (None, _) => None,
                         // The mean over the present key modalities (a sample with none keeps its tokens).
                         (Some(c), Some(m)) => {
@@ -496,7 +588,34 @@ impl Fusion {
                     });
                 }
                 let mixed = mixed.ok_or_else(|| Error::Input("no modality to fuse".into()))?;
-                (proj.forward(&mixed)?, None, maps)
+                KindOutput { attention: maps, ..KindOutput::plain(proj.forward(&mixed)?) }
+            }
+            Kind::Adaptive { experts, router_in, router_out } => {
+                let parts = match masks {
+                    None => xs.to_vec(),
+                    Some(m) => xs
+                        .iter()
+                        .zip(&m.each)
+                        .map(|(x, m)| x.broadcast_mul(m))
+                        .collect::<candle_core::Result<_>>()?,
+                };
+                let hidden = router_in.forward(&Tensor::cat(&parts, D::Minus1)?)?.relu()?;
+                let weights = candle_nn::ops::softmax(&router_out.forward(&hidden)?, D::Minus1)?;
+                let mut mixed: Option<Tensor> = None;
+                let mut attention = Vec::new();
+                let mut gates = None;
+                for (k, (_, expert)) in experts.iter().enumerate() {
+                    let out = self.run_kind(expert, input)?;
+                    let term = out.pre.relu()?.broadcast_mul(&weights.narrow(1, k, 1)?)?;
+                    mixed = Some(match mixed.take() {
+                        Some(acc) => (acc + term)?,
+                        None => term,
+                    });
+                    attention.extend(out.attention);
+                    gates = gates.or(out.gates);
+                }
+                let pre = mixed.ok_or_else(|| Error::Input("an adaptive layer without experts".into()))?;
+                KindOutput { pre, gates, attention, router: Some(weights) }
             }
             Kind::Temporal(temporal) => {
                 let placeholder = [0.0];
@@ -522,20 +641,19 @@ impl Fusion {
                     }
                 }
                 let (pre, maps) =
-                    temporal.forward(&seqs, &times, masks.as_ref().map(|m| (m.each.as_slice(), &m.count)))?;
+                    temporal.forward(&seqs, &times, masks.map(|m| (m.each.as_slice(), &m.count)))?;
                 let maps = maps
                     .into_iter()
                     .map(|(i, j, weights)| AttentionMap {
+                        mode: FusionMode::Temporal,
                         query: self.cfg.modalities[i],
                         key: self.cfg.modalities[j],
                         weights,
                     })
                     .collect();
-                (pre, None, maps)
+                KindOutput { attention: maps, ..KindOutput::plain(pre) }
             }
-        };
-        let fused = self.dropout.forward_t(&pre.relu()?, train)?;
-        Ok(Inspection { fused, gates, attention })
+        })
     }
 
     /// The masks of a batch, or `None` when every modality is present in every sample (the reference path,
@@ -645,9 +763,14 @@ mod tests {
         t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
     }
 
-    /// The modes that fuse pooled latents (the two-modality `fuse` call); `temporal` needs sequences.
+    /// The modes that fuse pooled latents (the two-modality `fuse` call); `temporal` and `adaptive` (one of
+    /// whose experts is temporal) need sequences.
     fn pooled() -> Vec<FusionMode> {
-        FusionMode::ALL.iter().copied().filter(|m| *m != FusionMode::Temporal).collect()
+        FusionMode::ALL
+            .iter()
+            .copied()
+            .filter(|m| !matches!(m, FusionMode::Temporal | FusionMode::Adaptive))
+            .collect()
     }
 
     fn mode() -> impl Strategy<Value = FusionMode> {
@@ -953,6 +1076,39 @@ mod tests {
                 .fused;
             assert!(max_abs(&(eeg_only - masked).unwrap()) < 1e-6, "{mode}");
         }
+    }
+
+    /// The adaptive router's weights are a distribution per sample, its balance penalty is 1 for uniform
+    /// use and trains the router.
+    #[test]
+    fn the_adaptive_router_mixes_the_modes() {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let cfg = FusionConfig { mode: FusionMode::Adaptive, router_balance: 0.5, ..FusionConfig::default() };
+        let f = Fusion::new(&cfg, vb).unwrap();
+        encoders::init_pytorch_default(&varmap, 3).unwrap();
+        let ones = vec![vec![1.0f32; 4]; 2];
+        let out = f.fuse_set(&inputs(&THREE[..2], 4, &ones, 1, DType::F32), true).unwrap();
+        let w = out.router.unwrap();
+        assert_eq!(w.dims(), &[4, 4]);
+        let rows: Vec<f32> = w.sum(1).unwrap().to_vec1().unwrap();
+        assert!(rows.iter().all(|r| (r - 1.0).abs() < 1e-5), "{rows:?}");
+        let aux = out.aux_loss.unwrap().to_scalar::<f32>().unwrap();
+        assert!((0.5..=0.5 * 4.0).contains(&aux), "K·Σ mean² lies in [1, K], times the weight: {aux}");
+        let penalty =
+            f.fuse_set(&inputs(&THREE[..2], 4, &ones, 1, DType::F32), true).unwrap().aux_loss.unwrap();
+        let g = penalty.backward().unwrap();
+        let data = varmap.data().lock().unwrap();
+        let router = g.get(data["router_out.weight"].as_tensor()).unwrap();
+        assert!(max_abs(router) > 0.0, "the penalty trains the router");
+        assert!(
+            data.contains_key("temporal.layers.0.eeg.norm1.weight")
+                && data.contains_key("gated.gate_fc.weight")
+        );
+        assert!(
+            data.contains_key("cross_attention.attn_e2a.in_proj_weight")
+                && data.contains_key("concat.proj.weight")
+        );
     }
 
     #[test]

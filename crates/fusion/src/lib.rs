@@ -46,5 +46,5 @@ mod fusion;
 mod temporal;
 
 pub use error::{Error, Result};
-pub use fusion::{AttentionMap, Fusion, FusionConfig, Inspection, ModalityInput};
+pub use fusion::{ADAPTIVE_EXPERTS, AttentionMap, Fusion, FusionConfig, Inspection, ModalityInput};
 pub use temporal::{LayerNorm, time_encoding};
