@@ -58,6 +58,28 @@ impl MultiHeadAttention {
         Ok((self.out_proj.forward(&ctx)?, weights))
     }
 
+    /// [`Self::forward`] with rotary time codes: within each head, feature pairs `(2f, 2f + 1)` of the
+    /// projected queries and keys are rotated by the angle `2π·t / Pf` of their step's time `t` in seconds
+    /// (periods `Pf` geometric from 0.1 s to 20 s), so that the scores depend on the time *between* a query
+    /// step and a key step, on one clock whatever the two sequences' step rates.
+    pub(crate) fn forward_timed(
+        &self,
+        query: &Tensor,
+        context: &Tensor,
+        q_times: &[f64],
+        k_times: &[f64],
+    ) -> Result<(Tensor, Tensor)> {
+        let q = rotate(&self.project(query, 0)?, q_times, self.heads)?;
+        let k = rotate(&self.project(context, 1)?, k_times, self.heads)?;
+        let v = self.project(context, 2)?;
+        let (ctx, weights) = if encoders::cpu_op::supported(&q) {
+            crate::attention_op::attend(&q, &k, &v, self.heads)?
+        } else {
+            self.forward_generic(&q, &k, &v)?
+        };
+        Ok((self.out_proj.forward(&ctx)?, weights))
+    }
+
     /// The attention core from candle ops, on projected `q` `(B, Tq, E)`, `k` and `v` `(B, Tk, E)`:
     /// the context `(B, Tq, E)` before the output projection, and the weights.
     fn forward_generic(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
@@ -73,6 +95,34 @@ impl MultiHeadAttention {
         let ctx = weights.unsqueeze(4)?.broadcast_mul(&v.unsqueeze(2)?)?.sum(3)?;
         Ok((ctx.transpose(1, 2)?.reshape((b, tq, self.embed))?, weights))
     }
+}
+
+/// Rotates the feature pairs of `x` `(B, T, E)` by their step's angle; see
+/// [`MultiHeadAttention::forward_timed`].
+fn rotate(x: &Tensor, times: &[f64], heads: usize) -> Result<Tensor> {
+    let (b, t, e) = x.dims3()?;
+    let hd = e / heads;
+    let pairs = hd / 2;
+    let (mut cos, mut sin) = (Vec::with_capacity(t * e / 2), Vec::with_capacity(t * e / 2));
+    for &time in times {
+        for _ in 0..heads {
+            for f in 0..pairs {
+                let period = 0.1 * 200f64.powf(if pairs > 1 { f as f64 / (pairs - 1) as f64 } else { 0.0 });
+                let angle = std::f64::consts::TAU * time / period;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+    }
+    let table = |v: Vec<f64>| -> candle_core::Result<Tensor> {
+        Tensor::from_vec(v, (1, t, e / 2), x.device())?.to_dtype(x.dtype())
+    };
+    let (cos, sin) = (table(cos)?, table(sin)?);
+    let pairs_view = x.reshape((b, t, e / 2, 2))?;
+    let (even, odd) = (pairs_view.narrow(3, 0, 1)?.squeeze(3)?, pairs_view.narrow(3, 1, 1)?.squeeze(3)?);
+    let new_even = (even.broadcast_mul(&cos)? - odd.broadcast_mul(&sin)?)?;
+    let new_odd = (even.broadcast_mul(&sin)? + odd.broadcast_mul(&cos)?)?;
+    Ok(Tensor::stack(&[new_even, new_odd], 3)?.reshape((b, t, e))?)
 }
 
 #[cfg(test)]
@@ -110,6 +160,28 @@ mod tests {
             .iter()
             .map(|x| g.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap())
             .collect()
+    }
+
+    /// Rotary time codes make the scores depend on the time between steps only: shifting both clocks by
+    /// the same amount changes nothing.
+    #[test]
+    fn rotary_scores_depend_on_time_differences() {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F64, &Device::Cpu);
+        let mha = MultiHeadAttention::new(8, 2, vb).unwrap();
+        encoders::init_pytorch_default(&varmap, 3).unwrap();
+        let (q, k) = (random(&[2, 3, 8], 1), random(&[2, 5, 8], 2));
+        let (tq, tk) = ([0.1, 0.5, 0.9], [0.0, 0.3, 0.6, 0.9, 1.2]);
+        let shift = |t: &[f64], d: f64| t.iter().map(|x| x + d).collect::<Vec<_>>();
+        let (a, wa) = mha.forward_timed(&q, &k, &tq, &tk).unwrap();
+        let (b, wb) = mha.forward_timed(&q, &k, &shift(&tq, 1.7), &shift(&tk, 1.7)).unwrap();
+        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+        assert!(d < 1e-9, "{d}");
+        let (_, wc) = mha.forward_timed(&q, &k, &tq, &shift(&tk, 0.2)).unwrap();
+        let moved = (wa.clone() - wc).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+        assert!(moved > 1e-6, "moving the keys in time changes the weights");
+        let same = (wa - wb).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+        assert!(same < 1e-9);
     }
 
     proptest! {

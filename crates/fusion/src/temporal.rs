@@ -2,7 +2,9 @@
 //!
 //! Each present modality's sequence `(B, Tᵢ, 128)` is scaled per channel, projected to `D` and given a
 //! sinusoidal encoding of each step's time in seconds (the same clock for every modality, whatever its step
-//! rate). Then `L` pre-LayerNorm layers, each for every modality `i`:
+//! rate); every attention also rotates its queries and keys by their steps' times (rotary codes), so its
+//! scores depend on the time between a query step and a key step. Then `L` pre-LayerNorm layers, each for
+//! every modality `i`:
 //! `xᵢ += mean over present j ≠ i of MHA(LN₁ᵢ(xᵢ) → LN₁ⱼ(xⱼ))` (it attends to the others' steps),
 //! `xᵢ += MHA(LN₂ᵢ(xᵢ) → LN₂ᵢ(xᵢ))` (self-attention), `xᵢ += W₂·ReLU(W₁·LN₃ᵢ(xᵢ))` (feed-forward).
 //! Finally `LNᵢ(xᵢ)` is averaged over time, the modality means are averaged over the modalities present in
@@ -180,7 +182,7 @@ impl Temporal {
                 .collect::<candle_core::Result<Vec<_>>>()?;
             let mut ctx: Vec<Option<Tensor>> = vec![None; n];
             for (i, j, mha) in &layer.cross {
-                let (c, w) = mha.forward(&normed[*i], &normed[*j])?;
+                let (c, w) = mha.forward_timed(&normed[*i], &normed[*j], times[*i], times[*j])?;
                 let c = match masks {
                     Some((m, _)) => c.broadcast_mul(&m[*j].unsqueeze(2)?)?,
                     None => c,
@@ -193,7 +195,7 @@ impl Temporal {
                     maps.push((*i, *j, w));
                 }
             }
-            for (i, (x, s)) in h.iter_mut().zip(&layer.streams).enumerate() {
+            for (i, ((x, s), t)) in h.iter_mut().zip(&layer.streams).zip(times).enumerate() {
                 if let Some(c) = ctx[i].take() {
                     let c = match masks {
                         Some((m, count)) => {
@@ -206,7 +208,7 @@ impl Temporal {
                     *x = (&*x + c)?;
                 }
                 let y = s.norm2.forward(x)?;
-                *x = (&*x + s.self_attn.forward(&y, &y)?.0)?;
+                *x = (&*x + s.self_attn.forward_timed(&y, &y, t, t)?.0)?;
                 let y = s.norm3.forward(x)?;
                 *x = (&*x + s.ff2.forward(&s.ff1.forward(&y)?.relu()?)?)?;
             }
