@@ -5,10 +5,10 @@ use std::path::Path;
 
 use rubato::audioadapter_buffers::direct::InterleavedSlice;
 use rubato::{Fft, FixedSync, Resampler};
-use symphonia::core::codecs::audio::AudioDecoderOptions;
+use symphonia::core::codecs::audio::{AudioCodecParameters, AudioDecoderOptions};
 use symphonia::core::errors::Error as SymErr;
 use symphonia::core::formats::probe::Hint;
-use symphonia::core::formats::{FormatOptions, TrackType};
+use symphonia::core::formats::{FormatOptions, FormatReader, TrackType};
 use symphonia::core::io::MediaSourceStream;
 use symphonia::core::meta::MetadataOptions;
 
@@ -38,28 +38,7 @@ impl MonoAudio {
 /// is truncated (fewer sample frames than its header declares), has no channels or no samples, or holds a
 /// non-finite sample.
 pub fn read_wav(path: &Path) -> Result<MonoAudio> {
-    check_fmt_chunk(path)?;
-    let file = std::fs::File::open(path).map_err(|source| Error::Io { path: path.into(), source })?;
-    let mss = MediaSourceStream::new(Box::new(file), Default::default());
-    let mut hint = Hint::new();
-    hint.with_extension("wav");
-    let mut format = symphonia::default::get_probe()
-        .probe(&hint, mss, FormatOptions::default(), MetadataOptions::default())
-        .map_err(|e| Error::wav(path, format!("not a readable WAV file ({e})")))?;
-    let track = format.default_track(TrackType::Audio).ok_or_else(|| Error::wav(path, "no audio track"))?;
-    let params = track
-        .codec_params
-        .as_ref()
-        .and_then(|p| p.audio())
-        .ok_or_else(|| Error::wav(path, "no audio codec parameters"))?
-        .clone();
-    let (track_id, declared) = (track.id, track.num_frames);
-    let sample_rate =
-        params.sample_rate.filter(|&r| r > 0).ok_or_else(|| Error::wav(path, "no sample rate"))?;
-    let channels = params.channels.as_ref().map_or(0, |c| c.count());
-    if channels == 0 {
-        return Err(Error::wav(path, "zero channels"));
-    }
+    let Opened { mut format, track_id, params, frames: declared, sample_rate, channels, .. } = open(path)?;
     let mut decoder = symphonia::default::get_codecs()
         .make_audio_decoder(&params, &AudioDecoderOptions::default())
         .map_err(|e| Error::wav(path, format!("unsupported encoding ({e})")))?;
@@ -99,6 +78,47 @@ pub fn read_wav(path: &Path) -> Result<MonoAudio> {
     Ok(MonoAudio { sample_rate, samples })
 }
 
+/// A WAV file opened by symphonia, its header checked.
+struct Opened {
+    format: Box<dyn FormatReader>,
+    track_id: u32,
+    params: AudioCodecParameters,
+    /// Sample frames the header declares.
+    frames: Option<u64>,
+    sample_rate: u32,
+    channels: usize,
+    /// The file's size in bytes.
+    file_len: u64,
+}
+
+/// Opens `path` with symphonia's WAV reader: its audio track, codec parameters, rate and channels.
+fn open(path: &Path) -> Result<Opened> {
+    check_fmt_chunk(path)?;
+    let file = std::fs::File::open(path).map_err(|source| Error::Io { path: path.into(), source })?;
+    let file_len = file.metadata().map_err(|source| Error::Io { path: path.into(), source })?.len();
+    let mss = MediaSourceStream::new(Box::new(file), Default::default());
+    let mut hint = Hint::new();
+    hint.with_extension("wav");
+    let format = symphonia::default::get_probe()
+        .probe(&hint, mss, FormatOptions::default(), MetadataOptions::default())
+        .map_err(|e| Error::wav(path, format!("not a readable WAV file ({e})")))?;
+    let track = format.default_track(TrackType::Audio).ok_or_else(|| Error::wav(path, "no audio track"))?;
+    let params = track
+        .codec_params
+        .as_ref()
+        .and_then(|p| p.audio())
+        .ok_or_else(|| Error::wav(path, "no audio codec parameters"))?
+        .clone();
+    let (track_id, frames) = (track.id, track.num_frames);
+    let sample_rate =
+        params.sample_rate.filter(|&r| r > 0).ok_or_else(|| Error::wav(path, "no sample rate"))?;
+    let channels = params.channels.as_ref().map_or(0, |c| c.count());
+    if channels == 0 {
+        return Err(Error::wav(path, "zero channels"));
+    }
+    Ok(Opened { format, track_id, params, frames, sample_rate, channels, file_len })
+}
+
 /// What a WAV file's header says, read without decoding its samples.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct WavInfo {
@@ -130,31 +150,11 @@ impl WavInfo {
 /// [`Error::Io`] when the file cannot be opened; [`Error::Wav`] naming the file when it is not a WAV file,
 /// its encoding is unsupported, it declares no channels or no samples, or it is truncated.
 pub fn probe_wav(path: &Path) -> Result<WavInfo> {
-    check_fmt_chunk(path)?;
-    let file = std::fs::File::open(path).map_err(|source| Error::Io { path: path.into(), source })?;
-    let file_len = file.metadata().map_err(|source| Error::Io { path: path.into(), source })?.len();
-    let mss = MediaSourceStream::new(Box::new(file), Default::default());
-    let mut hint = Hint::new();
-    hint.with_extension("wav");
-    let format = symphonia::default::get_probe()
-        .probe(&hint, mss, FormatOptions::default(), MetadataOptions::default())
-        .map_err(|e| Error::wav(path, format!("not a readable WAV file ({e})")))?;
-    let track = format.default_track(TrackType::Audio).ok_or_else(|| Error::wav(path, "no audio track"))?;
-    let params = track
-        .codec_params
-        .as_ref()
-        .and_then(|p| p.audio())
-        .ok_or_else(|| Error::wav(path, "no audio codec parameters"))?;
-    let sample_rate =
-        params.sample_rate.filter(|&r| r > 0).ok_or_else(|| Error::wav(path, "no sample rate"))?;
-    let channels = params.channels.as_ref().map_or(0, |c| c.count());
-    if channels == 0 {
-        return Err(Error::wav(path, "zero channels"));
-    }
+    let Opened { params, frames, sample_rate, channels, file_len, .. } = open(path)?;
     let decoder = symphonia::default::get_codecs()
-        .make_audio_decoder(params, &AudioDecoderOptions::default())
+        .make_audio_decoder(&params, &AudioDecoderOptions::default())
         .map_err(|e| Error::wav(path, format!("unsupported encoding ({e})")))?;
-    let frames = track.num_frames.unwrap_or(0);
+    let frames = frames.unwrap_or(0);
     if frames == 0 {
         return Err(Error::wav(path, "no samples"));
     }
