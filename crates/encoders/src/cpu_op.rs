@@ -3,6 +3,9 @@
 //! contiguous slice a layout describes, a tensor from kernel output, and [`dispatch_float`] to run code
 //! typed by a storage's element type.
 
+/// The bounds-checked, single-threaded matrix product of this crate's kernels, for other crates' CPU ops:
+/// `matmul(dst, accumulate, lhs, rhs)` over strided [`View`]s of slices, in the [`Real`] types.
+pub use crate::kernels::{Real, View, ViewMut, matmul};
 pub use candle_core::CpuStorage;
 use candle_core::backend::BackendStorage;
 use candle_core::{DType, Layout, Storage, StorageRef, Tensor, WithDType, bail};

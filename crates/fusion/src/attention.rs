@@ -73,7 +73,7 @@ impl MultiHeadAttention {
         let k = rotate(&self.project(context, 1)?, k_times, self.heads)?;
         let v = self.project(context, 2)?;
         let (ctx, weights) = if encoders::cpu_op::supported(&q) {
-            crate::attention_op::attend(&q, &k, &v, self.heads)?
+            crate::attention_op::attend_long(&q, &k, &v, self.heads)?
         } else {
             self.forward_generic(&q, &k, &v)?
         };
@@ -145,6 +145,10 @@ mod tests {
         crate::attention_op::attend(q, k, v, heads).unwrap().0
     }
 
+    fn op_long(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Tensor {
+        crate::attention_op::attend_long(q, k, v, heads).unwrap().0
+    }
+
     fn generic(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Tensor {
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F64, &Device::Cpu);
@@ -204,6 +208,14 @@ mod tests {
             let gg = grads(generic, &qv, &kv, &vv, &r, heads);
             for (x, y) in go.iter().flatten().zip(gg.iter().flatten()) {
                 prop_assert!((x - y).abs() < 1e-12, "gradients {} vs {}", x, y);
+            }
+            // The matrix-product variant (long sequences) agrees to rounding, outputs and gradients.
+            let long = op_long(&q, &k, &v, heads);
+            let diff = (long - op(&q, &k, &v, heads)).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+            prop_assert!(diff < 1e-12, "long outputs differ by {}", diff);
+            let gl = grads(op_long, &qv, &kv, &vv, &r, heads);
+            for (x, y) in gl.iter().flatten().zip(go.iter().flatten()) {
+                prop_assert!((x - y).abs() < 1e-12, "long gradients {} vs {}", x, y);
             }
             let loss = |q: &Tensor, k: &Tensor, v: &Tensor| -> f64 {
                 (op(q, k, v, heads) * &r).unwrap().sum_all().unwrap().to_scalar().unwrap()

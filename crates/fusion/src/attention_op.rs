@@ -6,7 +6,10 @@
 use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor, WithDType, bail};
-use encoders::cpu_op::{contiguous, cpu_storage, dispatch_float as dispatch, tensor_from};
+use encoders::cpu_op::{
+    Real, View, ViewMut, contiguous, cpu_storage, dispatch_float as dispatch, matmul, tensor_from,
+};
+use rayon::prelude::*;
 
 /// Attention weights `(B, H, Tq, Tk)` of the last forward pass.
 pub(crate) type Weights = Arc<Mutex<Option<CpuStorage>>>;
@@ -16,6 +19,9 @@ pub(crate) type Weights = Arc<Mutex<Option<CpuStorage>>>;
 pub(crate) struct AttentionOp {
     heads: usize,
     weights: Weights,
+    /// Per head, matrix products instead of element loops: for long sequences (the temporal mode). The
+    /// element loops stay for the token attention of `cross_attention`, whose numbers are kept bit for bit.
+    products: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -38,8 +44,8 @@ impl Dims {
 }
 
 impl AttentionOp {
-    pub(crate) fn new(heads: usize) -> Self {
-        Self { heads, weights: Arc::default() }
+    pub(crate) fn new(heads: usize, products: bool) -> Self {
+        Self { heads, weights: Arc::default(), products }
     }
 
     /// A handle to the weights the forward pass will compute.
@@ -92,6 +98,80 @@ fn forward_sample<T: WithDType>(d: &Dims, q: &[T], k: &[T], v: &[T], ctx: &mut [
                 }
             }
         }
+    }
+}
+
+/// Head `h`'s columns of a `(rows, e)` row-major matrix.
+fn head_view<T>(data: &[T], rows: usize, h: usize, hd: usize, e: usize) -> View<'_, T> {
+    View { data: &data[h * hd..], rows, cols: hd, rs: e, cs: 1 }
+}
+
+/// [`forward_sample`] with a matrix product per head for `q·kᵀ` and `P·v` (the same result up to rounding).
+fn forward_sample_products<'a, T: Real>(
+    d: &Dims,
+    q: &'a [T],
+    k: &'a [T],
+    v: &'a [T],
+    ctx: &mut [T],
+    p: &mut [T],
+) {
+    let (hd, e, scale) = (d.head_dim(), d.embed, d.scale());
+    let head = |data: &'a [T], rows: usize, h: usize| head_view(data, rows, h, hd, e);
+    for h in 0..d.heads {
+        let ph = &mut p[h * d.tq * d.tk..][..d.tq * d.tk];
+        matmul(ViewMut::rows(ph, d.tq, d.tk, d.tk), false, head(q, d.tq, h), head(k, d.tk, h).t());
+        for row in ph.chunks_exact_mut(d.tk) {
+            let max = row.iter().fold(f64::NEG_INFINITY, |m, s| m.max(s.to_f64() * scale));
+            let mut sum = 0.0;
+            for s in row.iter_mut() {
+                let x = (s.to_f64() * scale - max).exp();
+                *s = T::from_f64(x);
+                sum += x;
+            }
+            for s in row.iter_mut() {
+                *s = T::from_f64(s.to_f64() / sum);
+            }
+        }
+        let out = ViewMut { data: &mut ctx[h * hd..], rows: d.tq, cols: hd, rs: e, cs: 1 };
+        matmul(out, false, View::rows(ph, d.tq, d.tk), head(v, d.tk, h));
+    }
+}
+
+/// [`backward_sample`] with matrix products per head.
+#[allow(clippy::too_many_arguments)]
+fn backward_sample_products<'a, T: Real>(
+    d: &Dims,
+    q: &'a [T],
+    k: &'a [T],
+    v: &'a [T],
+    p: &[T],
+    dctx: &'a [T],
+    dq: &mut [T],
+    dk: &mut [T],
+    dv: &mut [T],
+) {
+    let (hd, e, scale) = (d.head_dim(), d.embed, T::from_f64(d.scale()));
+    let head = |data: &'a [T], rows: usize, h: usize| head_view(data, rows, h, hd, e);
+    let mut ds = vec![T::zero(); d.tq * d.tk];
+    for h in 0..d.heads {
+        let ph = &p[h * d.tq * d.tk..][..d.tq * d.tk];
+        let go = head(dctx, d.tq, h);
+        // dP = dctx·vᵀ; dv += Pᵀ·dctx
+        matmul(ViewMut::rows(&mut ds, d.tq, d.tk, d.tk), false, go, head(v, d.tk, h).t());
+        let dv_h = ViewMut { data: &mut dv[h * hd..], rows: d.tk, cols: hd, rs: e, cs: 1 };
+        matmul(dv_h, true, View::rows(ph, d.tq, d.tk).t(), go);
+        // dS = P·(dP − Σ P·dP), times the scale for q and k.
+        for (prow, srow) in ph.chunks_exact(d.tk).zip(ds.chunks_exact_mut(d.tk)) {
+            let dot = prow.iter().zip(srow.iter()).fold(T::zero(), |a, (x, y)| a + *x * *y);
+            for (s, pj) in srow.iter_mut().zip(prow) {
+                *s = *pj * (*s - dot) * scale;
+            }
+        }
+        // dq += dS·k; dk += dSᵀ·q
+        let dq_h = ViewMut { data: &mut dq[h * hd..], rows: d.tq, cols: hd, rs: e, cs: 1 };
+        matmul(dq_h, true, View::rows(&ds, d.tq, d.tk), head(k, d.tk, h));
+        let dk_h = ViewMut { data: &mut dk[h * hd..], rows: d.tk, cols: hd, rs: e, cs: 1 };
+        matmul(dk_h, true, View::rows(&ds, d.tq, d.tk).t(), head(q, d.tq, h));
     }
 }
 
@@ -162,10 +242,16 @@ impl CustomOp3 for AttentionOp {
             let (q, k, v) = (contiguous::<T>(s1, l1, "attention query")?, contiguous::<T>(s2, l2, "attention key")?, contiguous::<T>(s3, l3, "attention value")?);
             let mut ctx = vec![T::from_f64(0.0); d.batch * d.tq * d.embed];
             let mut p = vec![T::from_f64(0.0); d.batch * d.heads * d.tq * d.tk];
-            for (b, (c, pb)) in ctx.chunks_exact_mut(d.tq * d.embed).zip(p.chunks_exact_mut(d.heads * d.tq * d.tk)).enumerate() {
+            // Samples are independent: one per task, the same arithmetic whatever the thread count.
+            ctx.par_chunks_exact_mut(d.tq * d.embed).zip(p.par_chunks_exact_mut(d.heads * d.tq * d.tk)).enumerate().for_each(|(b, (c, pb))| {
                 let kv = b * d.tk * d.embed..(b + 1) * d.tk * d.embed;
-                forward_sample(&d, &q[b * d.tq * d.embed..(b + 1) * d.tq * d.embed], &k[kv.clone()], &v[kv], c, pb);
-            }
+                let qb = &q[b * d.tq * d.embed..(b + 1) * d.tq * d.embed];
+                if self.products {
+                    forward_sample_products(&d, qb, &k[kv.clone()], &v[kv], c, pb);
+                } else {
+                    forward_sample(&d, qb, &k[kv.clone()], &v[kv], c, pb);
+                }
+            });
             *self.weights.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(T::to_cpu_storage_owned(p));
             Ok((T::to_cpu_storage_owned(ctx), Shape::from((d.batch, d.tq, d.embed))))
         })
@@ -198,19 +284,24 @@ impl CustomOp3 for AttentionOp {
             let mut dq = vec![T::from_f64(0.0); q.len()];
             let mut dk = vec![T::from_f64(0.0); k.len()];
             let mut dv = vec![T::from_f64(0.0); v.len()];
-            for b in 0..d.batch {
-                backward_sample(
-                    &d,
-                    &q[b * qn..][..qn],
-                    &k[b * kn..][..kn],
-                    &v[b * kn..][..kn],
-                    &p[b * pn..][..pn],
-                    &g[b * qn..][..qn],
-                    &mut dq[b * qn..][..qn],
-                    &mut dk[b * kn..][..kn],
-                    &mut dv[b * kn..][..kn],
-                );
-            }
+            dq.par_chunks_exact_mut(qn)
+                .zip(dk.par_chunks_exact_mut(kn))
+                .zip(dv.par_chunks_exact_mut(kn))
+                .enumerate()
+                .for_each(|(b, ((dq, dk), dv))| {
+                    let run = if self.products { backward_sample_products::<T> } else { backward_sample::<T> };
+                    run(
+                        &d,
+                        &q[b * qn..][..qn],
+                        &k[b * kn..][..kn],
+                        &v[b * kn..][..kn],
+                        &p[b * pn..][..pn],
+                        &g[b * qn..][..qn],
+                        dq,
+                        dk,
+                        dv,
+                    );
+                });
             (T::to_cpu_storage_owned(dq), T::to_cpu_storage_owned(dk), T::to_cpu_storage_owned(dv))
         });
         Ok((
@@ -228,7 +319,27 @@ pub(crate) fn attend(
     v: &Tensor,
     heads: usize,
 ) -> candle_core::Result<(Tensor, Tensor)> {
-    let op = AttentionOp::new(heads);
+    attend_with(q, k, v, heads, false)
+}
+
+/// [`attend`] with matrix products per head (long sequences).
+pub(crate) fn attend_long(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    attend_with(q, k, v, heads, true)
+}
+
+fn attend_with(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    products: bool,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let op = AttentionOp::new(heads, products);
     let weights = op.weights_handle();
     let (b, tq, _) = q.dims3()?;
     let tk = k.dim(1)?;

@@ -8,20 +8,30 @@ use super::Real;
 /// A read-only strided matrix over a slice: element `(i, j)` is `data[i·rs + j·cs]`.
 #[derive(Debug, Clone, Copy)]
 pub struct View<'a, T> {
+    /// The elements.
     pub data: &'a [T],
+    /// Rows.
     pub rows: usize,
+    /// Columns.
     pub cols: usize,
+    /// Row stride.
     pub rs: usize,
+    /// Column stride.
     pub cs: usize,
 }
 
 /// A writable strided matrix over a slice: element `(i, j)` is `data[i·rs + j·cs]`.
 #[derive(Debug)]
 pub struct ViewMut<'a, T> {
+    /// The elements.
     pub data: &'a mut [T],
+    /// Rows.
     pub rows: usize,
+    /// Columns.
     pub cols: usize,
+    /// Row stride.
     pub rs: usize,
+    /// Column stride.
     pub cs: usize,
 }
 
