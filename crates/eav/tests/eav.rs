@@ -522,6 +522,64 @@ mod dataset {
         SynthConfig { subjects: 2, trials: 10, ..SynthConfig::default() }
     }
 
+    /// The time (s, within the window) where a smoothed envelope of `power` (one value per sample at
+    /// `rate`) peaks, for each 5 s window.
+    fn peaks(power: &[f64], rate: f64, smooth_s: f64) -> Vec<f64> {
+        let half = (smooth_s * rate / 2.0) as usize;
+        let win = (5.0 * rate) as usize;
+        power
+            .chunks_exact(win)
+            .map(|w| {
+                let mut prefix = vec![0.0; w.len() + 1];
+                for (i, v) in w.iter().enumerate() {
+                    prefix[i + 1] = prefix[i] + v;
+                }
+                let smoothed = |i: usize| prefix[(i + half).min(w.len())] - prefix[i.saturating_sub(half)];
+                let best = (0..w.len()).max_by(|&a, &b| smoothed(a).total_cmp(&smoothed(b))).unwrap();
+                best as f64 / rate
+            })
+            .collect()
+    }
+
+    /// In a synchrony tree the audio event of every window follows the EEG event by its class's lag
+    /// (wrapped around the 4.5 s span), as the files themselves show; the EEG events of each class cover
+    /// the window rather than one place.
+    #[test]
+    fn synchrony_tree_puts_the_class_in_the_lag() {
+        use eav::synth::{Signal, synchrony_lag};
+        let cfg =
+            SynthConfig { subjects: 1, trials: 40, signal: Signal::Synchrony, ..SynthConfig::default() };
+        let root = tree("synchrony", &cfg);
+        let s = load_subject(&discover(&root).unwrap()[0]).unwrap();
+        let mut starts: Vec<Vec<f64>> = vec![Vec::new(); 5];
+        let mut checked = 0;
+        for t in s.trials.iter().filter(|t| t.speaking) {
+            let eeg = s.eeg_trial(t.index);
+            let posterior = s.channels - s.channels / 3..s.channels;
+            let power: Vec<f64> = (0..s.samples_per_trial)
+                .map(|i| posterior.clone().map(|c| f64::from(eeg[c * s.samples_per_trial + i]).powi(2)).sum())
+                .collect();
+            let te = peaks(&power, 500.0, 0.2);
+            let audio = read_wav(t.audio.as_ref().unwrap()).unwrap();
+            let power: Vec<f64> = audio.samples.iter().map(|v| f64::from(*v).powi(2)).collect();
+            let ta = peaks(&power, f64::from(audio.sample_rate), 0.2);
+            assert_eq!((te.len(), ta.len()), (4, 4));
+            for (e, a) in te.iter().zip(&ta) {
+                let lag = (a - e).rem_euclid(4.5);
+                let want = synchrony_lag(t.emotion);
+                let d = (lag - want).abs().min(4.5 - (lag - want).abs());
+                assert!(d < 0.08, "trial {}: lag {lag:.3} s, class {} wants {want}", t.index + 1, t.emotion);
+                starts[t.emotion.index()].push(*e);
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 80);
+        for (class, times) in starts.iter().enumerate() {
+            let (lo, hi) = times.iter().fold((f64::MAX, f64::MIN), |(l, h), &t| (l.min(t), h.max(t)));
+            assert!(lo < 1.5 && hi > 3.5, "class {class}: EEG events only between {lo:.2} and {hi:.2} s");
+        }
+    }
+
     fn tree(name: &str, cfg: &SynthConfig) -> PathBuf {
         let root = tmp(name);
         let _ = std::fs::remove_dir_all(&root);
