@@ -8,7 +8,8 @@ use experiments::config::ExperimentConfig;
 use experiments::results::Skipped;
 use experiments::run::Progress;
 use experiments::sweep::{
-    SweepSpec, collect, collect_skipped, jobs, report, run_jobs, shard, slurm_script, write_report,
+    SlurmOptions, SweepSpec, collect, collect_skipped, jobs, report, run_jobs, shard, slurm_script,
+    write_report,
 };
 
 /// `on` or `off`.
@@ -74,6 +75,21 @@ pub struct Args {
     /// Number of shards (array tasks) for `--emit-slurm`.
     #[arg(long, default_value_t = 4)]
     shards: usize,
+    /// `--emit-slurm`: CPUs per array task (also the task's thread count).
+    #[arg(long, default_value_t = 2)]
+    cpus_per_task: usize,
+    /// `--emit-slurm`: the partition to submit to.
+    #[arg(long)]
+    partition: Option<String>,
+    /// `--emit-slurm`: each task's time limit, in SLURM's format (e.g. `02:00:00`).
+    #[arg(long)]
+    time: Option<String>,
+    /// `--emit-slurm`: each task's memory (e.g. `4G`).
+    #[arg(long)]
+    mem: Option<String>,
+    /// `--emit-slurm`: a further `#SBATCH` line (repeatable), e.g. `--sbatch=--account=abc`.
+    #[arg(long = "sbatch", allow_hyphen_values = true)]
+    sbatch_lines: Vec<String>,
 }
 
 fn spec(args: &Args, data_dir: PathBuf) -> SweepSpec {
@@ -123,15 +139,27 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     if let Some(script) = &args.emit_slurm {
         let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let repo = repo.canonicalize().unwrap_or(repo);
-        let text = slurm_script(&repo, &forwarded(args, &data_dir), args.shards.max(1), &args.out);
+        let opts = SlurmOptions {
+            shards: args.shards.max(1),
+            cpus_per_task: args.cpus_per_task.max(1),
+            partition: args.partition.clone(),
+            time: args.time.clone(),
+            mem: args.mem.clone(),
+            extra: args.sbatch_lines.clone(),
+        };
+        let out = std::path::absolute(&args.out)?;
+        let data_dir = std::path::absolute(&data_dir)?;
+        let text = slurm_script(&repo, &forwarded(args, &data_dir), &opts, &out);
         crate::output::write(script, text)?;
+        // SLURM opens each task's log in the output folder before the task starts.
+        std::fs::create_dir_all(&out)?;
         say!(
-            "wrote {}: `sbatch {}` runs {} shards into {}/shard-*; then `cargo xtask report {}/shard-*`",
+            "wrote {}: after `cargo build -p xtask --release`, `sbatch {}` runs {} shards into {}/shard-*; then `cargo xtask report {}/shard-*`",
             script.display(),
             script.display(),
-            args.shards.max(1),
-            args.out.display(),
-            args.out.display()
+            opts.shards,
+            out.display(),
+            out.display()
         );
         return Ok(());
     }

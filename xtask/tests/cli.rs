@@ -414,13 +414,34 @@ fn sweeps_shard_merge_resume_and_emit_slurm() {
     let (scratch, slurm_out) = (tmp("sweep-slurm"), tmp("sweep-slurm-out"));
     let script = scratch.join("sweep.sbatch");
     let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(sweep(&slurm_out, &["--emit-slurm", &script.display().to_string(), "--shards", "3"]))
+        .args(sweep(
+            &slurm_out,
+            &[
+                "--emit-slurm",
+                &script.display().to_string(),
+                "--shards",
+                "3",
+                "--partition",
+                "short",
+                "--time",
+                "01:00:00",
+                "--mem",
+                "4G",
+                "--sbatch=--account=eav",
+            ],
+        ))
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = std::fs::read_to_string(&script).unwrap();
     assert!(text.contains("#SBATCH --array=1-3"), "{text}");
     assert!(text.contains("--shard \"${SLURM_ARRAY_TASK_ID}/3\""), "{text}");
+    for line in
+        ["#SBATCH --partition=short", "#SBATCH --time=01:00:00", "#SBATCH --mem=4G", "#SBATCH --account=eav"]
+    {
+        assert!(text.contains(line), "{line}: {text}");
+    }
+    assert!(slurm_out.is_dir(), "the log folder exists before submission");
     assert!(Command::new("bash").arg("-n").arg(&script).status().unwrap().success());
 }
 

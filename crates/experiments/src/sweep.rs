@@ -424,15 +424,59 @@ pub fn write_report(dir: &Path, r: &SweepReport) -> Result<()> {
     crate::plots::per_subject(&dir.join("per_subject_accuracy.svg"), &r.per_subject)
 }
 
-/// An `sbatch` job-array script that runs shard `$SLURM_ARRAY_TASK_ID` of `shards` into `out/shard-<i>`,
-/// with the given sweep arguments (everything but `--shard`, `--out` and `--emit-slurm`).
+/// Scheduler settings of an emitted job-array script.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlurmOptions {
+    /// Array tasks, one shard each.
+    pub shards: usize,
+    /// CPUs per task (2).
+    pub cpus_per_task: usize,
+    /// `--partition`, when set.
+    pub partition: Option<String>,
+    /// `--time` (e.g. `02:00:00`), when set.
+    pub time: Option<String>,
+    /// `--mem` (e.g. `4G`), when set.
+    pub mem: Option<String>,
+    /// Further `#SBATCH` lines, verbatim after `#SBATCH ` (e.g. `--account=abc`).
+    pub extra: Vec<String>,
+}
+
+impl Default for SlurmOptions {
+    fn default() -> Self {
+        Self { shards: 4, cpus_per_task: 2, partition: None, time: None, mem: None, extra: Vec::new() }
+    }
+}
+
+/// An `sbatch` job-array script that runs shard `$SLURM_ARRAY_TASK_ID` of `opts.shards` into
+/// `out/shard-<i>`, with the given sweep arguments (everything but `--shard`, `--out` and `--emit-slurm`).
+/// Each task runs the release binary built beforehand (`target/release/xtask`), so that tasks never compile
+/// and never wait on each other for cargo's lock, with `RAYON_NUM_THREADS` set to the CPUs SLURM gave it;
+/// its log goes to `out/slurm-<job>_<task>.log` (the folder must exist before submission: SLURM opens
+/// the log before the script runs).
 #[must_use]
-pub fn slurm_script(repo: &Path, sweep_args: &[String], shards: usize, out: &Path) -> String {
-    let quoted: Vec<String> = sweep_args.iter().map(|a| format!("'{}'", a.replace('\'', "'\\''"))).collect();
+pub fn slurm_script(repo: &Path, sweep_args: &[String], opts: &SlurmOptions, out: &Path) -> String {
+    let quote = |a: &str| format!("'{}'", a.replace('\'', "'\\''"));
+    let quoted: Vec<String> = sweep_args.iter().map(|a| quote(a)).collect();
+    let shards = opts.shards.max(1);
+    let mut head = format!(
+        "#!/usr/bin/env bash\n#SBATCH --job-name=emofuse-sweep\n#SBATCH --array=1-{shards}\n#SBATCH --cpus-per-task={}\n#SBATCH --output={}/slurm-%A_%a.log\n",
+        opts.cpus_per_task.max(1),
+        out.display()
+    );
+    for (key, value) in [("partition", &opts.partition), ("time", &opts.time), ("mem", &opts.mem)] {
+        if let Some(v) = value {
+            head.push_str(&format!("#SBATCH --{key}={v}\n"));
+        }
+    }
+    for line in &opts.extra {
+        head.push_str(&format!("#SBATCH {line}\n"));
+    }
     format!(
-        "#!/usr/bin/env bash\n#SBATCH --job-name=emofuse-sweep\n#SBATCH --array=1-{shards}\n#SBATCH --cpus-per-task=2\n#SBATCH --output={out}/slurm-%A_%a.log\n# One shard of the sweep per array task; merge afterwards with:\n#   cargo xtask report {out}/shard-*\nset -euo pipefail\ncd '{repo}'\nmkdir -p '{out}'\ncargo xtask sweep {args} --shard \"${{SLURM_ARRAY_TASK_ID}}/{shards}\" --out '{out}/shard-${{SLURM_ARRAY_TASK_ID}}'\n",
+        "{head}# One shard of the sweep per array task; merge afterwards with:\n#   cargo xtask report {out}/shard-*\nset -euo pipefail\ncd {repo}\nexport RAYON_NUM_THREADS=\"${{SLURM_CPUS_PER_TASK:-{cpus}}}\"\nbin=target/release/xtask\n[ -x \"$bin\" ] || {{ echo \"$bin missing: run cargo build -p xtask --release before sbatch\" >&2; exit 1; }}\n\"$bin\" sweep {args} --shard \"${{SLURM_ARRAY_TASK_ID}}/{shards}\" --out {shard_out}\n",
         out = out.display(),
-        repo = repo.display(),
-        args = quoted.join(" ")
+        repo = quote(&repo.display().to_string()),
+        cpus = opts.cpus_per_task.max(1),
+        args = quoted.join(" "),
+        shard_out = format!("{}\"-${{SLURM_ARRAY_TASK_ID}}\"", quote(&format!("{}/shard", out.display())))
     )
 }
