@@ -471,12 +471,12 @@ pub fn slurm_script(repo: &Path, sweep_args: &[String], opts: &SlurmOptions, out
     for line in &opts.extra {
         head.push_str(&format!("#SBATCH {line}\n"));
     }
+    let shard_out = format!("{}\"-${{SLURM_ARRAY_TASK_ID}}\"", quote(&format!("{}/shard", out.display())));
     format!(
         "{head}# One shard of the sweep per array task; merge afterwards with:\n#   cargo xtask report {out}/shard-*\nset -euo pipefail\ncd {repo}\nexport RAYON_NUM_THREADS=\"${{SLURM_CPUS_PER_TASK:-{cpus}}}\"\nbin=target/release/xtask\n[ -x \"$bin\" ] || {{ echo \"$bin missing: run cargo build -p xtask --release before sbatch\" >&2; exit 1; }}\n\"$bin\" sweep {args} --shard \"${{SLURM_ARRAY_TASK_ID}}/{shards}\" --out {shard_out}\n",
         out = out.display(),
         repo = quote(&repo.display().to_string()),
         cpus = opts.cpus_per_task.max(1),
         args = quoted.join(" "),
-        shard_out = format!("{}\"-${{SLURM_ARRAY_TASK_ID}}\"", quote(&format!("{}/shard", out.display())))
     )
 }
