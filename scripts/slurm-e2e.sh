@@ -110,9 +110,10 @@ node_idle() { [ "$(sinfo -h -o %T 2>/dev/null)" = idle ]; }
 wait_for 60 node_idle || fail "the node never became idle"
 say "one-node cluster up ($(sinfo -h -o '%P %D %T %c CPUs'))"
 
-# The grid: 2 subjects × (EEG-only + concat) × 1 seed = 4 jobs, one epoch each.
-"$xtask" synth --out "$work/tree" --subjects 2 --trials 20 >/dev/null
-grid=(--data-dir "$work/tree" --fusion-modes concat --scales on --seeds 1 --epochs 1)
+# The grid: 2 subjects × (EEG-only + concat) × 1 seed = 4 jobs, long enough (a few seconds per task) for
+# a task to be caught running.
+"$xtask" synth --out "$work/tree" --subjects 2 --trials 40 >/dev/null
+grid=(--data-dir "$work/tree" --fusion-modes concat --scales on --seeds 1 --epochs 6)
 "$xtask" sweep "${grid[@]}" --out "$work/whole" >/dev/null
 "$xtask" sweep "${grid[@]}" --out "$work/cluster" --emit-slurm "$work/sweep.sbatch" --shards 2 \
   --cpus-per-task 1 --time 00:10:00 >/dev/null
@@ -134,12 +135,17 @@ rm -rf "$work/cluster" "$work/merged"
 mkdir -p "$work/cluster"
 job=$(sbatch --parsable "$work/sweep.sbatch")
 job=${job%%;*}
-task_running() { squeue -h -j "${job}_2" -t RUNNING -o %i 2>/dev/null | grep -q .; }
+task_running() { squeue -h -j "${job}_2" -t RUNNING -o %i 2>/dev/null | grep -q . ; }
+
 wait_for 120 task_running || fail "array task 2 never started"
+# Mid-run: once it has started training (its training-state folder appears when training starts).
+wait_for 120 test -d "$work/cluster/shard-2/state" || fail "array task 2 never started training"
 scancel "${job}_2"
 queue_empty() { [ -z "$(squeue -h -j "$job" 2>/dev/null)" ]; }
 wait_for 300 queue_empty || fail "the cancelled array never left the queue"
-cancelled_jobs=$(find "$work/cluster/shard-2/jobs" -name '*.json' 2>/dev/null | wc -l)
+# The task may be cancelled before it created its folder.
+cancelled_jobs=$( (find "$work/cluster/shard-2/jobs" -name '*.json' 2>/dev/null || true) | wc -l)
+grep -q CANCELLED "$work/cluster/slurm-${job}_2.log" || fail "task 2 finished before it could be cancelled"
 say "task 2 cancelled with $cancelled_jobs of its jobs recorded; resubmitting"
 timeout 600 sbatch --wait --quiet "$work/sweep.sbatch" || fail "the resubmitted array did not finish cleanly"
 merge_and_compare "after a cancelled task"
