@@ -209,7 +209,26 @@ impl EmotionModel {
         audio: Option<&Tensor>,
         train: bool,
     ) -> Result<Intermediates> {
-        let (eeg_latent, audio_latent, inspection) = self.encode_and_fuse(eeg, audio, train)?;
+        self.forward_present(eeg, audio, None, train)
+    }
+
+    /// [`EmotionModel::forward_intermediates`] with audio absent from some samples: `audio_present` `(B)`
+    /// holds 1 where the sample has audio and 0 where it has none (a listening window). The audio encoder
+    /// sees only the present samples (so their BatchNorm statistics are not diluted by placeholder rows),
+    /// and the fusion layer masks the absent ones: their fused vector depends on the EEG alone, whatever
+    /// `audio` holds in their rows. `None` means audio in every sample. The EEG-only model ignores both.
+    ///
+    /// # Errors
+    /// As [`EmotionModel::forward_intermediates`]; [`Error::Input`] for a mask that is not `(B)` of 0 and 1.
+    pub fn forward_present(
+        &self,
+        eeg: &Tensor,
+        audio: Option<&Tensor>,
+        audio_present: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Intermediates> {
+        let (eeg_latent, audio_latent, inspection) =
+            self.encode_and_fuse(eeg, audio, audio_present, train)?;
         let aux_loss = inspection.as_ref().and_then(|i| i.aux_loss.clone());
         let fused = inspection.map(|i| i.fused);
         let logits = self.classifier.forward_t(fused.as_ref().unwrap_or(eeg_latent.tensor()), train)?;
@@ -228,7 +247,7 @@ impl EmotionModel {
     /// # Errors
     /// As [`EmotionModel::forward_intermediates`].
     pub fn inspect_fusion(&self, eeg: &Tensor, audio: Option<&Tensor>) -> Result<Option<Inspection>> {
-        Ok(self.encode_and_fuse(eeg, audio, false)?.2)
+        Ok(self.encode_and_fuse(eeg, audio, None, false)?.2)
     }
 
     /// The EEG latent, the audio latent and the fusion's output (fused models).
@@ -236,6 +255,7 @@ impl EmotionModel {
         &self,
         eeg: &Tensor,
         audio: Option<&Tensor>,
+        audio_present: Option<&Tensor>,
         train: bool,
     ) -> Result<(Latent, Option<Latent>, Option<Inspection>)> {
         // The temporal mode, and the adaptive one (whose experts include it), read the sequences.
@@ -255,6 +275,20 @@ impl EmotionModel {
         let audio =
             audio.ok_or_else(|| Error::Input(format!("the {} model needs audio input", self.cfg.name())))?;
         core_types::same_batch("MFCC input", eeg_latent.batch(), audio)?;
+        if let Some(mask) = audio_present {
+            let batch = eeg_latent.batch();
+            let values: Vec<f32> = mask.to_dtype(candle_core::DType::F32)?.to_vec1().map_err(|_| {
+                Error::Input(format!("audio presence mask is {:?}, expected [{batch}]", mask.dims()))
+            })?;
+            if values.len() != batch || values.iter().any(|v| *v != 0.0 && *v != 1.0) {
+                return Err(Error::Input(format!(
+                    "audio presence mask must hold {batch} values of 0 or 1, got {values:?}"
+                )));
+            }
+            if values.contains(&0.0) {
+                return self.fuse_partial(fusion, enc, (eeg_latent, eeg_sequence), audio, &values, train);
+            }
+        }
         let (a, inspection) = match eeg_sequence {
             Some(es) => {
                 let (s, a) = enc.encode_sequence(audio, self.cfg.audio_rate, train)?;
@@ -288,6 +322,52 @@ impl EmotionModel {
     /// Shape errors for a wrong input.
     pub fn encode_eeg(&self, eeg: &Tensor, train: bool) -> Result<Latent> {
         Ok(self.eeg.encode(eeg, train)?)
+    }
+
+    /// The fused model on a batch where audio is absent from the samples whose `present` value is 0: the
+    /// audio encoder runs on the present rows only, and its outputs are placed back into a full batch (zero
+    /// rows where absent) for the masked fusion.
+    fn fuse_partial(
+        &self,
+        fusion: &Fusion,
+        enc: &AudioEncoder,
+        (eeg_latent, eeg_sequence): (Latent, Option<core_types::Sequence>),
+        audio: &Tensor,
+        present: &[f32],
+        train: bool,
+    ) -> Result<(Latent, Option<Latent>, Option<Inspection>)> {
+        let batch = present.len();
+        let d = fusion.config().latent_dim;
+        let mask = Tensor::from_vec(present.to_vec(), batch, audio.device())?
+            .to_dtype(eeg_latent.tensor().dtype())?;
+        let mut eeg_input = ModalityInput::new(Modality::Eeg, eeg_latent.clone());
+        if let Some(s) = eeg_sequence {
+            eeg_input = eeg_input.with_sequence(s);
+        }
+        let rows: Vec<u32> = (0..batch as u32).filter(|&i| present[i as usize] == 1.0).collect();
+        if rows.is_empty() {
+            let inspection = fusion.fuse_set(&[eeg_input], train)?;
+            return Ok((eeg_latent, None, Some(inspection)));
+        }
+        let idx = Tensor::from_vec(rows, present.iter().filter(|v| **v == 1.0).count(), audio.device())?;
+        let sub = audio.index_select(&idx, 0)?;
+        let zeros = |dims: &[usize]| Tensor::zeros(dims, eeg_latent.tensor().dtype(), audio.device());
+        let (latent, sequence) = if eeg_input.sequence.is_some() {
+            let (s, l) = enc.encode_sequence(&sub, self.cfg.audio_rate, train)?;
+            let (steps, times) = (s.steps(), s.times().to_vec());
+            let full = zeros(&[batch, steps, d])?.index_add(&idx, &s.tensor().contiguous()?, 0)?;
+            (l, Some(core_types::Sequence::new(full, d, times)?))
+        } else {
+            (enc.encode(&sub, train)?, None)
+        };
+        let full_latent =
+            Latent::new(zeros(&[batch, d])?.index_add(&idx, &latent.tensor().contiguous()?, 0)?, d)?;
+        let mut audio_input = ModalityInput::new(Modality::Audio, full_latent.clone()).with_presence(mask);
+        if let Some(s) = sequence {
+            audio_input = audio_input.with_sequence(s);
+        }
+        let inspection = fusion.fuse_set(&[eeg_input, audio_input], train)?;
+        Ok((eeg_latent, Some(full_latent), Some(inspection)))
     }
 
     /// Saves every tensor (running statistics included) as safetensors with the PyTorch `state_dict`

@@ -399,3 +399,44 @@ mod runs {
         }
     }
 }
+
+/// With audio absent from a sample (a listening window), that sample's logits depend on its EEG alone in
+/// every fused mode, whatever its audio rows hold; a batch without any audio runs; training through the
+/// mask gives finite gradients.
+#[test]
+fn absent_audio_samples_ignore_their_audio_rows() {
+    let dev = Device::Cpu;
+    for &mode in FusionMode::ALL {
+        let model = EmotionModel::new(&ModelConfig::fused(4, mode).with_dropout(0.0), &dev, 3).unwrap();
+        let eeg = Tensor::randn(0f32, 1.0, (3, 4, 200), &dev).unwrap();
+        let audio = Tensor::randn(0f32, 1.0, (3, 13, 200), &dev).unwrap();
+        let present = Tensor::new(&[1f32, 0.0, 1.0], &dev).unwrap();
+        let logits =
+            |a: &Tensor, p: &Tensor| model.forward_present(&eeg, Some(a), Some(p), false).unwrap().logits;
+        let base = logits(&audio, &present);
+        let row = |i: usize, t: &Tensor| t.narrow(0, i, 1).unwrap();
+        let noisy = ((row(1, &audio) * 7.0).unwrap() + 3.0).unwrap();
+        let moved = Tensor::cat(&[row(0, &audio), noisy, row(2, &audio)], 0).unwrap();
+        let d = max_abs_diff(&base, &logits(&moved, &present));
+        assert!(d < 1e-5, "{mode}: an absent sample's audio moved the logits by {d}");
+        // Every sample with audio: the same numbers as the unmasked call.
+        let ones = Tensor::ones(3, DType::F32, &dev).unwrap();
+        let plain = model.forward(&eeg, Some(&audio), false).unwrap();
+        assert!(max_abs_diff(&logits(&audio, &ones), &plain) == 0.0, "{mode}");
+        // No audio at all.
+        let none = logits(&audio, &Tensor::zeros(3, DType::F32, &dev).unwrap());
+        assert!(max_abs(&none).is_finite(), "{mode}");
+        // Training through the mask.
+        let out = model.forward_present(&eeg, Some(&audio), Some(&present), true).unwrap();
+        let labels = Tensor::new(&[0u32, 2, 4], &dev).unwrap();
+        let loss = candle_nn::loss::cross_entropy(&out.logits, &labels).unwrap();
+        let grads = loss.backward().unwrap();
+        for (name, var) in model.parameters() {
+            if let Some(g) = grads.get(var.as_tensor()) {
+                assert!(max_abs(g).is_finite(), "{mode}: gradient of {name}");
+            }
+        }
+        let bad = Tensor::new(&[1f32, 0.5, 1.0], &dev).unwrap();
+        assert!(model.forward_present(&eeg, Some(&audio), Some(&bad), false).is_err());
+    }
+}
