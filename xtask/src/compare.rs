@@ -65,6 +65,10 @@ pub struct Training {
     /// `cpu`, or `cuda` in a build with `--features cuda`.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Training windows: `speaking` (the design's protocol) or `all` (listening windows too: EEG without
+    /// audio, masked in fused models). Tests always use the speaking windows.
+    #[arg(long, default_value = "speaking")]
+    pub trials: experiments::config::Trials,
 }
 
 impl Training {
@@ -76,6 +80,7 @@ impl Training {
         cfg.train.schedule = self.schedule;
         cfg.split = self.split;
         cfg.device.clone_from(&self.device);
+        cfg.trials = self.trials;
     }
 
     /// The same settings as command-line arguments.
@@ -92,6 +97,7 @@ impl Training {
             ("--schedule", schedule),
             ("--split", self.split.to_string()),
             ("--device", self.device.clone()),
+            ("--trials", self.trials.to_string()),
         ]
         .into_iter()
         .flat_map(|(k, v)| [k.to_owned(), v])

@@ -650,3 +650,54 @@ fn sweep_without_a_data_folder_uses_the_built_in_tree() {
         serde_json::from_slice(&std::fs::read(out_dir.join("results.json")).unwrap()).unwrap();
     assert_eq!(merged["jobs"].as_array().unwrap().len(), 2);
 }
+
+/// `--trials all`: listening windows (no audio) join the training windows of every model, fused ones see
+/// them with audio masked, and every model is still tested on the same speaking windows.
+#[test]
+fn listening_windows_train_and_speaking_windows_test() {
+    let root = tmp("trials-tree");
+    let r = root.display().to_string();
+    assert!(xtask(&["synth", "--out", &r, "--subjects", "1", "--trials", "20"]).status.success());
+    let run = |trials: &str| {
+        let out = tmp(&format!("trials-{trials}"));
+        let o = out.display().to_string();
+        let args = [
+            "compare",
+            "--data-dir",
+            &r,
+            "--fusion-mode",
+            "all",
+            "--epochs",
+            "2",
+            "--trials",
+            trials,
+            "--out",
+            &o,
+        ];
+        let status = xtask(&args);
+        assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+        let results: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+        results["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["windows"][0].as_u64().unwrap(),
+                    r["windows"][2].as_u64().unwrap(),
+                    r["accuracy"].as_f64().unwrap(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let speaking = run("speaking");
+    let all = run("all");
+    assert_eq!(speaking.len(), 6);
+    assert_eq!(all.len(), 6);
+    for ((train_s, test_s, _), (train_a, test_a, acc)) in speaking.iter().zip(&all) {
+        assert!(*train_a >= 2 * train_s - 4, "listening windows train too: {train_a} vs {train_s}");
+        assert!(*test_a > 0 && *test_a <= test_s + 4, "tests stay on speaking windows: {test_a} vs {test_s}");
+        assert!(acc.is_finite());
+    }
+}

@@ -51,6 +51,9 @@ pub struct ExperimentConfig {
     /// Folder of per-run training states (saved every epoch; a rerun continues from them); none when unset.
     #[serde(default)]
     pub state_dir: Option<PathBuf>,
+    /// Which trials' windows the models train on (test windows are always speaking windows with audio).
+    #[serde(default)]
+    pub trials: Trials,
     /// Skip a subject whose files fail to load (recorded in [`Results::skipped`]) instead of stopping.
     #[serde(default)]
     pub skip_bad_subjects: bool,
@@ -78,7 +81,41 @@ impl ExperimentConfig {
             state_dir: None,
             standardise: true,
             skip_bad_subjects: false,
+            trials: Trials::Speaking,
         }
+    }
+}
+
+/// Which trials' windows a run trains on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trials {
+    /// Speaking trials only (the design's protocol): every window has EEG and audio.
+    #[default]
+    Speaking,
+    /// Every trial: listening windows (EEG, no audio) train the models too; fused models see them with
+    /// audio absent (masked, no placeholder data). Tests stay on the speaking windows.
+    All,
+}
+
+impl std::str::FromStr for Trials {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "speaking" => Ok(Self::Speaking),
+            "all" => Ok(Self::All),
+            other => Err(format!("unknown trial set `{other}`; expected speaking or all")),
+        }
+    }
+}
+
+impl std::fmt::Display for Trials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Speaking => "speaking",
+            Self::All => "all",
+        })
     }
 }
 

@@ -12,8 +12,11 @@ use crate::error::{Error, Result};
 pub struct TensorSet {
     /// EEG windows.
     pub eeg: Tensor,
-    /// MFCC windows.
+    /// MFCC windows (zeros in the rows of windows without audio).
     pub mfcc: Option<Tensor>,
+    /// `(N)`: 1 for a window with audio, 0 for one without; `None` when every window has audio (or the set
+    /// carries no audio at all).
+    pub audio_present: Option<Tensor>,
     /// Class indices.
     pub labels: Tensor,
     /// Class indices, on the host.
@@ -81,15 +84,21 @@ impl TensorSet {
         let channels = samples[*first].eeg.len() / eeg_len;
         let mut eeg = Vec::with_capacity(indices.len() * channels * eeg_len);
         let mut mfcc = Vec::new();
-        let with_audio = norm.mfcc.is_some() && indices.iter().all(|&i| samples[i].mfcc.is_some());
+        let with_audio = norm.mfcc.is_some() && indices.iter().any(|&i| samples[i].mfcc.is_some());
+        let every = indices.iter().all(|&i| samples[i].mfcc.is_some());
         for &i in indices {
             let mut w = samples[i].eeg.clone();
             norm.eeg.apply(&mut w, eeg_len);
             eeg.extend_from_slice(&w);
-            if let (true, Some(m), Some(st)) = (with_audio, &samples[i].mfcc, &norm.mfcc) {
-                let mut m = m.clone();
-                st.apply(&mut m, mfcc_frames);
-                mfcc.extend_from_slice(&m);
+            match (with_audio, &samples[i].mfcc, &norm.mfcc) {
+                (true, Some(m), Some(st)) => {
+                    let mut m = m.clone();
+                    st.apply(&mut m, mfcc_frames);
+                    mfcc.extend_from_slice(&m);
+                }
+                // A window without audio: a placeholder row, masked out by the model.
+                (true, None, _) => mfcc.extend(std::iter::repeat_n(0.0, 13 * mfcc_frames)),
+                _ => {}
             }
         }
         let n = indices.len();
@@ -98,6 +107,13 @@ impl TensorSet {
         Ok(Self {
             eeg: Tensor::from_vec(eeg, (n, channels, eeg_len), device)?,
             mfcc: if with_audio { Some(Tensor::from_vec(mfcc, (n, 13, mfcc_frames), device)?) } else { None },
+            audio_present: if with_audio && !every {
+                let p: Vec<f32> =
+                    indices.iter().map(|&i| if samples[i].mfcc.is_some() { 1.0 } else { 0.0 }).collect();
+                Some(Tensor::from_vec(p, n, device)?)
+            } else {
+                None
+            },
             labels,
             label_vec,
         })
@@ -113,6 +129,15 @@ impl TensorSet {
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.label_vec.is_empty()
+    }
+
+    /// The audio presence of the windows at `idx`, when some window of the set lacks audio.
+    ///
+    /// # Errors
+    /// candle errors.
+    pub fn presence(&self, idx: &[u32]) -> Result<Option<Tensor>> {
+        let ids = Tensor::new(idx, self.eeg.device())?;
+        Ok(self.audio_present.as_ref().map(|p| p.index_select(&ids, 0)).transpose()?)
     }
 
     /// The windows at `idx` (a batch).

@@ -7,7 +7,7 @@ use eav::dataset::Sample;
 use eav::split::{Protocol, Split, kfold, loso, official};
 use eav::subject::{SubjectDir, discover};
 
-use crate::config::{ExperimentConfig, device};
+use crate::config::{ExperimentConfig, Trials, device};
 use crate::data::{Normalisation, TensorSet};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -166,18 +166,21 @@ fn subject_dirs(cfg: &ExperimentConfig) -> Result<Vec<SubjectDir>> {
         .collect()
 }
 
-/// Loads and preprocesses one subject's speaking windows: the windows, EEG channels and EEG samples per
-/// window.
+/// Loads and preprocesses one subject's windows (speaking ones, or every one with `Trials::All`): the
+/// windows, EEG channels and EEG samples per window.
 ///
 /// # Errors
 /// Data errors naming the file; [`Error::Input`] when the subject has no speaking window with audio.
 pub fn load_samples(sd: &SubjectDir, cfg: &ExperimentConfig) -> Result<(Vec<Sample>, usize, usize)> {
     let (pre, _) = eav::cache::preprocess_cached(sd, &cfg.preprocess, cfg.cache_dir.as_deref())?;
     let channels = pre.channels.len();
-    let samples = keep_speaking(pre.samples);
-    if samples.is_empty() {
+    if !pre.samples.iter().any(|s| s.mfcc.is_some()) {
         return Err(Error::Input(format!("subject {}: no speaking windows with audio", sd.id)));
     }
+    let samples = match cfg.trials {
+        Trials::Speaking => keep_speaking(pre.samples),
+        Trials::All => pre.samples,
+    };
     Ok((samples, channels, pre.eeg_len))
 }
 
@@ -313,7 +316,12 @@ fn run_split(
         Normalisation::identity(channels)
     };
     let set = |idx: &[usize]| TensorSet::build(samples, idx, &norm, eeg_len, frames, device);
-    let (train_set, test_set) = (set(&split.train)?, set(&split.test)?);
+    // Every model is tested on the same speaking windows, whatever it trained on.
+    let test: Vec<usize> = split.test.iter().copied().filter(|&i| samples[i].mfcc.is_some()).collect();
+    if test.is_empty() {
+        return Err(Error::Input(format!("subject {subject}: the split leaves no speaking test windows")));
+    }
+    let (train_set, test_set) = (set(&split.train)?, set(&test)?);
     let val_set = if split.val.is_empty() { None } else { Some(set(&split.val)?) };
     let mut settings: Vec<(ModelConfig, &str, String)> = Vec::new();
     if cfg.eeg_only {
@@ -378,7 +386,7 @@ fn run_split(
             recall: m.recall,
             parameters: model.num_parameters(),
             train_seconds: trained.seconds,
-            windows: [split.train.len(), split.val.len(), split.test.len()],
+            windows: [split.train.len(), split.val.len(), test.len()],
             history: trained.history,
             eeg_scale: scale(fusion::Fusion::eeg_scale)?,
             audio_scale: scale(fusion::Fusion::audio_scale)?,
