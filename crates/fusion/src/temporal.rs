@@ -182,7 +182,8 @@ impl Temporal {
                 .collect::<candle_core::Result<Vec<_>>>()?;
             let mut ctx: Vec<Option<Tensor>> = vec![None; n];
             for (i, j, mha) in &layer.cross {
-                let (c, w) = mha.forward_timed(&normed[*i], &normed[*j], times[*i], times[*j])?;
+                let last = l + 1 == self.layers.len();
+                let (c, w) = mha.forward_timed(&normed[*i], &normed[*j], times[*i], times[*j], last)?;
                 let c = match masks {
                     Some((m, _)) => c.broadcast_mul(&m[*j].unsqueeze(2)?)?,
                     None => c,
@@ -191,7 +192,7 @@ impl Temporal {
                     Some(acc) => (acc + c)?,
                     None => c,
                 });
-                if l + 1 == self.layers.len() {
+                if let (true, Some(w)) = (last, w) {
                     maps.push((*i, *j, w));
                 }
             }
@@ -208,7 +209,7 @@ impl Temporal {
                     *x = (&*x + c)?;
                 }
                 let y = s.norm2.forward(x)?;
-                *x = (&*x + s.self_attn.forward_timed(&y, &y, t, t)?.0)?;
+                *x = (&*x + s.self_attn.forward_timed(&y, &y, t, t, false)?.0)?;
                 let y = s.norm3.forward(x)?;
                 *x = (&*x + s.ff2.forward(&s.ff1.forward(&y)?.relu()?)?)?;
             }
