@@ -8,6 +8,11 @@
 # a configuration in a temporary folder and is stopped by its process id, also on failure; every wait has
 # a time limit. Needs root (CI and the development machines are root).
 set -euo pipefail
+# The daemons and the package install need root: elsewhere (a hosted CI runner) run again through sudo.
+if [ "$(id -u)" != 0 ]; then
+  command -v sudo >/dev/null || { echo "slurm-e2e: FAILED: needs root or sudo" >&2; exit 1; }
+  exec sudo --preserve-env=PATH,HOME,CARGO_HOME,RUSTUP_HOME bash "$0" "$@"
+fi
 cd "$(dirname "$0")/.."
 repo=$(pwd)
 
