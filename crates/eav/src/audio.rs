@@ -87,15 +87,14 @@ struct Opened {
     frames: Option<u64>,
     sample_rate: u32,
     channels: usize,
-    /// The file's size in bytes.
-    file_len: u64,
+    /// The file's chunk headers.
+    riff: Riff,
 }
 
 /// Opens `path` with symphonia's WAV reader: its audio track, codec parameters, rate and channels.
 fn open(path: &Path) -> Result<Opened> {
-    check_fmt_chunk(path)?;
+    let riff = riff(path)?;
     let file = std::fs::File::open(path).map_err(|source| Error::Io { path: path.into(), source })?;
-    let file_len = file.metadata().map_err(|source| Error::Io { path: path.into(), source })?.len();
     let mss = MediaSourceStream::new(Box::new(file), Default::default());
     let mut hint = Hint::new();
     hint.with_extension("wav");
@@ -116,7 +115,7 @@ fn open(path: &Path) -> Result<Opened> {
     if channels == 0 {
         return Err(Error::wav(path, "zero channels"));
     }
-    Ok(Opened { format, track_id, params, frames, sample_rate, channels, file_len })
+    Ok(Opened { format, track_id, params, frames, sample_rate, channels, riff })
 }
 
 /// What a WAV file's header says, read without decoding its samples.
@@ -150,7 +149,7 @@ impl WavInfo {
 /// [`Error::Io`] when the file cannot be opened; [`Error::Wav`] naming the file when it is not a WAV file,
 /// its encoding is unsupported, it declares no channels or no samples, or it is truncated.
 pub fn probe_wav(path: &Path) -> Result<WavInfo> {
-    let Opened { params, frames, sample_rate, channels, file_len, .. } = open(path)?;
+    let Opened { params, frames, sample_rate, channels, riff, .. } = open(path)?;
     let decoder = symphonia::default::get_codecs()
         .make_audio_decoder(&params, &AudioDecoderOptions::default())
         .map_err(|e| Error::wav(path, format!("unsupported encoding ({e})")))?;
@@ -158,11 +157,11 @@ pub fn probe_wav(path: &Path) -> Result<WavInfo> {
     if frames == 0 {
         return Err(Error::wav(path, "no samples"));
     }
-    if let Some((offset, len)) = data_chunk(path)?
-        && offset + len > file_len
+    if let Some((offset, len)) = riff.data
+        && offset + len > riff.len
     {
         let block = len / frames;
-        let held = file_len.saturating_sub(offset) / block.max(1);
+        let held = riff.len.saturating_sub(offset) / block.max(1);
         return Err(Error::wav(
             path,
             format!("truncated: header declares {frames} sample frames, file holds {held}"),
@@ -177,57 +176,54 @@ pub fn probe_wav(path: &Path) -> Result<WavInfo> {
     })
 }
 
-/// The byte offset and declared length of the `data` chunk of a RIFF/WAVE file, found by reading chunk
-/// headers only; `None` when the file has none (the reader then reports it).
-fn data_chunk(path: &Path) -> Result<Option<(u64, u64)>> {
+/// What the RIFF chunk headers of a WAV file say, read by seeking from header to header.
+struct Riff {
+    /// The file's size in bytes.
+    len: u64,
+    /// Byte offset and declared length of the `data` chunk, when there is one.
+    data: Option<(u64, u64)>,
+}
+
+/// Walks the chunk headers of `path` (nothing is found in a file that is not RIFF/WAVE: symphonia then
+/// reports it) and rejects a `fmt ` chunk whose channel count and sample size cannot describe a frame
+/// (their product overflows the 16-bit block size): symphonia 0.6 multiplies them unchecked, which panics
+/// in builds with overflow checks, and damaged headers must be a typed error instead.
+fn riff(path: &Path) -> Result<Riff> {
     use std::io::{Read, Seek, SeekFrom};
     let io = |source| Error::Io { path: path.into(), source };
     let mut f = std::fs::File::open(path).map_err(io)?;
     let len = f.metadata().map_err(io)?.len();
-    let mut at = 12u64;
+    let mut riff = Riff { len, data: None };
+    let mut head = [0u8; 12];
+    if len < 12 || f.read_exact(&mut head).is_err() || &head[..4] != b"RIFF" || &head[8..12] != b"WAVE" {
+        return Ok(riff);
+    }
+    let (mut at, mut fmt_seen) = (12u64, false);
     let mut header = [0u8; 8];
-    while at + 8 <= len {
+    while at + 8 <= len && !(fmt_seen && riff.data.is_some()) {
         f.seek(SeekFrom::Start(at)).map_err(io)?;
         f.read_exact(&mut header).map_err(io)?;
         let size = u64::from(u32::from_le_bytes([header[4], header[5], header[6], header[7]]));
-        if &header[..4] == b"data" {
-            return Ok(Some((at + 8, size)));
+        match &header[..4] {
+            b"data" if riff.data.is_none() => riff.data = Some((at + 8, size)),
+            b"fmt " if !fmt_seen && at + 8 + 16 <= len => {
+                fmt_seen = true;
+                let mut body = [0u8; 16];
+                f.read_exact(&mut body).map_err(io)?;
+                let channels = u32::from(u16::from_le_bytes([body[2], body[3]]));
+                let bits = u32::from(u16::from_le_bytes([body[14], body[15]]));
+                if channels * bits.div_ceil(8) > u32::from(u16::MAX) {
+                    return Err(Error::wav(
+                        path,
+                        format!("implausible format: {channels} channels of {bits} bits"),
+                    ));
+                }
+            }
+            _ => {}
         }
         at += 8 + size + size % 2;
     }
-    Ok(None)
-}
-
-/// Rejects `fmt ` chunks whose channel count and sample size cannot describe a frame (their product
-/// overflows the 16-bit block size). symphonia 0.6 multiplies them unchecked, which panics in builds with
-/// overflow checks; damaged headers must be a typed error instead.
-fn check_fmt_chunk(path: &Path) -> Result<()> {
-    use std::io::Read;
-    let mut head = Vec::with_capacity(1 << 16);
-    std::fs::File::open(path)
-        .and_then(|f| f.take(1 << 16).read_to_end(&mut head))
-        .map_err(|source| Error::Io { path: path.into(), source })?;
-    if head.len() < 12 || &head[..4] != b"RIFF" || &head[8..12] != b"WAVE" {
-        return Ok(()); // not RIFF/WAVE: symphonia reports it
-    }
-    let mut at = 12;
-    while at + 8 <= head.len() {
-        let size = u32::from_le_bytes([head[at + 4], head[at + 5], head[at + 6], head[at + 7]]) as usize;
-        if &head[at..at + 4] == b"fmt " && at + 8 + 16 <= head.len() {
-            let body = &head[at + 8..];
-            let channels = u32::from(u16::from_le_bytes([body[2], body[3]]));
-            let bits = u32::from(u16::from_le_bytes([body[14], body[15]]));
-            if channels * bits.div_ceil(8) > u32::from(u16::MAX) {
-                return Err(Error::wav(
-                    path,
-                    format!("implausible format: {channels} channels of {bits} bits"),
-                ));
-            }
-            return Ok(());
-        }
-        at = at.saturating_add(8).saturating_add(size).saturating_add(size % 2);
-    }
-    Ok(())
+    Ok(riff)
 }
 
 /// Resamples `audio` to `rate` with an FFT-based band-limited resampler; returns it unchanged when the rate
