@@ -215,6 +215,8 @@ pub fn run_with(
         skipped: Vec::new(),
     };
     let mut used: Vec<&SubjectDir> = Vec::new();
+    // The data fingerprint, folded over the used subjects' cache keys as they are used.
+    let mut fp = FINGERPRINT_START;
     let load = |sd: &SubjectDir, results: &mut Results| -> Result<Option<(Vec<Sample>, usize, usize)>> {
         tracing::info!(subject = sd.id, "loading and preprocessing {}", sd.path.display());
         match load_samples(sd, cfg) {
@@ -229,10 +231,9 @@ pub fn run_with(
             Err(e) => Err(e),
         }
     };
-    let refresh = |results: &mut Results, used: &[&SubjectDir]| -> Result<()> {
+    let refresh = |results: &mut Results, fp: u64| {
         results.summary = summarise_runs(&results.runs);
-        results.data_fingerprint = fingerprint(used, cfg)?;
-        Ok(())
+        results.data_fingerprint = format!("{fp:016x}");
     };
     match cfg.split {
         Protocol::Official | Protocol::KFold(_) => {
@@ -240,6 +241,7 @@ pub fn run_with(
                 progress.subject(sd.id, i, dirs.len());
                 let Some((samples, channels, eeg_len)) = load(sd, &mut results)? else { continue };
                 used.push(sd);
+                fp = fold_key(fp, sd, cfg)?;
                 tracing::info!(subject = sd.id, windows = samples.len(), channels, "speaking windows ready");
                 let splits: Vec<Split> = match cfg.split {
                     Protocol::KFold(k) => (0..k).map(|f| kfold(&samples, k, f, cfg.val_fraction)).collect(),
@@ -250,7 +252,7 @@ pub fn run_with(
                         cfg, &device, &samples, split, sd.id, fold, channels, eeg_len, progress,
                     )?);
                 }
-                refresh(&mut results, &used)?;
+                refresh(&mut results, fp);
                 finished(&results)?;
             }
         }
@@ -260,6 +262,7 @@ pub fn run_with(
             for sd in &dirs {
                 let Some((s, c, l)) = load(sd, &mut results)? else { continue };
                 used.push(sd);
+                fp = fold_key(fp, sd, cfg)?;
                 samples.extend(s);
                 dims = (c, l);
             }
@@ -269,7 +272,7 @@ pub fn run_with(
                 results
                     .runs
                     .extend(run_split(cfg, &device, &samples, &split, sd.id, 0, dims.0, dims.1, progress)?);
-                refresh(&mut results, &used)?;
+                refresh(&mut results, fp);
                 finished(&results)?;
             }
         }
@@ -282,14 +285,13 @@ pub fn run_with(
     Ok(results)
 }
 
-/// A hash over the used subjects' file names, sizes and modification times and the preprocessing
-/// settings (the preprocessing cache keys).
-fn fingerprint(used: &[&SubjectDir], cfg: &ExperimentConfig) -> Result<String> {
-    let mut fp = 0xcbf2_9ce4_8422_2325_u64;
-    for sd in used {
-        fp = (fp ^ eav::cache::key(sd, &cfg.preprocess)?).wrapping_mul(0x0100_0000_01b3);
-    }
-    Ok(format!("{fp:016x}"))
+/// The start of the data fingerprint: a hash over the used subjects' file names, sizes and modification
+/// times and the preprocessing settings (the preprocessing cache keys), folded in with [`fold_key`].
+const FINGERPRINT_START: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// The fingerprint `fp` with subject `sd`'s cache key folded in.
+fn fold_key(fp: u64, sd: &SubjectDir, cfg: &ExperimentConfig) -> Result<u64> {
+    Ok((fp ^ eav::cache::key(sd, &cfg.preprocess)?).wrapping_mul(0x0100_0000_01b3))
 }
 
 #[allow(clippy::too_many_arguments)] // one call site; the arguments are the pieces of one split
