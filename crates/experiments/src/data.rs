@@ -5,6 +5,7 @@ use eav::dataset::Sample;
 use eav::split::Standardizer;
 
 use crate::error::{Error, Result};
+use crate::model::Presence;
 
 /// A set of windows held as tensors: EEG `(N, C, T)`, MFCC `(N, 13, F)` (when every window has audio),
 /// labels `(N)` (`u32`).
@@ -17,6 +18,9 @@ pub struct TensorSet {
     /// `(N)`: 1 for a window with audio, 0 for one without; `None` when every window has audio (or the set
     /// carries no audio at all).
     pub audio_present: Option<Tensor>,
+    /// `(N)`: 1 for a window with EEG, 0 for one without; `None` when every window has EEG (as recorded:
+    /// set only to evaluate a model with the EEG masked out).
+    pub eeg_present: Option<Tensor>,
     /// Class indices.
     pub labels: Tensor,
     /// Class indices, on the host.
@@ -114,6 +118,7 @@ impl TensorSet {
             } else {
                 None
             },
+            eeg_present: None,
             labels,
             label_vec,
         })
@@ -131,13 +136,29 @@ impl TensorSet {
         self.label_vec.is_empty()
     }
 
-    /// The audio presence of the windows at `idx`, when some window of the set lacks audio.
+    /// Which of the windows at `idx` have EEG and audio.
     ///
     /// # Errors
     /// candle errors.
-    pub fn presence(&self, idx: &[u32]) -> Result<Option<Tensor>> {
+    pub fn presence(&self, idx: &[u32]) -> Result<Presence> {
         let ids = Tensor::new(idx, self.eeg.device())?;
-        Ok(self.audio_present.as_ref().map(|p| p.index_select(&ids, 0)).transpose()?)
+        let pick = |p: &Option<Tensor>| p.as_ref().map(|p| p.index_select(&ids, 0)).transpose();
+        Ok(Presence { eeg: pick(&self.eeg_present)?, audio: pick(&self.audio_present)? })
+    }
+
+    /// The same windows with `modality` absent from every one (its data kept, masked out).
+    ///
+    /// # Errors
+    /// candle errors.
+    pub fn without(&self, modality: core_types::Modality) -> Result<Self> {
+        let zeros = Some(Tensor::zeros(self.len(), candle_core::DType::F32, self.eeg.device())?);
+        let mut out = self.clone();
+        match modality {
+            core_types::Modality::Eeg => out.eeg_present = zeros,
+            core_types::Modality::Audio => out.audio_present = zeros,
+            core_types::Modality::Video => {}
+        }
+        Ok(out)
     }
 
     /// The windows at `idx` (a batch).

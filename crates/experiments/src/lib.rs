@@ -49,4 +49,4 @@ pub mod train;
 
 pub use atomic::write as write_atomic;
 pub use error::{Error, Result};
-pub use model::{EmotionModel, Intermediates, ModelConfig, is_running_stat};
+pub use model::{EmotionModel, Intermediates, ModelConfig, Presence, is_running_stat};

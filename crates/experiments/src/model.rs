@@ -17,10 +17,14 @@ use crate::error::{Error, Result};
 pub struct ModelConfig {
     /// The EEG encoder (its `in_channels` come from the data: 30 on EAV, 28 in the reference).
     pub eeg: EncoderConfig,
-    /// The audio encoder (used only when `fusion` is set).
+    /// The audio encoder (used by fused models and the audio-only one).
     pub audio: EncoderConfig,
-    /// The fusion layer; `None` is the EEG-only model (classifier directly on the EEG latent).
+    /// The fusion layer; `None` is a single-modality model (classifier directly on the latent of
+    /// [`ModelConfig::single`]).
     pub fusion: Option<FusionConfig>,
+    /// The modality of a model without fusion: EEG (the design's EEG-only model) or audio.
+    #[serde(default = "eeg")]
+    pub single: Modality,
     /// The classifier head.
     pub classifier: ClassifierConfig,
     /// EEG samples per second at the encoder's input (100 after the default decimation): the clock of
@@ -34,6 +38,34 @@ pub struct ModelConfig {
 
 fn hundred() -> f64 {
     100.0
+}
+
+fn eeg() -> Modality {
+    Modality::Eeg
+}
+
+/// Which samples of a batch have each modality: `(B)` of 1 (present) and 0 (absent); `None` means every
+/// sample has it.
+#[derive(Debug, Clone, Default)]
+pub struct Presence {
+    /// EEG presence.
+    pub eeg: Option<Tensor>,
+    /// Audio presence.
+    pub audio: Option<Tensor>,
+}
+
+/// The values of a presence mask, checked to be `(batch)` of 0 and 1.
+fn mask_values(mask: Option<&Tensor>, batch: usize, what: &str) -> Result<Option<Vec<f32>>> {
+    let Some(mask) = mask else { return Ok(None) };
+    let values: Vec<f32> = mask.to_dtype(DType::F32)?.to_vec1().map_err(|_| {
+        Error::Input(format!("{what} presence mask is {:?}, expected [{batch}]", mask.dims()))
+    })?;
+    if values.len() != batch || values.iter().any(|v| *v != 0.0 && *v != 1.0) {
+        return Err(Error::Input(format!(
+            "{what} presence mask must hold {batch} values of 0 or 1, got {values:?}"
+        )));
+    }
+    Ok(Some(values))
 }
 
 impl Default for ModelConfig {
@@ -51,10 +83,18 @@ impl ModelConfig {
             eeg: EncoderConfig::eeg(channels),
             audio: EncoderConfig::audio(),
             fusion: None,
+            single: Modality::Eeg,
             classifier: ClassifierConfig::default(),
             eeg_rate: hundred(),
             audio_rate: hundred(),
         }
+    }
+
+    /// The audio-only model: the reference audio encoder and the classifier on its latent. `channels`
+    /// only sizes the (unused) EEG encoder config, so that every model of a run shares one config shape.
+    #[must_use]
+    pub fn audio_only(channels: usize) -> Self {
+        Self { single: Modality::Audio, ..Self::eeg_only(channels) }
     }
 
     /// The EEG+audio reference model with fusion `mode`.
@@ -83,19 +123,32 @@ impl ModelConfig {
         self
     }
 
-    /// `eeg_only` or the fusion mode's name.
+    /// `eeg_only`, `audio_only` or the fusion mode's name.
     #[must_use]
     pub fn name(&self) -> &'static str {
-        self.fusion.as_ref().map_or("eeg_only", |f| f.mode.as_str())
+        match (&self.fusion, self.single) {
+            (Some(f), _) => f.mode.as_str(),
+            (None, Modality::Audio) => "audio_only",
+            (None, _) => "eeg_only",
+        }
+    }
+
+    /// The modalities the model reads.
+    #[must_use]
+    pub fn modalities(&self) -> Vec<Modality> {
+        match (&self.fusion, self.single) {
+            (Some(_), _) => vec![Modality::Eeg, Modality::Audio],
+            (None, m) => vec![m],
+        }
     }
 }
 
 /// Every intermediate of one forward pass.
 #[derive(Debug, Clone)]
 pub struct Intermediates {
-    /// `(B, 128)`.
-    pub eeg_latent: Tensor,
-    /// `(B, 128)` (fused models).
+    /// `(B, 128)` (models that read EEG, when some sample has it).
+    pub eeg_latent: Option<Tensor>,
+    /// `(B, 128)` (models that read audio, when some sample has it).
     pub audio_latent: Option<Tensor>,
     /// `(B, 128)` (fused models).
     pub fused: Option<Tensor>,
@@ -110,7 +163,7 @@ pub struct EmotionModel {
     cfg: ModelConfig,
     varmap: VarMap,
     device: Device,
-    eeg: EegEncoder,
+    eeg: Option<EegEncoder>,
     audio: Option<AudioEncoder>,
     fusion: Option<Fusion>,
     classifier: EmotionClassifier,
@@ -136,14 +189,18 @@ impl EmotionModel {
     pub fn new(cfg: &ModelConfig, device: &Device, seed: u64) -> Result<Self> {
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
-        let eeg = EegEncoder::new(&cfg.eeg, vb.pp("eeg_encoder"))?;
-        let (audio, fusion) = match &cfg.fusion {
-            Some(f) => (
-                Some(AudioEncoder::new(&cfg.audio, vb.pp("audio_encoder"))?),
-                Some(Fusion::new(f, vb.pp("fusion"))?),
-            ),
-            None => (None, None),
+        let modalities = cfg.modalities();
+        let eeg = if modalities.contains(&Modality::Eeg) {
+            Some(EegEncoder::new(&cfg.eeg, vb.pp("eeg_encoder"))?)
+        } else {
+            None
         };
+        let audio = if modalities.contains(&Modality::Audio) {
+            Some(AudioEncoder::new(&cfg.audio, vb.pp("audio_encoder"))?)
+        } else {
+            None
+        };
+        let fusion = cfg.fusion.as_ref().map(|f| Fusion::new(f, vb.pp("fusion"))).transpose()?;
         let classifier = EmotionClassifier::new(&cfg.classifier, vb.pp("classifier"))?;
         encoders::init_pytorch_default(&varmap, seed)?;
         Ok(Self { cfg: cfg.clone(), varmap, device: device.clone(), eeg, audio, fusion, classifier })
@@ -198,42 +255,50 @@ impl EmotionModel {
         self.parameters().iter().map(|(_, v)| v.elem_count()).sum()
     }
 
-    /// Runs the model and keeps every intermediate. `audio` is required by fused models and ignored by the
-    /// EEG-only one. `train` uses batch statistics (updating the running ones) and dropout.
+    /// Runs the model and keeps every intermediate. `audio` is required by models that read audio and
+    /// ignored by the EEG-only one; `eeg` is ignored by the audio-only one. `train` uses batch statistics
+    /// (updating the running ones) and dropout.
     ///
     /// # Errors
-    /// [`Error::Input`] when a fused model gets no audio; shape errors for wrong inputs.
+    /// [`Error::Input`] when a model that reads audio gets none; shape errors for wrong inputs.
     pub fn forward_intermediates(
         &self,
         eeg: &Tensor,
         audio: Option<&Tensor>,
         train: bool,
     ) -> Result<Intermediates> {
-        self.forward_present(eeg, audio, None, train)
+        self.forward_present(eeg, audio, &Presence::default(), train)
     }
 
-    /// [`EmotionModel::forward_intermediates`] with audio absent from some samples: `audio_present` `(B)`
-    /// holds 1 where the sample has audio and 0 where it has none (a listening window). The audio encoder
-    /// sees only the present samples (so their BatchNorm statistics are not diluted by placeholder rows),
-    /// and the fusion layer masks the absent ones: their fused vector depends on the EEG alone, whatever
-    /// `audio` holds in their rows. `None` means audio in every sample. The EEG-only model ignores both.
+    /// [`EmotionModel::forward_intermediates`] with modalities absent from some samples (`presence`): an
+    /// encoder sees only the samples that have its modality (so BatchNorm statistics are not diluted by
+    /// placeholder rows), and the fusion layer masks the absent ones: a sample's fused vector depends only
+    /// on the modalities it has, whatever the absent ones' rows hold. `audio` may be `None` when
+    /// `presence.audio` marks every sample absent. A single-modality model reads its modality in every
+    /// sample and ignores `presence`.
     ///
     /// # Errors
-    /// As [`EmotionModel::forward_intermediates`]; [`Error::Input`] for a mask that is not `(B)` of 0 and 1.
+    /// As [`EmotionModel::forward_intermediates`]; [`Error::Input`] for a mask that is not `(B)` of 0 and 1,
+    /// or a sample with no modality present.
     pub fn forward_present(
         &self,
         eeg: &Tensor,
         audio: Option<&Tensor>,
-        audio_present: Option<&Tensor>,
+        presence: &Presence,
         train: bool,
     ) -> Result<Intermediates> {
-        let (eeg_latent, audio_latent, inspection) =
-            self.encode_and_fuse(eeg, audio, audio_present, train)?;
+        let (eeg_latent, audio_latent, inspection) = self.encode_and_fuse(eeg, audio, presence, train)?;
         let aux_loss = inspection.as_ref().and_then(|i| i.aux_loss.clone());
         let fused = inspection.map(|i| i.fused);
-        let logits = self.classifier.forward_t(fused.as_ref().unwrap_or(eeg_latent.tensor()), train)?;
+        let head_input = match (&fused, &eeg_latent, &audio_latent) {
+            (Some(f), _, _) => f.clone(),
+            (None, Some(e), _) => e.tensor().clone(),
+            (None, None, Some(a)) => a.tensor().clone(),
+            (None, None, None) => return Err(Error::Input("the model encoded no modality".into())),
+        };
+        let logits = self.classifier.forward_t(&head_input, train)?;
         Ok(Intermediates {
-            eeg_latent: eeg_latent.into_tensor(),
+            eeg_latent: eeg_latent.map(Latent::into_tensor),
             audio_latent: audio_latent.map(Latent::into_tensor),
             fused,
             logits,
@@ -242,70 +307,150 @@ impl EmotionModel {
     }
 
     /// What the fusion layer does with a batch in evaluation: the fused vector with gate values or
-    /// attention maps (fused models; `None` for the EEG-only one).
+    /// attention maps (fused models; `None` for single-modality ones).
     ///
     /// # Errors
     /// As [`EmotionModel::forward_intermediates`].
     pub fn inspect_fusion(&self, eeg: &Tensor, audio: Option<&Tensor>) -> Result<Option<Inspection>> {
-        Ok(self.encode_and_fuse(eeg, audio, None, false)?.2)
+        Ok(self.encode_and_fuse(eeg, audio, &Presence::default(), false)?.2)
     }
 
-    /// The EEG latent, the audio latent and the fusion's output (fused models).
+    /// The modalities the model reads, in fusion order.
+    #[must_use]
+    pub fn modalities(&self) -> Vec<Modality> {
+        let mut m = Vec::new();
+        if self.eeg.is_some() {
+            m.push(Modality::Eeg);
+        }
+        if self.audio.is_some() {
+            m.push(Modality::Audio);
+        }
+        m
+    }
+
+    /// Encodes `x` with the encoder of `modality`: the pooled latent and, with `sequence`, the sequence.
+    fn encode_with(
+        &self,
+        modality: Modality,
+        x: &Tensor,
+        sequence: bool,
+        train: bool,
+    ) -> Result<(Latent, Option<core_types::Sequence>)> {
+        let missing = || Error::Input(format!("the {} model has no {modality} encoder", self.cfg.name()));
+        Ok(match (modality, sequence) {
+            (Modality::Eeg, false) => (self.eeg.as_ref().ok_or_else(missing)?.encode(x, train)?, None),
+            (Modality::Eeg, true) => {
+                let (s, l) = self.eeg.as_ref().ok_or_else(missing)?.encode_sequence(x, self.cfg.eeg_rate, train)?;
+                (l, Some(s))
+            }
+            (Modality::Audio, false) => (self.audio.as_ref().ok_or_else(missing)?.encode(x, train)?, None),
+            (Modality::Audio, true) => {
+                let (s, l) =
+                    self.audio.as_ref().ok_or_else(missing)?.encode_sequence(x, self.cfg.audio_rate, train)?;
+                (l, Some(s))
+            }
+            (Modality::Video, _) => return Err(missing()),
+        })
+    }
+
+    /// The fusion input of `modality` for the samples marked present in `mask` (every sample when `None`):
+    /// the encoder runs on the present rows only, and its outputs are placed back into a full batch (zero
+    /// rows where absent) with the presence mask. `None` when no sample has the modality.
+    fn encode_present(
+        &self,
+        modality: Modality,
+        x: &Tensor,
+        mask: Option<&[f32]>,
+        sequence: bool,
+        train: bool,
+    ) -> Result<Option<ModalityInput>> {
+        let with = |input: ModalityInput, s: Option<core_types::Sequence>| match s {
+            Some(s) => input.with_sequence(s),
+            None => input,
+        };
+        let Some(mask) = mask.filter(|m| m.contains(&0.0)) else {
+            let (l, s) = self.encode_with(modality, x, sequence, train)?;
+            return Ok(Some(with(ModalityInput::new(modality, l), s)));
+        };
+        let rows: Vec<u32> = (0..mask.len() as u32).filter(|&i| mask[i as usize] == 1.0).collect();
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let batch = mask.len();
+        let n = rows.len();
+        let dev = x.device();
+        let idx = Tensor::from_vec(rows, n, dev)?;
+        let (latent, sequence) = self.encode_with(modality, &x.index_select(&idx, 0)?, sequence, train)?;
+        let d = latent.dim();
+        let dtype = latent.tensor().dtype();
+        let zeros = |dims: &[usize]| Tensor::zeros(dims, dtype, dev);
+        let full = Latent::new(zeros(&[batch, d])?.index_add(&idx, &latent.tensor().contiguous()?, 0)?, d)?;
+        let sequence = sequence
+            .map(|s| -> Result<core_types::Sequence> {
+                let (steps, times) = (s.steps(), s.times().to_vec());
+                let t = zeros(&[batch, steps, d])?.index_add(&idx, &s.tensor().contiguous()?, 0)?;
+                Ok(core_types::Sequence::new(t, d, times)?)
+            })
+            .transpose()?;
+        let present = Tensor::from_vec(mask.to_vec(), batch, dev)?.to_dtype(dtype)?;
+        Ok(Some(with(ModalityInput::new(modality, full).with_presence(present), sequence)))
+    }
+
+    /// The EEG latent, the audio latent (each when the model reads that modality and some sample has it)
+    /// and the fusion's output (fused models).
     fn encode_and_fuse(
         &self,
         eeg: &Tensor,
         audio: Option<&Tensor>,
-        audio_present: Option<&Tensor>,
+        presence: &Presence,
         train: bool,
-    ) -> Result<(Latent, Option<Latent>, Option<Inspection>)> {
-        // The temporal mode, and the adaptive one (whose experts include it), read the sequences.
-        let temporal = self
-            .fusion
-            .as_ref()
-            .is_some_and(|f| matches!(f.config().mode, FusionMode::Temporal | FusionMode::Adaptive));
-        let (eeg_latent, eeg_sequence) = if temporal {
-            let (s, l) = self.eeg.encode_sequence(eeg, self.cfg.eeg_rate, train)?;
-            (l, Some(s))
-        } else {
-            (self.eeg.encode(eeg, train)?, None)
+    ) -> Result<(Option<Latent>, Option<Latent>, Option<Inspection>)> {
+        let need_audio = || Error::Input(format!("the {} model needs audio input", self.cfg.name()));
+        let Some(fusion) = &self.fusion else {
+            return Ok(if self.eeg.is_some() {
+                (Some(self.encode_with(Modality::Eeg, eeg, false, train)?.0), None, None)
+            } else {
+                let audio = audio.ok_or_else(need_audio)?;
+                (None, Some(self.encode_with(Modality::Audio, audio, false, train)?.0), None)
+            });
         };
-        let (Some(enc), Some(fusion)) = (&self.audio, &self.fusion) else {
-            return Ok((eeg_latent, None, None));
-        };
-        let audio =
-            audio.ok_or_else(|| Error::Input(format!("the {} model needs audio input", self.cfg.name())))?;
-        core_types::same_batch("MFCC input", eeg_latent.batch(), audio)?;
-        if let Some(mask) = audio_present {
-            let batch = eeg_latent.batch();
-            let values: Vec<f32> = mask.to_dtype(candle_core::DType::F32)?.to_vec1().map_err(|_| {
-                Error::Input(format!("audio presence mask is {:?}, expected [{batch}]", mask.dims()))
-            })?;
-            if values.len() != batch || values.iter().any(|v| *v != 0.0 && *v != 1.0) {
-                return Err(Error::Input(format!(
-                    "audio presence mask must hold {batch} values of 0 or 1, got {values:?}"
-                )));
-            }
-            if values.contains(&0.0) {
-                return self.fuse_partial(fusion, enc, (eeg_latent, eeg_sequence), audio, &values, train);
-            }
+        let batch = eeg.dim(0)?;
+        let eeg_mask = mask_values(presence.eeg.as_ref(), batch, "EEG")?;
+        let audio_mask = mask_values(presence.audio.as_ref(), batch, "audio")?;
+        if let (Some(e), Some(a)) = (&eeg_mask, &audio_mask)
+            && let Some(i) = e.iter().zip(a).position(|(x, y)| *x == 0.0 && *y == 0.0)
+        {
+            return Err(Error::Input(format!("sample {i} of the batch has no modality present")));
         }
-        let (a, inspection) = match eeg_sequence {
-            Some(es) => {
-                let (s, a) = enc.encode_sequence(audio, self.cfg.audio_rate, train)?;
-                let set = [
-                    ModalityInput::new(Modality::Eeg, eeg_latent.clone()).with_sequence(es),
-                    ModalityInput::new(Modality::Audio, a.clone()).with_sequence(s),
-                ];
-                let inspection = fusion.fuse_set(&set, train)?;
-                (a, inspection)
+        // The temporal mode, and the adaptive one (whose experts include it), read the sequences.
+        let sequence = matches!(fusion.config().mode, FusionMode::Temporal | FusionMode::Adaptive);
+        let all = |m: &Option<Vec<f32>>| m.as_ref().is_none_or(|m| !m.contains(&0.0));
+        let audio_absent = audio_mask.as_ref().is_some_and(|m| !m.contains(&1.0));
+        let audio = match audio {
+            Some(a) => {
+                core_types::same_batch("MFCC input", batch, a)?;
+                Some(a)
             }
-            None => {
-                let a = enc.encode(audio, train)?;
-                let inspection = fusion.forward_inspect(&eeg_latent, &a, train)?;
-                (a, inspection)
-            }
+            None if audio_absent => None,
+            None => return Err(need_audio()),
         };
-        Ok((eeg_latent, Some(a), Some(inspection)))
+        if !sequence && all(&eeg_mask) && all(&audio_mask) {
+            // Every sample has both: the two-modality path (the reference's numbers).
+            let e = self.encode_with(Modality::Eeg, eeg, false, train)?.0;
+            let a = self.encode_with(Modality::Audio, audio.ok_or_else(need_audio)?, false, train)?.0;
+            let inspection = fusion.forward_inspect(&e, &a, train)?;
+            return Ok((Some(e), Some(a), Some(inspection)));
+        }
+        let mut inputs = Vec::with_capacity(2);
+        let e = self.encode_present(Modality::Eeg, eeg, eeg_mask.as_deref(), sequence, train)?;
+        inputs.extend(e);
+        if let Some(a) = audio {
+            inputs.extend(self.encode_present(Modality::Audio, a, audio_mask.as_deref(), sequence, train)?);
+        }
+        let latent = |m: Modality| inputs.iter().find(|i| i.modality == m).map(|i| i.latent.clone());
+        let (e, a) = (latent(Modality::Eeg), latent(Modality::Audio));
+        let inspection = fusion.fuse_set(&inputs, train)?;
+        Ok((e, a, Some(inspection)))
     }
 
     /// Logits `(B, 5)`.
@@ -319,55 +464,9 @@ impl EmotionModel {
     /// The EEG latent alone, `(B, 128)`.
     ///
     /// # Errors
-    /// Shape errors for a wrong input.
+    /// [`Error::Input`] for a model without an EEG encoder; shape errors for a wrong input.
     pub fn encode_eeg(&self, eeg: &Tensor, train: bool) -> Result<Latent> {
-        Ok(self.eeg.encode(eeg, train)?)
-    }
-
-    /// The fused model on a batch where audio is absent from the samples whose `present` value is 0: the
-    /// audio encoder runs on the present rows only, and its outputs are placed back into a full batch (zero
-    /// rows where absent) for the masked fusion.
-    fn fuse_partial(
-        &self,
-        fusion: &Fusion,
-        enc: &AudioEncoder,
-        (eeg_latent, eeg_sequence): (Latent, Option<core_types::Sequence>),
-        audio: &Tensor,
-        present: &[f32],
-        train: bool,
-    ) -> Result<(Latent, Option<Latent>, Option<Inspection>)> {
-        let batch = present.len();
-        let d = fusion.config().latent_dim;
-        let mask = Tensor::from_vec(present.to_vec(), batch, audio.device())?
-            .to_dtype(eeg_latent.tensor().dtype())?;
-        let mut eeg_input = ModalityInput::new(Modality::Eeg, eeg_latent.clone());
-        if let Some(s) = eeg_sequence {
-            eeg_input = eeg_input.with_sequence(s);
-        }
-        let rows: Vec<u32> = (0..batch as u32).filter(|&i| present[i as usize] == 1.0).collect();
-        if rows.is_empty() {
-            let inspection = fusion.fuse_set(&[eeg_input], train)?;
-            return Ok((eeg_latent, None, Some(inspection)));
-        }
-        let idx = Tensor::from_vec(rows, present.iter().filter(|v| **v == 1.0).count(), audio.device())?;
-        let sub = audio.index_select(&idx, 0)?;
-        let zeros = |dims: &[usize]| Tensor::zeros(dims, eeg_latent.tensor().dtype(), audio.device());
-        let (latent, sequence) = if eeg_input.sequence.is_some() {
-            let (s, l) = enc.encode_sequence(&sub, self.cfg.audio_rate, train)?;
-            let (steps, times) = (s.steps(), s.times().to_vec());
-            let full = zeros(&[batch, steps, d])?.index_add(&idx, &s.tensor().contiguous()?, 0)?;
-            (l, Some(core_types::Sequence::new(full, d, times)?))
-        } else {
-            (enc.encode(&sub, train)?, None)
-        };
-        let full_latent =
-            Latent::new(zeros(&[batch, d])?.index_add(&idx, &latent.tensor().contiguous()?, 0)?, d)?;
-        let mut audio_input = ModalityInput::new(Modality::Audio, full_latent.clone()).with_presence(mask);
-        if let Some(s) = sequence {
-            audio_input = audio_input.with_sequence(s);
-        }
-        let inspection = fusion.fuse_set(&[eeg_input, audio_input], train)?;
-        Ok((eeg_latent, Some(full_latent), Some(inspection)))
+        Ok(self.encode_with(Modality::Eeg, eeg, false, train)?.0)
     }
 
     /// Saves every tensor (running statistics included) as safetensors with the PyTorch `state_dict`

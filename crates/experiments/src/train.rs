@@ -225,7 +225,7 @@ fn train_step(
     opt: &mut AdamW,
 ) -> Result<(f64, Tensor, Tensor)> {
     let (eeg, mfcc, y) = set.batch(idx)?;
-    let out = model.forward_present(&eeg, mfcc.as_ref(), set.presence(idx)?.as_ref(), true)?;
+    let out = model.forward_present(&eeg, mfcc.as_ref(), &set.presence(idx)?, true)?;
     let logits = out.logits;
     let mut loss = candle_nn::loss::cross_entropy(&logits, &y)?;
     if let Some(aux) = out.aux_loss {
@@ -439,7 +439,7 @@ pub fn evaluate(model: &EmotionModel, set: &TensorSet, batch: usize) -> Result<(
     let (mut pred, mut probs, mut loss_sum) = (Vec::new(), Vec::new(), 0.0);
     for idx in ids.chunks(batch.max(1)) {
         let (eeg, mfcc, y) = set.batch(idx)?;
-        let logits = model.forward_present(&eeg, mfcc.as_ref(), set.presence(idx)?.as_ref(), false)?.logits;
+        let logits = model.forward_present(&eeg, mfcc.as_ref(), &set.presence(idx)?, false)?.logits;
         loss_sum += scalar(&candle_nn::loss::cross_entropy(&logits, &y)?)? * idx.len() as f64;
         pred.extend(logits.argmax(D::Minus1)?.to_vec1::<u32>()?.into_iter().map(|p| p as usize));
         probs.extend(candle_nn::ops::softmax(&logits, D::Minus1)?.to_vec2::<f32>()?);

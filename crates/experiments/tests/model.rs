@@ -5,7 +5,11 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use core_types::FusionMode;
-use experiments::{EmotionModel, Error, ModelConfig};
+use experiments::{EmotionModel, Error, ModelConfig, Presence};
+
+fn audio_mask(p: &Tensor) -> Presence {
+    Presence { eeg: None, audio: Some(p.clone()) }
+}
 
 /// The default reference set: the PyTorch reference's export with seed 1234, batch 2.
 fn reference_dir() -> PathBuf {
@@ -76,7 +80,7 @@ fn check_reference_set(dir: &Path) {
         model.load(&dir.join(format!("{name}.weights.safetensors"))).unwrap();
 
         let eval = model.forward_intermediates(eeg, audio, false).unwrap();
-        let mut checks = vec![("eval.eeg_latent", &eval.eeg_latent), ("eval.logits", &eval.logits)];
+        let mut checks = vec![("eval.eeg_latent", eval.eeg_latent.as_ref().unwrap()), ("eval.logits", &eval.logits)];
         if let (Some(a), Some(f)) = (&eval.audio_latent, &eval.fused) {
             checks.push(("eval.audio_latent", a));
             checks.push(("eval.fused", f));
@@ -205,7 +209,7 @@ mod properties {
             let (eeg, audio) = inputs(batch, channels, len, seed);
             let out = model.forward_intermediates(&eeg, Some(&audio), true).unwrap();
             prop_assert_eq!(out.logits.dims(), &[batch, 5]);
-            prop_assert_eq!(out.eeg_latent.dims(), &[batch, 128]);
+            prop_assert_eq!(out.eeg_latent.as_ref().unwrap().dims(), &[batch, 128]);
             prop_assert!(max_abs(&out.logits).is_finite());
             let labels = Tensor::from_vec((0..batch as u32).map(|i| i % 5).collect::<Vec<_>>(), batch, &Device::Cpu).unwrap();
             let train_grads = candle_nn::loss::cross_entropy(&out.logits, &labels).unwrap().backward().unwrap();
@@ -412,7 +416,7 @@ fn absent_audio_samples_ignore_their_audio_rows() {
         let audio = Tensor::randn(0f32, 1.0, (3, 13, 200), &dev).unwrap();
         let present = Tensor::new(&[1f32, 0.0, 1.0], &dev).unwrap();
         let logits =
-            |a: &Tensor, p: &Tensor| model.forward_present(&eeg, Some(a), Some(p), false).unwrap().logits;
+            |a: &Tensor, p: &Tensor| model.forward_present(&eeg, Some(a), &audio_mask(p), false).unwrap().logits;
         let base = logits(&audio, &present);
         let row = |i: usize, t: &Tensor| t.narrow(0, i, 1).unwrap();
         let noisy = ((row(1, &audio) * 7.0).unwrap() + 3.0).unwrap();
@@ -427,7 +431,7 @@ fn absent_audio_samples_ignore_their_audio_rows() {
         let none = logits(&audio, &Tensor::zeros(3, DType::F32, &dev).unwrap());
         assert!(max_abs(&none).is_finite(), "{mode}");
         // Training through the mask.
-        let out = model.forward_present(&eeg, Some(&audio), Some(&present), true).unwrap();
+        let out = model.forward_present(&eeg, Some(&audio), &audio_mask(&present), true).unwrap();
         let labels = Tensor::new(&[0u32, 2, 4], &dev).unwrap();
         let loss = candle_nn::loss::cross_entropy(&out.logits, &labels).unwrap();
         let grads = loss.backward().unwrap();
@@ -437,6 +441,60 @@ fn absent_audio_samples_ignore_their_audio_rows() {
             }
         }
         let bad = Tensor::new(&[1f32, 0.5, 1.0], &dev).unwrap();
-        assert!(model.forward_present(&eeg, Some(&audio), Some(&bad), false).is_err());
+        assert!(model.forward_present(&eeg, Some(&audio), &audio_mask(&bad), false).is_err());
     }
+}
+
+/// With EEG absent from a sample, its logits depend on its audio alone in every fused mode; a sample with
+/// neither modality is an error; a batch whose audio is absent everywhere needs no audio tensor.
+#[test]
+fn absent_eeg_samples_ignore_their_eeg_rows() {
+    let dev = Device::Cpu;
+    for &mode in FusionMode::ALL {
+        let model = EmotionModel::new(&ModelConfig::fused(4, mode).with_dropout(0.0), &dev, 5).unwrap();
+        let eeg = Tensor::randn(0f32, 1.0, (3, 4, 200), &dev).unwrap();
+        let audio = Tensor::randn(0f32, 1.0, (3, 13, 200), &dev).unwrap();
+        let mask = Presence { eeg: Some(Tensor::new(&[1f32, 1.0, 0.0], &dev).unwrap()), audio: None };
+        let base = model.forward_present(&eeg, Some(&audio), &mask, false).unwrap().logits;
+        let row = |i: usize, t: &Tensor| t.narrow(0, i, 1).unwrap();
+        let noisy = ((row(2, &eeg) * 5.0).unwrap() - 2.0).unwrap();
+        let moved = Tensor::cat(&[row(0, &eeg), row(1, &eeg), noisy], 0).unwrap();
+        let d = max_abs_diff(&base, &model.forward_present(&moved, Some(&audio), &mask, false).unwrap().logits);
+        assert!(d < 1e-5, "{mode}: an absent sample's EEG moved the logits by {d}");
+        let neither = Presence {
+            eeg: Some(Tensor::new(&[1f32, 0.0, 1.0], &dev).unwrap()),
+            audio: Some(Tensor::new(&[1f32, 0.0, 1.0], &dev).unwrap()),
+        };
+        assert!(matches!(model.forward_present(&eeg, Some(&audio), &neither, false), Err(Error::Input(_))));
+        let no_audio = audio_mask(&Tensor::zeros(3, DType::F32, &dev).unwrap());
+        let eeg_alone = model.forward_present(&eeg, None, &no_audio, false).unwrap().logits;
+        let with_rows = model.forward_present(&eeg, Some(&audio), &no_audio, false).unwrap().logits;
+        assert!(max_abs_diff(&eeg_alone, &with_rows) < 1e-6, "{mode}");
+        assert!(matches!(model.forward(&eeg, None, false), Err(Error::Input(_))));
+    }
+}
+
+/// The audio-only model reads the audio alone: it has no EEG encoder, its tensor names are the fused
+/// models' audio encoder and the classifier, and its logits do not move with the EEG.
+#[test]
+fn audio_only_model_reads_audio_alone() {
+    let dev = Device::Cpu;
+    let cfg = ModelConfig::audio_only(4).with_dropout(0.0);
+    assert_eq!(cfg.name(), "audio_only");
+    let model = EmotionModel::new(&cfg, &dev, 1).unwrap();
+    let names: Vec<String> = model.parameters().into_iter().map(|(n, _)| n).collect();
+    assert!(names.iter().all(|n| n.starts_with("audio_encoder.") || n.starts_with("classifier.")), "{names:?}");
+    let eeg = Tensor::randn(0f32, 1.0, (2, 4, 200), &dev).unwrap();
+    let other = Tensor::randn(0f32, 1.0, (2, 4, 200), &dev).unwrap();
+    let audio = Tensor::randn(0f32, 1.0, (2, 13, 200), &dev).unwrap();
+    let a = model.forward(&eeg, Some(&audio), false).unwrap();
+    assert_eq!(a.dims(), &[2, 5]);
+    assert!(max_abs_diff(&a, &model.forward(&other, Some(&audio), false).unwrap()) == 0.0);
+    assert!(matches!(model.forward(&eeg, None, false), Err(Error::Input(_))));
+    // Its config survives a round trip, and a config without `single` (older side files) is EEG-only.
+    let json = serde_json::to_value(&cfg).unwrap();
+    assert_eq!(serde_json::from_value::<ModelConfig>(json.clone()).unwrap(), cfg);
+    let mut old = serde_json::to_value(ModelConfig::eeg_only(4)).unwrap();
+    old.as_object_mut().unwrap().remove("single");
+    assert_eq!(serde_json::from_value::<ModelConfig>(old).unwrap().name(), "eeg_only");
 }
