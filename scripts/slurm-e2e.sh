@@ -115,7 +115,7 @@ node_idle() { [ "$(sinfo -h -o %T 2>/dev/null)" = idle ]; }
 wait_for 60 node_idle || fail "the node never became idle"
 say "one-node cluster up ($(sinfo -h -o '%P %D %T %c CPUs'))"
 
-# The grid: 2 subjects × (EEG-only + concat) × 1 seed = 4 jobs, long enough (a few seconds per task) for
+# The grid: 2 subjects × (EEG-only + audio-only + concat) × 1 seed = 6 jobs, long enough (a few seconds per task) for
 # a task to be caught running.
 "$xtask" synth --out "$work/tree" --subjects 2 --trials 40 >/dev/null
 grid=(--data-dir "$work/tree" --fusion-modes concat --scales on --seeds 1 --epochs 6)
@@ -127,7 +127,7 @@ merge_and_compare() {
   "$xtask" report "$work"/cluster/shard-* --out "$work/merged" >/dev/null
   cmp "$work/whole/results.csv" "$work/merged/results.csv" ||
     fail "$1: the merged shards differ from the unsharded sweep"
-  [ "$(wc -l < "$work/merged/results.csv")" = 5 ] || fail "$1: expected 4 jobs"
+  [ "$(wc -l < "$work/merged/results.csv")" = 7 ] || fail "$1: expected 6 jobs"
 }
 
 say "sbatch --wait: 2 array tasks"

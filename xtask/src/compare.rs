@@ -157,7 +157,10 @@ pub struct CompareArgs {
 /// Arguments of `baseline`.
 #[derive(Debug, clap::Args)]
 pub struct BaselineArgs {
-    /// Train the EEG+audio model (default: EEG-only).
+    /// The modalities of the one model to train: `eeg` (the default), `audio`, or `eeg,audio` (fused).
+    #[arg(long, value_delimiter = ',', conflicts_with = "use_audio")]
+    modalities: Vec<core_types::Modality>,
+    /// The EEG+audio model: the same as `--modalities eeg,audio`.
     #[arg(long)]
     use_audio: bool,
     /// Fusion mode of the EEG+audio model.
@@ -249,7 +252,11 @@ fn execute(mut cfg: ExperimentConfig, out: Option<PathBuf>, what: &str) -> anyho
     Ok(())
 }
 
-fn config_from(common: &Common, modes: Vec<FusionMode>, eeg_only: bool) -> anyhow::Result<ExperimentConfig> {
+fn config_from(
+    common: &Common,
+    modes: Vec<FusionMode>,
+    (eeg_only, audio_only): (bool, bool),
+) -> anyhow::Result<ExperimentConfig> {
     if let Some(path) =
         common.resume.as_ref().map(|d| d.join("config.json")).as_ref().or(common.config.as_ref())
     {
@@ -263,6 +270,7 @@ fn config_from(common: &Common, modes: Vec<FusionMode>, eeg_only: bool) -> anyho
     };
     let mut cfg = ExperimentConfig::new(data_dir, modes);
     cfg.eeg_only = eeg_only;
+    cfg.audio_only = audio_only;
     cfg.subjects.clone_from(&common.subjects);
     cfg.preprocess.channels = common.channels.clone();
     cfg.standardise = !common.no_standardise;
@@ -275,13 +283,28 @@ fn config_from(common: &Common, modes: Vec<FusionMode>, eeg_only: bool) -> anyho
 
 /// Runs `compare`.
 pub fn run_compare(args: &CompareArgs) -> anyhow::Result<()> {
-    let cfg = config_from(&args.common, args.fusion_mode.modes(), true)?;
+    let cfg = config_from(&args.common, args.fusion_mode.modes(), (true, true))?;
     execute(cfg, args.common.resume.clone().or_else(|| args.common.out.clone()), "compare")
 }
 
 /// Runs `baseline`.
 pub fn run_baseline(args: &BaselineArgs) -> anyhow::Result<()> {
-    let modes = if args.use_audio { args.fusion_mode.modes() } else { Vec::new() };
-    let cfg = config_from(&args.common, modes, !args.use_audio)?;
+    use core_types::Modality;
+    let mut set = args.modalities.clone();
+    if args.use_audio {
+        set = vec![Modality::Eeg, Modality::Audio];
+    }
+    set.sort();
+    set.dedup();
+    let (modes, singles) = match set.as_slice() {
+        [] | [Modality::Eeg] => (Vec::new(), (true, false)),
+        [Modality::Audio] => (Vec::new(), (false, true)),
+        [Modality::Eeg, Modality::Audio] => (args.fusion_mode.modes(), (false, false)),
+        other => anyhow::bail!(
+            "--modalities {}: the models read eeg, audio or eeg,audio (video is not a model input yet)",
+            other.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+        ),
+    };
+    let cfg = config_from(&args.common, modes, singles)?;
     execute(cfg, args.common.resume.clone().or_else(|| args.common.out.clone()), "baseline")
 }

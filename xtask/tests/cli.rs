@@ -239,7 +239,8 @@ fn compare_saves_results_and_checkpoints_that_predict_reads() {
     let results: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run.join("results.json")).unwrap()).unwrap();
     let summary = results["summary"].as_array().unwrap();
-    assert_eq!(summary.len(), 2);
+    let rows: Vec<&str> = summary.iter().map(|r| r["modality"].as_str().unwrap()).collect();
+    assert_eq!(rows, ["eeg_only", "audio_only", "eeg_audio"]);
     for key in ["modality", "fusion_mode", "accuracy_mean", "accuracy_std", "macro_f1_mean", "subjects"] {
         assert!(!summary[0][key].is_null(), "summary lacks {key}");
     }
@@ -374,8 +375,8 @@ fn sweeps_shard_merge_resume_and_emit_slurm() {
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let csv = |d: &Path| std::fs::read_to_string(d.join("results.csv")).unwrap();
-    // 2 subjects × 2 seeds × (EEG-only + 2 modes × 2 scale settings) = 20 jobs.
-    assert_eq!(csv(&whole).lines().count(), 1 + 20);
+    // 2 subjects × 2 seeds × (EEG-only + audio-only + 2 modes × 2 scale settings) = 24 jobs.
+    assert_eq!(csv(&whole).lines().count(), 1 + 24);
     assert_eq!(csv(&whole), csv(&merged), "merged shards equal the unsharded sweep");
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(merged.join("results.json")).unwrap()).unwrap();
@@ -402,12 +403,12 @@ fn sweeps_shard_merge_resume_and_emit_slurm() {
     child.kill().unwrap();
     child.wait().unwrap();
     let done_before = count();
-    assert!((1..20).contains(&done_before), "killed after {done_before} jobs");
+    assert!((1..24).contains(&done_before), "killed after {done_before} jobs");
     let rerun = Command::new(env!("CARGO_BIN_EXE_xtask")).args(sweep(&cut, &[])).output().unwrap();
     assert!(rerun.status.success());
     let said = String::from_utf8_lossy(&rerun.stdout);
-    assert!(said.contains(&format!("{} of 20 jobs", 20 - done_before)), "{said}");
-    assert_eq!(count(), 20);
+    assert!(said.contains(&format!("{} of 24 jobs", 24 - done_before)), "{said}");
+    assert_eq!(count(), 24);
     assert_eq!(csv(&cut), csv(&whole));
 
     // SLURM: a job array of 3 shards whose script is valid bash.
@@ -469,7 +470,7 @@ fn one_and_two_threads_train_identical_models() {
         .filter(|n| n.to_string_lossy().ends_with(".safetensors"))
         .collect();
     names.sort();
-    assert_eq!(names.len(), 6, "eeg_only and five fused models: {names:?}");
+    assert_eq!(names.len(), 7, "eeg_only, audio_only and five fused models: {names:?}");
     // The adaptive model's router: a distribution over the four other modes, in results and report.
     let results: serde_json::Value =
         serde_json::from_slice(&std::fs::read(one.join("results.json")).unwrap()).unwrap();
@@ -617,7 +618,11 @@ fn skip_bad_subjects_finishes_with_the_rest_and_says_why() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let merged: serde_json::Value =
         serde_json::from_slice(&std::fs::read(sweep.join("results.json")).unwrap()).unwrap();
-    assert_eq!(merged["jobs"].as_array().unwrap().len(), 4, "two subjects × (EEG-only + concat)");
+    assert_eq!(
+        merged["jobs"].as_array().unwrap().len(),
+        6,
+        "two subjects × (EEG-only + audio-only + concat)"
+    );
     assert_eq!(merged["skipped"][0]["subject"], 2);
     assert!(std::fs::read_to_string(sweep.join("report.md")).unwrap().contains(&name));
 
@@ -648,7 +653,7 @@ fn sweep_without_a_data_folder_uses_the_built_in_tree() {
     assert_eq!(spec["base"]["data_dir"].as_str().unwrap(), tree.display().to_string());
     let merged: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out_dir.join("results.json")).unwrap()).unwrap();
-    assert_eq!(merged["jobs"].as_array().unwrap().len(), 2);
+    assert_eq!(merged["jobs"].as_array().unwrap().len(), 3);
 }
 
 /// `--trials all`: listening windows (no audio) join the training windows of every model, fused ones see
@@ -684,6 +689,7 @@ fn listening_windows_train_and_speaking_windows_test() {
             .iter()
             .map(|r| {
                 (
+                    r["modality"].as_str().unwrap().to_owned(),
                     r["windows"][0].as_u64().unwrap(),
                     r["windows"][2].as_u64().unwrap(),
                     r["accuracy"].as_f64().unwrap(),
@@ -693,11 +699,47 @@ fn listening_windows_train_and_speaking_windows_test() {
     };
     let speaking = run("speaking");
     let all = run("all");
-    assert_eq!(speaking.len(), 6);
-    assert_eq!(all.len(), 6);
-    for ((train_s, test_s, _), (train_a, test_a, acc)) in speaking.iter().zip(&all) {
-        assert!(*train_a >= 2 * train_s - 4, "listening windows train too: {train_a} vs {train_s}");
+    assert_eq!(speaking.len(), 7);
+    assert_eq!(all.len(), 7);
+    for ((modality, train_s, test_s, _), (_, train_a, test_a, acc)) in speaking.iter().zip(&all) {
+        if modality == "audio_only" {
+            assert!(
+                train_a.abs_diff(*train_s) <= 4,
+                "audio-only trains on windows with audio: {train_a} vs {train_s}"
+            );
+        } else {
+            assert!(*train_a >= 2 * train_s - 4, "listening windows train too: {train_a} vs {train_s}");
+        }
         assert!(*test_a > 0 && *test_a <= test_s + 4, "tests stay on speaking windows: {test_a} vs {test_s}");
         assert!(acc.is_finite());
     }
+}
+
+/// `baseline --modalities` trains exactly the named model; video is refused with a clear message.
+#[test]
+fn baseline_modalities_pick_the_model() {
+    let root = tmp("modalities-tree");
+    let r = root.display().to_string();
+    assert!(xtask(&["synth", "--out", &r, "--subjects", "1", "--trials", "20"]).status.success());
+    let run = |modalities: &str| {
+        let out = tmp(&format!("modalities-{}", modalities.replace(',', "_")));
+        let o = out.display().to_string();
+        let args = ["baseline", "--data-dir", &r, "--modalities", modalities, "--epochs", "1", "--out", &o];
+        let status = xtask(&args);
+        assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+        let results: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+        results["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| format!("{}/{}", r["modality"].as_str().unwrap(), r["fusion_mode"].as_str().unwrap()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(run("audio"), ["audio_only/none"]);
+    assert_eq!(run("eeg"), ["eeg_only/none"]);
+    assert_eq!(run("eeg,audio"), ["eeg_audio/concat"]);
+    let out = xtask(&["baseline", "--data-dir", &r, "--modalities", "video", "--epochs", "1"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("video is not a model input"));
 }

@@ -31,6 +31,9 @@ pub struct ExperimentConfig {
     pub fusion_modes: Vec<FusionMode>,
     /// Whether to train the EEG-only model too.
     pub eeg_only: bool,
+    /// Whether to train the audio-only model too (on the windows with audio).
+    #[serde(default)]
+    pub audio_only: bool,
     /// Optimiser and schedule.
     pub train: TrainConfig,
     /// Dropout probability of the classifier and fusion layer.
@@ -72,6 +75,7 @@ impl ExperimentConfig {
             val_fraction: 0.0,
             fusion_modes: modes,
             eeg_only: true,
+            audio_only: true,
             train: TrainConfig::default(),
             dropout: 0.3,
             seed: 42,

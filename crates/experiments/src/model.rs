@@ -340,13 +340,17 @@ impl EmotionModel {
         Ok(match (modality, sequence) {
             (Modality::Eeg, false) => (self.eeg.as_ref().ok_or_else(missing)?.encode(x, train)?, None),
             (Modality::Eeg, true) => {
-                let (s, l) = self.eeg.as_ref().ok_or_else(missing)?.encode_sequence(x, self.cfg.eeg_rate, train)?;
+                let (s, l) =
+                    self.eeg.as_ref().ok_or_else(missing)?.encode_sequence(x, self.cfg.eeg_rate, train)?;
                 (l, Some(s))
             }
             (Modality::Audio, false) => (self.audio.as_ref().ok_or_else(missing)?.encode(x, train)?, None),
             (Modality::Audio, true) => {
-                let (s, l) =
-                    self.audio.as_ref().ok_or_else(missing)?.encode_sequence(x, self.cfg.audio_rate, train)?;
+                let (s, l) = self.audio.as_ref().ok_or_else(missing)?.encode_sequence(
+                    x,
+                    self.cfg.audio_rate,
+                    train,
+                )?;
                 (l, Some(s))
             }
             (Modality::Video, _) => return Err(missing()),

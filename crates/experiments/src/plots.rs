@@ -13,7 +13,7 @@ fn plot_error(path: &Path, e: impl std::fmt::Display) -> Error {
 }
 
 fn setting(r: &RunResult) -> String {
-    if r.modality == "eeg_only" { "eeg_only".into() } else { format!("eeg_audio_{}", r.fusion_mode) }
+    if r.modality == "eeg_audio" { format!("eeg_audio_{}", r.fusion_mode) } else { r.modality.clone() }
 }
 
 fn settings(results: &Results) -> Vec<String> {

@@ -171,40 +171,50 @@ pub(crate) fn summarise_runs(runs: &[RunResult]) -> Vec<SummaryRow> {
         .collect()
 }
 
-/// The comparison table: one line per fused mode with EEG-only, EEG+audio and the difference.
+/// The comparison table: one line per fused mode with the single-modality models, EEG+audio and the
+/// difference to the better single-modality model (fusion must not do worse than the best modality it is
+/// given); then a line per single-modality model.
 #[must_use]
 pub fn table(results: &Results) -> String {
-    let eeg = results.summary.iter().find(|r| r.modality == "eeg_only");
+    let single = |m: &str| results.summary.iter().find(|r| r.modality == m);
+    let (eeg, audio) = (single("eeg_only"), single("audio_only"));
+    let cell = |r: Option<&SummaryRow>, f: fn(&SummaryRow) -> f64| {
+        r.map_or("–".to_owned(), |r| format!("{:.3}", f(r)))
+    };
+    let best = [eeg, audio].into_iter().flatten().map(|r| r.accuracy_mean).fold(f64::NAN, f64::max);
     let mut s = String::new();
     if results.summary.iter().any(|r| r.modality == "eeg_audio") {
         s.push_str(
-            "| mode | EEG-only acc | EEG+audio acc | Δ acc | EEG-only F1 | EEG+audio F1 | Δ F1 | loss (fused) | params (fused) | train s (fused) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+            "| mode | EEG-only acc | audio-only acc | EEG+audio acc | Δ acc vs best single | EEG-only F1 | audio-only F1 | EEG+audio F1 | loss (fused) | params (fused) | train s (fused) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
     }
     for r in results.summary.iter().filter(|r| r.modality == "eeg_audio") {
-        let (ea, ef) = eeg.map_or((f64::NAN, f64::NAN), |e| (e.accuracy_mean, e.macro_f1_mean));
         s.push_str(&format!(
-            "| {} | {:.3} | {:.3} ± {:.3} | {:+.3} | {:.3} | {:.3} ± {:.3} | {:+.3} | {:.3} | {} | {:.1} |\n",
+            "| {} | {} | {} | {:.3} ± {:.3} | {:+.3} | {} | {} | {:.3} ± {:.3} | {:.3} | {} | {:.1} |\n",
             r.fusion_mode,
-            ea,
+            cell(eeg, |r| r.accuracy_mean),
+            cell(audio, |r| r.accuracy_mean),
             r.accuracy_mean,
             r.accuracy_std,
-            r.accuracy_mean - ea,
-            ef,
+            r.accuracy_mean - best,
+            cell(eeg, |r| r.macro_f1_mean),
+            cell(audio, |r| r.macro_f1_mean),
             r.macro_f1_mean,
             r.macro_f1_std,
-            r.macro_f1_mean - ef,
             r.loss_mean,
             r.parameters,
             r.train_seconds
         ));
     }
-    if let Some(e) = eeg {
-        s.push_str(&format!(
-            "\nEEG-only: accuracy {:.3} ± {:.3}, macro-F1 {:.3} ± {:.3}, loss {:.3}, {} parameters, {:.1} s training.\n",
-            e.accuracy_mean, e.accuracy_std, e.macro_f1_mean, e.macro_f1_std, e.loss_mean, e.parameters, e.train_seconds
-        ));
+    for (name, r) in [("EEG-only", eeg), ("Audio-only", audio)] {
+        if let Some(e) = r {
+            s.push_str(&format!(
+                "\n{name}: accuracy {:.3} ± {:.3}, macro-F1 {:.3} ± {:.3}, loss {:.3}, {} parameters, {:.1} s training.",
+                e.accuracy_mean, e.accuracy_std, e.macro_f1_mean, e.macro_f1_std, e.loss_mean, e.parameters, e.train_seconds
+            ));
+        }
     }
+    s.push('\n');
     if !results.skipped.is_empty() {
         s.push_str(&format!("\nSkipped {} subject(s) whose files failed to load:\n", results.skipped.len()));
         for k in &results.skipped {

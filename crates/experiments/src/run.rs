@@ -325,9 +325,25 @@ fn run_split(
     }
     let (train_set, test_set) = (set(&split.train)?, set(&test)?);
     let val_set = if split.val.is_empty() { None } else { Some(set(&split.val)?) };
+    // The audio-only model trains on the windows with audio.
+    let speaking = |idx: &[usize]| -> Vec<usize> {
+        idx.iter().copied().filter(|&i| samples[i].mfcc.is_some()).collect()
+    };
+    let audio_sets = if cfg.audio_only && cfg.trials == Trials::All {
+        let (train, val) = (speaking(&split.train), speaking(&split.val));
+        if train.is_empty() {
+            return Err(Error::Input(format!("subject {subject}: no training window has audio")));
+        }
+        Some((set(&train)?, if val.is_empty() { None } else { Some(set(&val)?) }))
+    } else {
+        None
+    };
     let mut settings: Vec<(ModelConfig, &str, String)> = Vec::new();
     if cfg.eeg_only {
         settings.push((ModelConfig::eeg_only(channels), "eeg_only", "none".into()));
+    }
+    if cfg.audio_only {
+        settings.push((ModelConfig::audio_only(channels), "audio_only", "none".into()));
     }
     for &mode in &cfg.fusion_modes {
         settings.push((ModelConfig::fused(channels, mode), "eeg_audio", mode.to_string()));
@@ -345,15 +361,14 @@ fn run_split(
         if let Some(d) = &cfg.state_dir {
             std::fs::create_dir_all(d).map_err(|source| Error::Io { path: d.clone(), source })?;
         }
-        let trained = train(
-            &model,
-            &train_set,
-            val_set.as_ref(),
-            &cfg.train,
-            cfg.seed,
-            state.as_deref(),
-            &mut |log| progress.epoch(&name, log),
-        )?;
+        let (train_set, val_set) = match (&audio_sets, modality) {
+            (Some((t, v)), "audio_only") => (t, v.as_ref()),
+            _ => (&train_set, val_set.as_ref()),
+        };
+        let trained =
+            train(&model, train_set, val_set, &cfg.train, cfg.seed, state.as_deref(), &mut |log| {
+                progress.epoch(&name, log)
+            })?;
         let (m, _): (Metrics, _) = evaluate(&model, &test_set, 64)?;
         tracing::info!(subject, fold, modality, mode = %mode, accuracy = m.accuracy, macro_f1 = m.macro_f1, seconds = trained.seconds, "tested");
         let FusionView { gates: gate_mean, attention, entropy, router } = inspect_fusion(&model, &test_set)?;
@@ -388,7 +403,7 @@ fn run_split(
             recall: m.recall,
             parameters: model.num_parameters(),
             train_seconds: trained.seconds,
-            windows: [split.train.len(), split.val.len(), test.len()],
+            windows: [train_set.len(), val_set.map_or(0, TensorSet::len), test.len()],
             history: trained.history,
             eeg_scale: scale(fusion::Fusion::eeg_scale)?,
             audio_scale: scale(fusion::Fusion::audio_scale)?,

@@ -50,13 +50,16 @@ impl Job {
     /// The setting's label across subjects and seeds, e.g. `gated/scales_on`.
     #[must_use]
     pub fn label(&self) -> String {
-        if self.setting == "eeg_only" {
-            "eeg_only".into()
+        if SINGLE.contains(&self.setting.as_str()) {
+            self.setting.clone()
         } else {
             format!("{}/scales_{}", self.setting, on_off(self.scales))
         }
     }
 }
+
+/// The single-modality settings.
+const SINGLE: [&str; 2] = ["eeg_only", "audio_only"];
 
 fn on_off(b: bool) -> &'static str {
     if b { "on" } else { "off" }
@@ -68,13 +71,16 @@ pub fn jobs(spec: &SweepSpec, subjects: &[u32]) -> Vec<Job> {
     let mut out = Vec::new();
     for &subject in subjects {
         for &seed in &spec.seeds {
-            out.push(Job {
-                id: format!("s{subject:03}-eeg_only-seed{seed}"),
-                subject,
-                setting: "eeg_only".into(),
-                scales: true,
-                seed,
-            });
+            let singles = if spec.base.audio_only { &SINGLE[..] } else { &SINGLE[..1] };
+            for single in singles {
+                out.push(Job {
+                    id: format!("s{subject:03}-{single}-seed{seed}"),
+                    subject,
+                    setting: (*single).into(),
+                    scales: true,
+                    seed,
+                });
+            }
             for mode in &spec.fusion_modes {
                 for &scales in &spec.scales {
                     out.push(Job {
@@ -184,7 +190,8 @@ pub fn run_jobs(spec: &SweepSpec, todo: &[Job], dir: &Path, progress: &dyn Progr
         cfg.subjects = vec![job.subject];
         cfg.seed = job.seed;
         cfg.eeg_only = job.setting == "eeg_only";
-        cfg.fusion_modes = if cfg.eeg_only {
+        cfg.audio_only = job.setting == "audio_only";
+        cfg.fusion_modes = if SINGLE.contains(&job.setting.as_str()) {
             Vec::new()
         } else {
             vec![job.setting.parse().map_err(|e| Error::Input(format!("{e}")))?]

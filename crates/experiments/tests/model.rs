@@ -80,7 +80,8 @@ fn check_reference_set(dir: &Path) {
         model.load(&dir.join(format!("{name}.weights.safetensors"))).unwrap();
 
         let eval = model.forward_intermediates(eeg, audio, false).unwrap();
-        let mut checks = vec![("eval.eeg_latent", eval.eeg_latent.as_ref().unwrap()), ("eval.logits", &eval.logits)];
+        let mut checks =
+            vec![("eval.eeg_latent", eval.eeg_latent.as_ref().unwrap()), ("eval.logits", &eval.logits)];
         if let (Some(a), Some(f)) = (&eval.audio_latent, &eval.fused) {
             checks.push(("eval.audio_latent", a));
             checks.push(("eval.fused", f));
@@ -358,7 +359,8 @@ mod runs {
         assert_eq!(back, cfg);
         let b = run(&back, &Quiet).unwrap();
         assert_eq!(numbers(&a), numbers(&b));
-        assert_eq!(a.runs.len(), 3);
+        let settings: Vec<&str> = a.runs.iter().map(|r| r.modality.as_str()).collect();
+        assert_eq!(settings, ["eeg_only", "audio_only", "eeg_audio", "eeg_audio"]);
         // The fused runs expose what their fusion layer did on the test windows.
         let gated = a.runs.iter().find(|r| r.fusion_mode == "gated" && r.modality == "eeg_audio").unwrap();
         let gates = gated.gate_mean.as_ref().unwrap();
@@ -415,8 +417,9 @@ fn absent_audio_samples_ignore_their_audio_rows() {
         let eeg = Tensor::randn(0f32, 1.0, (3, 4, 200), &dev).unwrap();
         let audio = Tensor::randn(0f32, 1.0, (3, 13, 200), &dev).unwrap();
         let present = Tensor::new(&[1f32, 0.0, 1.0], &dev).unwrap();
-        let logits =
-            |a: &Tensor, p: &Tensor| model.forward_present(&eeg, Some(a), &audio_mask(p), false).unwrap().logits;
+        let logits = |a: &Tensor, p: &Tensor| {
+            model.forward_present(&eeg, Some(a), &audio_mask(p), false).unwrap().logits
+        };
         let base = logits(&audio, &present);
         let row = |i: usize, t: &Tensor| t.narrow(0, i, 1).unwrap();
         let noisy = ((row(1, &audio) * 7.0).unwrap() + 3.0).unwrap();
@@ -459,7 +462,8 @@ fn absent_eeg_samples_ignore_their_eeg_rows() {
         let row = |i: usize, t: &Tensor| t.narrow(0, i, 1).unwrap();
         let noisy = ((row(2, &eeg) * 5.0).unwrap() - 2.0).unwrap();
         let moved = Tensor::cat(&[row(0, &eeg), row(1, &eeg), noisy], 0).unwrap();
-        let d = max_abs_diff(&base, &model.forward_present(&moved, Some(&audio), &mask, false).unwrap().logits);
+        let d =
+            max_abs_diff(&base, &model.forward_present(&moved, Some(&audio), &mask, false).unwrap().logits);
         assert!(d < 1e-5, "{mode}: an absent sample's EEG moved the logits by {d}");
         let neither = Presence {
             eeg: Some(Tensor::new(&[1f32, 0.0, 1.0], &dev).unwrap()),
@@ -483,7 +487,10 @@ fn audio_only_model_reads_audio_alone() {
     assert_eq!(cfg.name(), "audio_only");
     let model = EmotionModel::new(&cfg, &dev, 1).unwrap();
     let names: Vec<String> = model.parameters().into_iter().map(|(n, _)| n).collect();
-    assert!(names.iter().all(|n| n.starts_with("audio_encoder.") || n.starts_with("classifier.")), "{names:?}");
+    assert!(
+        names.iter().all(|n| n.starts_with("audio_encoder.") || n.starts_with("classifier.")),
+        "{names:?}"
+    );
     let eeg = Tensor::randn(0f32, 1.0, (2, 4, 200), &dev).unwrap();
     let other = Tensor::randn(0f32, 1.0, (2, 4, 200), &dev).unwrap();
     let audio = Tensor::randn(0f32, 1.0, (2, 13, 200), &dev).unwrap();
