@@ -69,6 +69,9 @@ pub struct Training {
     /// audio, masked in fused models). Tests always use the speaking windows.
     #[arg(long, default_value = "speaking")]
     pub trials: experiments::config::Trials,
+    /// Fused models: drop each modality of a training sample with this probability (never all of them).
+    #[arg(long, default_value_t = 0.0)]
+    pub modality_dropout: f64,
 }
 
 impl Training {
@@ -81,6 +84,7 @@ impl Training {
         cfg.split = self.split;
         cfg.device.clone_from(&self.device);
         cfg.trials = self.trials;
+        cfg.train.modality_dropout = self.modality_dropout;
     }
 
     /// The same settings as command-line arguments.
@@ -98,6 +102,7 @@ impl Training {
             ("--split", self.split.to_string()),
             ("--device", self.device.clone()),
             ("--trials", self.trials.to_string()),
+            ("--modality-dropout", self.modality_dropout.to_string()),
         ]
         .into_iter()
         .flat_map(|(k, v)| [k.to_owned(), v])

@@ -25,6 +25,10 @@ pub struct Args {
     /// Make the audio pure noise (no class information).
     #[arg(long)]
     no_audio_signal: bool,
+    /// With `--no-audio-signal`: every speaking trial holds a clean voiced tone whose pitch is random,
+    /// unrelated to the class (a distractor), instead of noise alone.
+    #[arg(long, requires = "no_audio_signal")]
+    decoy_audio: bool,
     /// Write plain MAT files (scipy's default) instead of compressed ones (MATLAB's).
     #[arg(long)]
     plain: bool,
@@ -53,6 +57,7 @@ impl Args {
             single: !self.double,
             seed: self.seed,
             signal: self.signal,
+            decoy_audio: self.decoy_audio,
             ..SynthConfig::default()
         }
     }

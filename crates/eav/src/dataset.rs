@@ -1,5 +1,7 @@
 //! From a loaded [`Subject`] to model-ready windows: EEG `(channels, 500)` and MFCC `(13, 500)` per 5 s.
 
+use std::path::Path;
+
 use core_types::Emotion;
 use mfcc::{Mfcc, MfccConfig};
 use serde::{Deserialize, Serialize};
@@ -177,6 +179,65 @@ pub struct SubjectSamples {
     pub notes: Vec<String>,
 }
 
+/// Window `w` of `audio_win` samples of `audio`, zero-padded past its end.
+fn speech_window(audio: &[f32], w: usize, audio_win: usize) -> Vec<f32> {
+    let mut seg = vec![0.0f32; audio_win];
+    let start = (w * audio_win).min(audio.len());
+    let end = ((w + 1) * audio_win).min(audio.len());
+    seg[..end - start].copy_from_slice(&audio[start..end]);
+    seg
+}
+
+/// The MFCC `[coefficient][frame]` of one window's speech, cropped to `cfg.mfcc_frames`.
+fn window_mfcc(planner: &Mfcc, seg: &[f32], cfg: &PreprocessConfig, path: &Path) -> Result<Vec<f32>> {
+    let m = planner.mfcc(seg).map_err(|e| Error::Mfcc { path: path.into(), source: e })?;
+    Ok(m.crop_cols(cfg.mfcc_frames).as_slice().iter().map(|&v| v as f32).collect())
+}
+
+/// The speech windows of one speaking trial's audio file as [`preprocess`] cuts them (resampled to the
+/// MFCC rate, zero-padded past the file's end), one per window of the trial.
+///
+/// # Errors
+/// Audio errors naming the file.
+pub fn speech_windows(path: &Path, cfg: &PreprocessConfig) -> Result<Vec<Vec<f32>>> {
+    let rate = MfccConfig::project().sample_rate;
+    let a = crate::audio::load_mono(path, rate)?;
+    let audio_win = (cfg.window_seconds * f64::from(rate)).round() as usize;
+    Ok((0..cfg.windows_per_trial).map(|w| speech_window(&a.samples, w, audio_win)).collect())
+}
+
+/// The MFCC windows of speech windows from [`speech_windows`] (after any change to the waveform), the same
+/// computation as [`preprocess`]; `path` names the file in errors.
+///
+/// # Errors
+/// MFCC errors naming `path`.
+pub fn speech_mfcc(windows: &[Vec<f32>], cfg: &PreprocessConfig, path: &Path) -> Result<Vec<Vec<f32>>> {
+    let planner =
+        Mfcc::new(MfccConfig::project()).map_err(|e| Error::Mfcc { path: path.into(), source: e })?;
+    windows.iter().map(|seg| window_mfcc(&planner, seg, cfg, path)).collect()
+}
+
+/// Adds white Gaussian noise to `speech` at `snr_db` decibels below the window's own power (its mean
+/// square): the noise drawn from `rng` is scaled so that its realised power is exactly `power / 10^(snr/10)`.
+/// A silent window gets no noise. Returns the noise power added.
+pub fn add_noise(speech: &mut [f32], snr_db: f64, rng: &mut impl rand::Rng) -> f64 {
+    let n = speech.len().max(1) as f64;
+    let power = speech.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>() / n;
+    if power == 0.0 {
+        return 0.0;
+    }
+    let normal = rand_distr::StandardNormal;
+    let noise: Vec<f64> =
+        speech.iter().map(|_| rand_distr::Distribution::<f64>::sample(&normal, rng)).collect();
+    let drawn = noise.iter().map(|v| v * v).sum::<f64>() / n;
+    let target = power / 10f64.powf(snr_db / 10.0);
+    let scale = (target / drawn.max(f64::MIN_POSITIVE)).sqrt();
+    for (s, z) in speech.iter_mut().zip(&noise) {
+        *s += (z * scale) as f32;
+    }
+    target
+}
+
 /// Preprocesses every trial of `subject`: EEG decimated, band-passed, cut into windows; audio of speaking
 /// trials resampled to the MFCC rate, cut into the same windows and turned into MFCCs.
 ///
@@ -235,14 +296,7 @@ pub fn preprocess(subject: &Subject, cfg: &PreprocessConfig) -> Result<SubjectSa
             let eeg: Vec<f32> =
                 filtered.iter().flat_map(|ch| ch[w * win..(w + 1) * win].iter().map(|&v| v as f32)).collect();
             let mfcc = match &audio {
-                Some((path, a)) => {
-                    let mut seg = vec![0.0f32; audio_win];
-                    let start = (w * audio_win).min(a.len());
-                    let end = ((w + 1) * audio_win).min(a.len());
-                    seg[..end - start].copy_from_slice(&a[start..end]);
-                    let m = planner.mfcc(&seg).map_err(|e| Error::Mfcc { path: path.clone(), source: e })?;
-                    Some(m.crop_cols(cfg.mfcc_frames).as_slice().iter().map(|&v| v as f32).collect())
-                }
+                Some((path, a)) => Some(window_mfcc(&planner, &speech_window(a, w, audio_win), cfg, path)?),
                 None => None,
             };
             samples.push(Sample {

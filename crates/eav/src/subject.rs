@@ -63,6 +63,28 @@ pub fn discover(root: &Path) -> Result<Vec<SubjectDir>> {
     Ok(subjects)
 }
 
+/// The audio files of a subject folder by 0-based trial index (from the `NNN` of their names), without
+/// reading the EEG; files whose names do not parse are left out. [`load_subject`] checks them against the
+/// label file.
+///
+/// # Errors
+/// [`Error::Io`] when the `Audio` folder exists but cannot be read.
+pub fn audio_files(sd: &SubjectDir) -> Result<std::collections::BTreeMap<usize, PathBuf>> {
+    let dir = sd.path.join("Audio");
+    let mut out = std::collections::BTreeMap::new();
+    if !dir.is_dir() {
+        return Ok(out);
+    }
+    for entry in std::fs::read_dir(&dir).map_err(|source| Error::Io { path: dir.clone(), source })? {
+        let path = entry.map_err(|source| Error::Io { path: dir.clone(), source })?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if let Some(index) = parse_audio_name(&name).and_then(|(number, _)| number.checked_sub(1)) {
+            out.insert(index, path);
+        }
+    }
+    Ok(out)
+}
+
 /// A loaded subject: EEG of every trial, labels and matched audio files.
 #[derive(Debug, Clone)]
 pub struct Subject {

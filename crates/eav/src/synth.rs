@@ -57,6 +57,11 @@ pub struct SynthConfig {
     /// Where the class information lies.
     #[serde(default)]
     pub signal: Signal,
+    /// Without audio signal: give every speaking trial a clean voiced tone (amplitude 0.3, noise 0.002)
+    /// whose pitch is drawn uniformly from 110–330 Hz, unrelated to the class (a distractor a fused model
+    /// can memorise), instead of noise alone.
+    #[serde(default)]
+    pub decoy_audio: bool,
 }
 
 /// Where a synthetic tree's class information lies.
@@ -117,6 +122,7 @@ impl Default for SynthConfig {
             single: true,
             seed: 7,
             signal: Signal::Modalities,
+            decoy_audio: false,
         }
     }
 }
@@ -200,7 +206,13 @@ pub fn write_synthetic(root: &Path, cfg: &SynthConfig, progress: &dyn Fn(u32)) -
                     capitalised(emotion.as_str())
                 );
                 let path = dir.join("Audio").join(name);
-                let pitch = if cfg.eeg_signal { PITCH_HZ_SHARED } else { PITCH_HZ_ALONE }[emotion.index()];
+                let pitch = if cfg.decoy_audio && !cfg.audio_signal {
+                    rng.random_range(PITCH_HZ_ALONE[0]..PITCH_HZ_ALONE[4])
+                } else if cfg.eeg_signal {
+                    PITCH_HZ_SHARED[emotion.index()]
+                } else {
+                    PITCH_HZ_ALONE[emotion.index()]
+                };
                 write_speech(&path, cfg, audio_len, pitch, &mut rng)?;
             }
         }
@@ -283,7 +295,8 @@ fn capitalised(s: &str) -> String {
 }
 
 /// A voiced tone at `pitch` (five harmonics, ±5 % per file), amplitude-modulated at a syllable rate, in
-/// noise; without audio signal, noise alone.
+/// noise; without audio signal, noise alone (or, with `decoy_audio`, the tone at a pitch unrelated to the
+/// class).
 fn write_speech(path: &Path, cfg: &SynthConfig, len: usize, pitch: f64, rng: &mut ChaCha8Rng) -> Result<()> {
     let spec = hound::WavSpec {
         channels: 1,
@@ -295,8 +308,16 @@ fn write_speech(path: &Path, cfg: &SynthConfig, len: usize, pitch: f64, rng: &mu
     let rate = f64::from(cfg.audio_rate);
     let pitch = pitch * rng.random_range(0.95..1.05);
     let syllable = rng.random_range(3.0..5.0);
-    let noise = Normal::new(0.0, 0.05).map_err(|e| Error::dataset(path, e.to_string()))?;
-    let voiced = if cfg.audio_signal { cfg.snr.min(3.0) * 0.1 } else { 0.0 };
+    let decoy = cfg.decoy_audio && !cfg.audio_signal;
+    let noise = Normal::new(0.0, if decoy { 0.002 } else { 0.05 })
+        .map_err(|e| Error::dataset(path, e.to_string()))?;
+    let voiced = if decoy {
+        0.3
+    } else if cfg.audio_signal {
+        cfg.snr.min(3.0) * 0.1
+    } else {
+        0.0
+    };
     for i in 0..len {
         let t = i as f64 / rate;
         let envelope = 0.5 * (1.0 - (std::f64::consts::TAU * syllable * t).cos());

@@ -877,3 +877,43 @@ fn preprocessing_cache_hits_and_invalidates() {
     assert_eq!(outcome, Outcome::Miss);
     assert_eq!(c.samples.len(), a.samples.len());
 }
+
+/// Speech windows cut from a trial's file and turned into MFCCs give the preprocessing's numbers; noise
+/// added at an SNR is measured back at that SNR (within 0.1 dB) and changes the MFCCs more the lower it is.
+#[test]
+fn speech_windows_repeat_the_preprocessing_and_noise_has_its_snr() {
+    use eav::dataset::{add_noise, speech_mfcc, speech_windows};
+    use rand::SeedableRng;
+    let root = tmp("speech-windows");
+    let cfg = eav::synth::SynthConfig { subjects: 1, trials: 4, ..Default::default() };
+    eav::synth::write_synthetic(&root, &cfg, &|_| {}).unwrap();
+    let sd = &eav::subject::discover(&root).unwrap()[0];
+    let pre = eav::dataset::PreprocessConfig::default();
+    let samples = eav::dataset::preprocess(&eav::subject::load_subject(sd).unwrap(), &pre).unwrap();
+    let files = eav::subject::audio_files(sd).unwrap();
+    assert_eq!(files.keys().copied().collect::<Vec<_>>(), [1, 3], "speaking trials only");
+    let path = &files[&1];
+    let windows = speech_windows(path, &pre).unwrap();
+    let mfcc = speech_mfcc(&windows, &pre, path).unwrap();
+    let from_pre: Vec<&Vec<f32>> =
+        samples.samples.iter().filter(|s| s.trial == 1).map(|s| s.mfcc.as_ref().unwrap()).collect();
+    assert_eq!(mfcc.iter().collect::<Vec<_>>(), from_pre);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    let mut change = Vec::new();
+    for snr in [20.0, 10.0, 0.0] {
+        let clean = windows[0].clone();
+        let mut noisy = clean.clone();
+        add_noise(&mut noisy, snr, &mut rng);
+        let p = |x: &mut dyn Iterator<Item = f64>| x.map(|v| v * v).sum::<f64>();
+        let signal = p(&mut clean.iter().map(|&v| f64::from(v)));
+        let noise = p(&mut noisy.iter().zip(&clean).map(|(a, b)| f64::from(*a) - f64::from(*b)));
+        let measured = 10.0 * (signal / noise).log10();
+        assert!((measured - snr).abs() < 0.1, "asked {snr} dB, measured {measured}");
+        let m = speech_mfcc(&[noisy], &pre, path).unwrap();
+        change.push(m[0].iter().zip(&mfcc[0]).map(|(a, b)| f64::from((a - b).abs())).sum::<f64>());
+    }
+    assert!(change[0] > 0.0 && change[0] < change[1] && change[1] < change[2], "{change:?}");
+    let mut silent = vec![0.0f32; 100];
+    assert_eq!(add_noise(&mut silent, 10.0, &mut rng), 0.0);
+    assert!(silent.iter().all(|v| *v == 0.0));
+}

@@ -124,6 +124,19 @@ impl TensorSet {
         })
     }
 
+    /// A checksum of the windows' data and labels (sums of the tensors, in hex), to tell sets apart.
+    ///
+    /// # Errors
+    /// candle errors.
+    pub fn checksum(&self) -> Result<String> {
+        let sum = |t: &Tensor| -> Result<u64> {
+            Ok(t.to_dtype(candle_core::DType::F64)?.sum_all()?.to_scalar::<f64>()?.to_bits())
+        };
+        let mfcc = self.mfcc.as_ref().map(sum).transpose()?.unwrap_or(0);
+        let labels: usize = self.label_vec.iter().enumerate().map(|(i, l)| (i + 1) * (l + 1)).sum();
+        Ok(format!("{:x}-{mfcc:x}-{labels:x}", sum(&self.eeg)?))
+    }
+
     /// Number of windows.
     #[must_use]
     pub fn len(&self) -> usize {

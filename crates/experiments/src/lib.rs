@@ -42,6 +42,7 @@ pub mod optim;
 pub mod plots;
 pub mod report;
 pub mod results;
+pub mod robustness;
 pub mod run;
 pub mod stats;
 pub mod sweep;

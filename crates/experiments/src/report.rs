@@ -17,6 +17,50 @@ pub fn write_config(dir: &Path, cfg: &ExperimentConfig) -> Result<()> {
     write(&dir.join("config.json"), &serde_json::to_vec_pretty(cfg).unwrap_or_default())
 }
 
+/// The robustness section: accuracy of each model under each condition that applies to it, and its
+/// relative robustness (mean accuracy over the perturbed conditions over `full`).
+fn robustness_table(results: &Results) -> String {
+    let rows = &results.robustness;
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut conditions: Vec<&str> = Vec::new();
+    let mut models: Vec<(String, Option<String>)> = Vec::new();
+    for r in rows {
+        if !conditions.contains(&r.condition.as_str()) {
+            conditions.push(&r.condition);
+        }
+        let m = (r.modality.clone(), r.fusion_mode.clone());
+        if !models.contains(&m) {
+            models.push(m);
+        }
+    }
+    let relative = crate::robustness::relative(rows);
+    let mut md = String::from(
+        "\n## Robustness: accuracy under missing and degraded modalities (test windows; – where a condition does not apply)\n\n| model |",
+    );
+    for c in &conditions {
+        md.push_str(&format!(" {c} |"));
+    }
+    md.push_str(&format!(" relative robustness |\n|---|{}---:|\n", "---:|".repeat(conditions.len())));
+    for (modality, mode) in &models {
+        let label = mode.as_ref().map_or(modality.clone(), |m| format!("{modality} {m}"));
+        md.push_str(&format!("| {label} |"));
+        for c in &conditions {
+            let cell = rows
+                .iter()
+                .find(|r| &r.modality == modality && &r.fusion_mode == mode && r.condition == *c)
+                .map_or("–".to_owned(), |r| format!("{:.3} ± {:.3}", r.accuracy_mean, r.accuracy_std));
+            md.push_str(&format!(" {cell} |"));
+        }
+        let rel =
+            relative.iter().find(|(l, _)| *l == label).map_or("–".to_owned(), |(_, v)| format!("{v:.3}"));
+        md.push_str(&format!(" {rel} |\n"));
+    }
+    md.push_str("\nRelative robustness: the model's mean accuracy over its perturbed conditions divided by its accuracy under `full` (1.000: no loss).\n");
+    md
+}
+
 /// Writes `results.json`, `results.csv` and `report.md` into `dir`.
 ///
 /// # Errors
@@ -57,7 +101,12 @@ pub fn write_results(dir: &Path, cfg: &ExperimentConfig, results: &Results) -> R
         cfg.train.batch_size,
         cfg.train.lr
     );
+    md.push_str(&format!(
+        "Training windows: {} trials; modality dropout {}.\n\n",
+        cfg.trials, cfg.train.modality_dropout
+    ));
     md.push_str(&table(results));
+    md.push_str(&robustness_table(results));
     md.push_str("\n## Learned per-channel scales (mean over subjects of each run's summary)\n\n| mode | eeg_scale mean ± std | audio_scale mean ± std | top EEG-latent channels | top audio-latent channels |\n|---|---|---|---|---|\n");
     for r in results.runs.iter().filter(|r| r.eeg_scale.is_some()) {
         let (e, a) = (r.eeg_scale.as_ref(), r.audio_scale.as_ref());

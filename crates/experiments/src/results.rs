@@ -88,6 +88,9 @@ pub struct RunResult {
     /// `fusion::ADAPTIVE_EXPERTS` order (adaptive; a class without test windows has zeros).
     #[serde(default)]
     pub router_by_class: Option<Vec<Vec<f64>>>,
+    /// Accuracy under every robustness condition that applies to the model (`full` first).
+    #[serde(default)]
+    pub robustness: Vec<crate::robustness::ConditionResult>,
 }
 /// Mean ± std of one setting across subjects (and folds).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -136,6 +139,9 @@ pub struct Results {
     /// Subjects left out because their files failed to load (with `skip_bad_subjects`).
     #[serde(default)]
     pub skipped: Vec<Skipped>,
+    /// The robustness matrix: one row per model and condition, over subjects (and folds).
+    #[serde(default)]
+    pub robustness: Vec<crate::robustness::RobustnessRow>,
 }
 
 pub(crate) fn summarise_runs(runs: &[RunResult]) -> Vec<SummaryRow> {

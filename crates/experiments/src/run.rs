@@ -1,6 +1,9 @@
 //! Runs over subjects: EEG-only against EEG+audio (each fusion mode) on the same speaking-trial windows,
 //! per subject, with the chosen split.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
 use candle_core::Device;
 use core_types::{Emotion, FusionMode, Modality};
 use eav::dataset::Sample;
@@ -13,7 +16,8 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::model::{EmotionModel, ModelConfig};
 use crate::results::{Results, RunResult, ScaleSummary, Skipped, summarise, summarise_runs};
-use crate::train::{EpochLog, evaluate, train};
+use crate::robustness::{ConditionSets, SplitData};
+use crate::train::{EpochLog, train};
 
 /// An attention map, `[query][key]`.
 type Map = Vec<Vec<f32>>;
@@ -213,7 +217,10 @@ pub fn run_with(
         summary: Vec::new(),
         runs: Vec::new(),
         skipped: Vec::new(),
+        robustness: Vec::new(),
     };
+    // The audio file of each (subject, trial), for the noisy-speech conditions.
+    let mut audio = BTreeMap::new();
     let mut used: Vec<&SubjectDir> = Vec::new();
     // The data fingerprint, folded over the used subjects' cache keys as they are used.
     let mut fp = FINGERPRINT_START;
@@ -233,6 +240,7 @@ pub fn run_with(
     };
     let refresh = |results: &mut Results, fp: u64| {
         results.summary = summarise_runs(&results.runs);
+        results.robustness = crate::robustness::summarise(&results.runs);
         results.data_fingerprint = format!("{fp:016x}");
     };
     match cfg.split {
@@ -242,6 +250,7 @@ pub fn run_with(
                 let Some((samples, channels, eeg_len)) = load(sd, &mut results)? else { continue };
                 used.push(sd);
                 fp = fold_key(fp, sd, cfg)?;
+                add_audio_files(&mut audio, sd)?;
                 tracing::info!(subject = sd.id, windows = samples.len(), channels, "speaking windows ready");
                 let splits: Vec<Split> = match cfg.split {
                     Protocol::KFold(k) => (0..k).map(|f| kfold(&samples, k, f, cfg.val_fraction)).collect(),
@@ -249,7 +258,7 @@ pub fn run_with(
                 };
                 for (fold, split) in splits.iter().enumerate() {
                     results.runs.extend(run_split(
-                        cfg, &device, &samples, split, sd.id, fold, channels, eeg_len, progress,
+                        cfg, &device, &samples, split, sd.id, fold, channels, eeg_len, &audio, progress,
                     )?);
                 }
                 refresh(&mut results, fp);
@@ -263,15 +272,16 @@ pub fn run_with(
                 let Some((s, c, l)) = load(sd, &mut results)? else { continue };
                 used.push(sd);
                 fp = fold_key(fp, sd, cfg)?;
+                add_audio_files(&mut audio, sd)?;
                 samples.extend(s);
                 dims = (c, l);
             }
             for (i, sd) in used.iter().enumerate() {
                 progress.subject(sd.id, i, used.len());
                 let split = loso(&samples, sd.id, cfg.val_fraction);
-                results
-                    .runs
-                    .extend(run_split(cfg, &device, &samples, &split, sd.id, 0, dims.0, dims.1, progress)?);
+                results.runs.extend(run_split(
+                    cfg, &device, &samples, &split, sd.id, 0, dims.0, dims.1, &audio, progress,
+                )?);
                 refresh(&mut results, fp);
                 finished(&results)?;
             }
@@ -283,6 +293,12 @@ pub fn run_with(
         return Err(Error::Input(format!("every subject was skipped; {}", reasons.join("; "))));
     }
     Ok(results)
+}
+
+/// Adds subject `sd`'s audio files to `audio`, keyed by (subject, trial).
+fn add_audio_files(audio: &mut BTreeMap<(u32, usize), PathBuf>, sd: &SubjectDir) -> Result<()> {
+    audio.extend(eav::subject::audio_files(sd)?.into_iter().map(|(trial, path)| ((sd.id, trial), path)));
+    Ok(())
 }
 
 /// The start of the data fingerprint: a hash over the used subjects' file names, sizes and modification
@@ -304,6 +320,7 @@ fn run_split(
     fold: usize,
     channels: usize,
     eeg_len: usize,
+    audio: &BTreeMap<(u32, usize), PathBuf>,
     progress: &dyn Progress,
 ) -> Result<Vec<RunResult>> {
     if split.train.is_empty() || split.test.is_empty() {
@@ -318,12 +335,16 @@ fn run_split(
         Normalisation::identity(channels)
     };
     let set = |idx: &[usize]| TensorSet::build(samples, idx, &norm, eeg_len, frames, device);
-    // Every model is tested on the same speaking windows, whatever it trained on.
-    let test: Vec<usize> = split.test.iter().copied().filter(|&i| samples[i].mfcc.is_some()).collect();
+    // Every model is tested on the same speaking windows, whatever it trained on; the listening test
+    // windows (loaded with `Trials::All`) are the `listening` robustness condition.
+    let (test, listening): (Vec<usize>, Vec<usize>) =
+        split.test.iter().copied().partition(|&i| samples[i].mfcc.is_some());
     if test.is_empty() {
         return Err(Error::Input(format!("subject {subject}: the split leaves no speaking test windows")));
     }
-    let (train_set, test_set) = (set(&split.train)?, set(&test)?);
+    let data = SplitData { samples, test: &test, listening: &listening, norm: &norm, eeg_len, audio };
+    let conditions = ConditionSets::build(&data, &cfg.preprocess, cfg.seed, device)?;
+    let (train_set, test_set) = (set(&split.train)?, conditions.full());
     let val_set = if split.val.is_empty() { None } else { Some(set(&split.val)?) };
     // The audio-only model trains on the windows with audio.
     let speaking = |idx: &[usize]| -> Vec<usize> {
@@ -369,9 +390,9 @@ fn run_split(
             train(&model, train_set, val_set, &cfg.train, cfg.seed, state.as_deref(), &mut |log| {
                 progress.epoch(&name, log)
             })?;
-        let (m, _): (Metrics, _) = evaluate(&model, &test_set, 64)?;
+        let (m, robustness): (Metrics, _) = conditions.evaluate(&model)?;
         tracing::info!(subject, fold, modality, mode = %mode, accuracy = m.accuracy, macro_f1 = m.macro_f1, seconds = trained.seconds, "tested");
-        let FusionView { gates: gate_mean, attention, entropy, router } = inspect_fusion(&model, &test_set)?;
+        let FusionView { gates: gate_mean, attention, entropy, router } = inspect_fusion(&model, test_set)?;
         let blend_weights =
             model.fusion().and_then(|f| f.blend_weights().ok()).map(|w| w.to_vec1::<f32>()).transpose()?;
         let checkpoint = match &cfg.checkpoint_dir {
@@ -417,6 +438,7 @@ fn run_split(
             }),
             router_by_class: router.map(|(_, by_class)| by_class),
             blend_weights,
+            robustness,
         });
     }
     Ok(out)

@@ -6,15 +6,15 @@ use std::path::Path;
 use std::time::Instant;
 
 use candle_core::{D, Tensor};
-use rand::SeedableRng;
 use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::data::TensorSet;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::model::EmotionModel;
+use crate::model::{EmotionModel, Presence};
 use crate::optim::AdamW;
 
 /// Optimiser and schedule settings.
@@ -40,6 +40,16 @@ pub struct TrainConfig {
     pub patience: Option<usize>,
     /// Train the fusion layer's `eeg_scale` / `audio_scale` (off: fixed at 1).
     pub train_scales: bool,
+    /// Fused models: the probability that each present modality of a training sample is dropped (masked
+    /// as absent) in a step, never all of a sample's modalities. Drawn from the run's seed, the epoch and
+    /// the step, so runs repeat and resume exactly. 0 disables it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub modality_dropout: f64,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 impl Default for TrainConfig {
@@ -56,6 +66,7 @@ impl Default for TrainConfig {
             schedule: Schedule::Constant,
             patience: Some(10),
             train_scales: true,
+            modality_dropout: 0.0,
         }
     }
 }
@@ -214,8 +225,47 @@ fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     rayon::scope(|_| f())
 }
 
+/// `presence` of a batch of `n` samples with each present modality of each sample dropped with
+/// probability `p`, never all of a sample's: when the draw drops every modality a sample has, one of them,
+/// chosen at random, stays. The generator is seeded from `key` alone, so a resumed run draws the same.
+fn drop_modalities(
+    presence: &Presence,
+    n: usize,
+    p: f64,
+    key: [u64; 3],
+    device: &candle_core::Device,
+) -> Result<Presence> {
+    let values = |m: &Option<Tensor>| -> Result<Vec<f32>> {
+        Ok(match m {
+            Some(t) => t.to_dtype(candle_core::DType::F32)?.to_vec1()?,
+            None => vec![1.0; n],
+        })
+    };
+    let (mut eeg, mut audio) = (values(&presence.eeg)?, values(&presence.audio)?);
+    let mut h = 0x9e37_79b9_7f4a_7c15_u64;
+    for k in key {
+        h = (h ^ k).wrapping_mul(0x0100_0000_01b3).rotate_left(29);
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(h);
+    for i in 0..n {
+        let had = [eeg[i] == 1.0, audio[i] == 1.0];
+        let mut keep = had.map(|h| h && !rng.random_bool(p));
+        if had.iter().any(|h| *h) && !keep.iter().any(|k| *k) {
+            let present: Vec<usize> = (0..2).filter(|&m| had[m]).collect();
+            keep[present[rng.random_range(0..present.len())]] = true;
+        }
+        eeg[i] = if keep[0] { 1.0 } else { 0.0 };
+        audio[i] = if keep[1] { 1.0 } else { 0.0 };
+    }
+    let mask = |v: Vec<f32>| -> Result<Option<Tensor>> {
+        Ok(if v.contains(&0.0) { Some(Tensor::from_vec(v, n, device)?) } else { None })
+    };
+    Ok(Presence { eeg: mask(eeg)?, audio: mask(audio)? })
+}
+
 /// One optimisation step on the samples `idx`: returns the loss, the logits and the labels. With a
-/// non-finite loss the weights are left unchanged.
+/// non-finite loss the weights are left unchanged. `dropout`: the modality dropout probability and the
+/// key of its draw.
 fn train_step(
     model: &EmotionModel,
     set: &TensorSet,
@@ -223,9 +273,14 @@ fn train_step(
     vars: &[candle_core::Var],
     grad_clip: Option<f64>,
     opt: &mut AdamW,
+    dropout: Option<(f64, [u64; 3])>,
 ) -> Result<(f64, Tensor, Tensor)> {
     let (eeg, mfcc, y) = set.batch(idx)?;
-    let out = model.forward_present(&eeg, mfcc.as_ref(), &set.presence(idx)?, true)?;
+    let mut presence = set.presence(idx)?;
+    if let Some((p, key)) = dropout.filter(|(p, _)| *p > 0.0 && model.fusion().is_some()) {
+        presence = drop_modalities(&presence, idx.len(), p, key, eeg.device())?;
+    }
+    let out = model.forward_present(&eeg, mfcc.as_ref(), &presence, true)?;
     let logits = out.logits;
     let mut loss = candle_nn::loss::cross_entropy(&logits, &y)?;
     if let Some(aux) = out.aux_loss {
@@ -274,6 +329,12 @@ pub fn train(
     on_epoch: &mut dyn FnMut(&EpochLog),
 ) -> Result<Trained> {
     let start = Instant::now();
+    if !(0.0..1.0).contains(&cfg.modality_dropout) {
+        return Err(Error::Input(format!(
+            "modality dropout must be in [0, 1), got {}",
+            cfg.modality_dropout
+        )));
+    }
     let params: Vec<(String, candle_core::Var)> = model
         .parameters()
         .into_iter()
@@ -290,7 +351,13 @@ pub fn train(
     let mut best: Option<(f64, usize, Vec<Tensor>)> = None;
     let mut step = 0usize;
     let mut first_epoch = 1;
-    let settings = format!("{}|seed={seed}|n={n}", serde_json::to_string(cfg).unwrap_or_default());
+    // The state belongs to these settings and these training windows (a checksum of their data, so a state
+    // left in a run folder by a run on other data is refused rather than continued).
+    let settings = format!(
+        "{}|seed={seed}|n={n}|data={}",
+        serde_json::to_string(cfg).unwrap_or_default(),
+        train_set.checksum()?
+    );
     if let Some((saved, tensors)) = state.map(|p| load_state(p, model)).transpose()?.flatten() {
         if saved.settings != settings {
             return Err(Error::Input(format!(
@@ -343,8 +410,9 @@ pub fn train(
                 continue;
             }
             opt.lr = cfg.schedule.lr(cfg.lr, step, total_steps, epoch);
+            let dropout = Some((cfg.modality_dropout, [seed, epoch as u64, b as u64]));
             let (value, logits, y) =
-                on_pool(|| train_step(model, train_set, idx, &vars, cfg.grad_clip, &mut opt))?;
+                on_pool(|| train_step(model, train_set, idx, &vars, cfg.grad_clip, &mut opt, dropout))?;
             if !value.is_finite() {
                 if let Some((_, _, weights)) = &best {
                     restore(model, weights)?;
@@ -460,6 +528,35 @@ mod tests {
         assert!(on_pool(rayon::current_thread_index).is_some());
         let inner = rayon::scope(|_| (rayon::current_thread_index(), on_pool(rayon::current_thread_index)));
         assert_eq!(inner.0, inner.1, "already on the pool: runs in place");
+    }
+
+    /// Modality dropout: about `p` of the present modalities dropped, never every modality of a sample,
+    /// absent ones stay absent, and the same key draws the same masks.
+    #[test]
+    fn modality_dropout_draws_repeat_and_keep_a_modality() {
+        let dev = candle_core::Device::Cpu;
+        let n = 4000;
+        let audio: Vec<f32> = (0..n).map(|i| if i % 4 == 0 { 0.0 } else { 1.0 }).collect();
+        let presence = Presence { eeg: None, audio: Some(Tensor::from_vec(audio.clone(), n, &dev).unwrap()) };
+        let draw = |key| drop_modalities(&presence, n, 0.3, key, &dev).unwrap();
+        let vals = |p: &Presence| -> (Vec<f32>, Vec<f32>) {
+            let v = |t: &Option<Tensor>| t.as_ref().map_or(vec![1.0; n], |t| t.to_vec1::<f32>().unwrap());
+            (v(&p.eeg), v(&p.audio))
+        };
+        let (e, a) = vals(&draw([1, 2, 3]));
+        assert_eq!((e.clone(), a.clone()), vals(&draw([1, 2, 3])));
+        assert_ne!((e.clone(), a.clone()), vals(&draw([1, 2, 4])));
+        for i in 0..n {
+            assert!(e[i] + a[i] >= 1.0, "sample {i} kept no modality");
+            assert!(a[i] <= audio[i], "sample {i}: an absent modality came back");
+        }
+        // Where both were present, each is dropped with 0.3 minus the draws where both fell (0.09 of the
+        // samples, half of which keep each modality): 0.3 − 0.045 = 0.255.
+        let both: Vec<usize> = (0..n).filter(|&i| audio[i] == 1.0).collect();
+        let dropped = both.iter().filter(|&&i| e[i] == 0.0).count() as f64 / both.len() as f64;
+        assert!((dropped - 0.255).abs() < 0.03, "EEG dropped in {dropped}");
+        // Where EEG alone was present, it always stays.
+        assert!((0..n).filter(|&i| audio[i] == 0.0).all(|i| e[i] == 1.0));
     }
 
     #[test]

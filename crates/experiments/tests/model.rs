@@ -341,7 +341,65 @@ mod runs {
         let r = run(&cfg, &Quiet).unwrap();
         let acc = |m: &str| r.summary.iter().find(|s| s.modality == m).unwrap().accuracy_mean;
         assert!(acc("eeg_audio") >= 0.8, "EEG+audio accuracy {}", acc("eeg_audio"));
+        assert!(acc("audio_only") >= 0.8, "audio-only accuracy {}", acc("audio_only"));
         assert!(acc("eeg_only") <= 0.4, "EEG-only accuracy {}", acc("eeg_only"));
+        // Without its audio the fused model cannot know the class, and does not pretend to.
+        let absent = r
+            .robustness
+            .iter()
+            .find(|x| x.modality == "eeg_audio" && x.condition == "audio_absent")
+            .unwrap()
+            .accuracy_mean;
+        assert!(absent <= 0.45, "EEG+audio with audio absent: {absent}");
+    }
+
+    /// Every model is evaluated under each condition that applies to it, on its test windows; the
+    /// listening windows are a condition with `Trials::All`; noise lowers the audio-only accuracy.
+    #[test]
+    fn robustness_matrix_covers_every_condition_that_applies() {
+        let (_scratch, root) =
+            tree("robustness", &SynthConfig { subjects: 1, trials: 40, ..SynthConfig::default() });
+        let mut cfg = ExperimentConfig::new(root, vec![FusionMode::Concat]);
+        cfg.train.epochs = 3;
+        cfg.trials = experiments::config::Trials::All;
+        let r = run(&cfg, &Quiet).unwrap();
+        let conditions = |m: &str| -> Vec<&str> {
+            r.robustness.iter().filter(|x| x.modality == m).map(|x| x.condition.as_str()).collect()
+        };
+        assert_eq!(conditions("eeg_only"), ["full", "eeg_channels_half", "listening"]);
+        assert_eq!(conditions("audio_only"), ["full", "audio_snr_20db", "audio_snr_10db", "audio_snr_0db"]);
+        assert_eq!(
+            conditions("eeg_audio"),
+            [
+                "full",
+                "audio_absent",
+                "eeg_absent",
+                "audio_snr_20db",
+                "audio_snr_10db",
+                "audio_snr_0db",
+                "eeg_channels_half",
+                "listening"
+            ]
+        );
+        let test = r.runs[0].windows[2];
+        for x in &r.robustness {
+            assert!((0.0..=1.0).contains(&x.accuracy_mean), "{x:?}");
+            if x.condition == "listening" {
+                assert!(x.windows > 0 && x.windows <= test + 4, "{x:?}");
+            } else {
+                assert_eq!(x.windows, test, "{x:?}");
+            }
+            assert_eq!(x.fusion_mode.is_some(), x.modality == "eeg_audio");
+        }
+        // The full condition is the main table's accuracy.
+        for s in &r.summary {
+            let full =
+                r.robustness.iter().find(|x| x.modality == s.modality && x.condition == "full").unwrap();
+            assert!((full.accuracy_mean - s.accuracy_mean).abs() < 1e-12);
+        }
+        let rel = experiments::robustness::relative(&r.robustness);
+        assert_eq!(rel.len(), 3);
+        assert!(rel.iter().all(|(_, v)| v.is_finite()));
     }
 
     /// The same config (also read back from its `config.json`) gives the same numbers.
