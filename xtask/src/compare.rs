@@ -72,6 +72,9 @@ pub struct Training {
     /// Fused models: drop each modality of a training sample with this probability (never all of them).
     #[arg(long, default_value_t = 0.0)]
     pub modality_dropout: f64,
+    /// Fused models: weight of the unimodal auxiliary losses (a linear head per modality); 0: none.
+    #[arg(long, default_value_t = 0.0)]
+    pub unimodal_loss: f64,
 }
 
 impl Training {
@@ -85,6 +88,7 @@ impl Training {
         cfg.device.clone_from(&self.device);
         cfg.trials = self.trials;
         cfg.train.modality_dropout = self.modality_dropout;
+        cfg.unimodal_loss = self.unimodal_loss;
     }
 
     /// The same settings as command-line arguments.
@@ -103,6 +107,7 @@ impl Training {
             ("--device", self.device.clone()),
             ("--trials", self.trials.to_string()),
             ("--modality-dropout", self.modality_dropout.to_string()),
+            ("--unimodal-loss", self.unimodal_loss.to_string()),
         ]
         .into_iter()
         .flat_map(|(k, v)| [k.to_owned(), v])

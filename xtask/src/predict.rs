@@ -23,14 +23,17 @@ pub struct Args {
     /// `cpu`, or `cuda` in a build with `--features cuda`.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Predict without the audio: a fused model reads every window through its EEG alone.
+    #[arg(long)]
+    no_audio: bool,
 }
 
 /// Runs the command.
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let dev = device(&args.device)?;
     let (model, meta) = load(&args.checkpoint, &dev)?;
-    let preds = predict(&model, &meta, &args.data_dir, &args.subjects)?;
-    let mut csv = String::from("subject,trial,window,label,predicted");
+    let preds = predict(&model, &meta, &args.data_dir, &args.subjects, args.no_audio)?;
+    let mut csv = String::from("subject,trial,window,label,predicted,modalities");
     for e in core_types::Emotion::ALL {
         csv.push_str(&format!(",p_{e}"));
     }
@@ -42,7 +45,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     csv.push('\n');
     for p in &preds {
-        csv.push_str(&format!("{},{},{},{},{}", p.subject, p.trial, p.window, p.label, p.predicted));
+        csv.push_str(&format!(
+            "{},{},{},{},{},{}",
+            p.subject,
+            p.trial,
+            p.window,
+            p.label,
+            p.predicted,
+            p.modalities.join("+")
+        ));
         for v in p.probabilities.iter().chain(p.router.iter().flatten()) {
             csv.push_str(&format!(",{v:.6}"));
         }

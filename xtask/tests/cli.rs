@@ -264,11 +264,33 @@ fn compare_saves_results_and_checkpoints_that_predict_reads() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let csv = std::fs::read_to_string(preds.join("predictions.csv")).unwrap();
     let rows: Vec<&str> = csv.lines().skip(1).collect();
-    assert_eq!(rows.len(), 10 * 4, "every window of the 10 speaking trials");
-    for row in rows {
-        let p: f64 = row.split(',').skip(5).map(|v| v.parse::<f64>().unwrap()).sum();
+    assert_eq!(rows.len(), 20 * 4, "every window of the 20 trials, listening ones through the EEG alone");
+    for row in &rows {
+        let cells: Vec<&str> = row.split(',').collect();
+        let speaking = cells[1].parse::<usize>().unwrap() % 2 == 1;
+        assert_eq!(cells[5], if speaking { "eeg+audio" } else { "eeg" }, "{row}");
+        let p: f64 = cells[6..].iter().map(|v| v.parse::<f64>().unwrap()).sum();
         assert!((p - 1.0).abs() < 1e-4, "{row}");
     }
+    // Without audio: every window through the EEG alone; the speaking windows' probabilities change.
+    let silent = tmp("predict-no-audio");
+    let out = xtask(&[
+        "predict",
+        "--checkpoint",
+        &ckpt.display().to_string(),
+        "--data-dir",
+        &r,
+        "--no-audio",
+        "--out",
+        &silent.display().to_string(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let quiet = std::fs::read_to_string(silent.join("predictions.csv")).unwrap();
+    let quiet: Vec<&str> = quiet.lines().skip(1).collect();
+    assert_eq!(quiet.len(), rows.len());
+    assert!(quiet.iter().all(|r| r.split(',').nth(5) == Some("eeg")));
+    let same = rows.iter().zip(&quiet).filter(|(a, b)| a == b).count();
+    assert_eq!(same, 40, "listening windows predict the same, speaking windows differ");
     // The config file alone repeats the run.
     let again = tmp("predict-run-again");
     let out = xtask(&[

@@ -111,24 +111,37 @@ pub struct Prediction {
     /// The adaptive router's weights over `fusion::ADAPTIVE_EXPERTS` (adaptive models).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub router: Option<Vec<f32>>,
+    /// The modalities the prediction used (`eeg`, `audio`): a fused model on a window without audio (a
+    /// listening window, or `no_audio`) uses the EEG alone.
+    pub modalities: Vec<String>,
 }
 
-/// Class probabilities for every window of the chosen subjects (speaking windows only for fused models).
+/// Class probabilities for every window of the chosen subjects that the model can read: every window for
+/// EEG-only and fused models (a fused model reads a window without audio, or every window with `no_audio`,
+/// through its EEG alone), the windows with audio for the audio-only model.
 ///
 /// # Errors
-/// Data errors naming the file; [`Error::Input`] when the data's channels do not fit the model.
+/// Data errors naming the file; [`Error::Input`] when the data's channels do not fit the model, or
+/// `no_audio` with the audio-only model.
 pub fn predict(
     model: &EmotionModel,
     meta: &CheckpointMeta,
     data_dir: &Path,
     subjects: &[u32],
+    no_audio: bool,
 ) -> Result<Vec<Prediction>> {
-    let fused = meta.model.fusion.is_some();
+    let modalities = meta.model.modalities();
+    let (reads_eeg, reads_audio) =
+        (modalities.contains(&core_types::Modality::Eeg), modalities.contains(&core_types::Modality::Audio));
+    if no_audio && !reads_eeg {
+        return Err(Error::Input("the audio-only model cannot predict without audio".into()));
+    }
+    let use_audio = reads_audio && !no_audio;
     let norm = meta.normalisation();
     let mut out = Vec::new();
     for sd in discover(data_dir)?.into_iter().filter(|s| subjects.is_empty() || subjects.contains(&s.id)) {
         let subject = load_subject(&sd)?;
-        let pre = preprocess(&subject, &PreprocessConfig { audio: fused, ..meta.preprocess.clone() })?;
+        let pre = preprocess(&subject, &PreprocessConfig { audio: use_audio, ..meta.preprocess.clone() })?;
         if pre.channels.len() != meta.model.eeg.in_channels {
             return Err(Error::Input(format!(
                 "subject {}: {} EEG channels after selection, the model reads {}",
@@ -138,11 +151,17 @@ pub fn predict(
             )));
         }
         let idx: Vec<usize> =
-            (0..pre.samples.len()).filter(|&i| !fused || pre.samples[i].mfcc.is_some()).collect();
+            (0..pre.samples.len()).filter(|&i| reads_eeg || pre.samples[i].mfcc.is_some()).collect();
         if idx.is_empty() {
             continue;
         }
-        let set = TensorSet::build(&pre.samples, &idx, &norm, pre.eeg_len, pre.mfcc_frames, model.device())?;
+        let mut set =
+            TensorSet::build(&pre.samples, &idx, &norm, pre.eeg_len, pre.mfcc_frames, model.device())?;
+        if reads_audio && set.mfcc.is_none() {
+            // No window has audio: a fused model reads them all through the EEG (windows without audio
+            // among others are already masked).
+            set = set.without(core_types::Modality::Audio)?;
+        }
         let (_, probs) = evaluate(model, &set, 64)?;
         let mut routers: Vec<Option<Vec<f32>>> = vec![None; idx.len()];
         if meta.model.fusion.as_ref().is_some_and(|f| f.mode == core_types::FusionMode::Adaptive) {
@@ -150,7 +169,9 @@ pub fn predict(
             let mut rows = Vec::with_capacity(idx.len());
             for chunk in ids.chunks(64) {
                 let (eeg, mfcc, _) = set.batch(chunk)?;
-                if let Some(w) = model.inspect_fusion(&eeg, mfcc.as_ref())?.and_then(|i| i.router) {
+                if let Some(w) =
+                    model.inspect_fusion(&eeg, mfcc.as_ref(), &set.presence(chunk)?)?.and_then(|i| i.router)
+                {
                     rows.extend(w.to_vec2::<f32>()?.into_iter().map(Some));
                 }
             }
@@ -161,6 +182,13 @@ pub fn predict(
         for ((&i, p), router) in idx.iter().zip(probs).zip(routers) {
             let s = &pre.samples[i];
             let best = p.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(k, _)| k);
+            let mut used = Vec::new();
+            if reads_eeg {
+                used.push("eeg".to_owned());
+            }
+            if reads_audio && s.mfcc.is_some() {
+                used.push("audio".to_owned());
+            }
             out.push(Prediction {
                 subject: s.subject,
                 trial: s.trial,
@@ -169,6 +197,7 @@ pub fn predict(
                 predicted: core_types::Emotion::from_index(best).map_or_else(String::new, |e| e.to_string()),
                 probabilities: p,
                 router,
+                modalities: used,
             });
         }
     }

@@ -38,6 +38,9 @@ pub struct ExperimentConfig {
     pub train: TrainConfig,
     /// Dropout probability of the classifier and fusion layer.
     pub dropout: f32,
+    /// Fused models: weight of the unimodal auxiliary losses (`ModelConfig::unimodal_loss`); 0: none.
+    #[serde(default)]
+    pub unimodal_loss: f64,
     /// Seed of weights, dropout and shuffling.
     pub seed: u64,
     /// `cpu` or `cuda`.
@@ -78,6 +81,7 @@ impl ExperimentConfig {
             audio_only: true,
             train: TrainConfig::default(),
             dropout: 0.3,
+            unimodal_loss: 0.0,
             seed: 42,
             device: "cpu".into(),
             checkpoint_dir: None,

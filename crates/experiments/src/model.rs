@@ -25,6 +25,11 @@ pub struct ModelConfig {
     /// The modality of a model without fusion: EEG (the design's EEG-only model) or audio.
     #[serde(default = "eeg")]
     pub single: Modality,
+    /// Fused models: weight of the unimodal auxiliary losses. Above 0, each modality gets its own linear
+    /// head on its latent (`unimodal_heads.{modality}`), trained with cross-entropy on the samples that have
+    /// the modality, added to the fused loss with this weight; predictions stay the fused head's. 0: none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unimodal_loss: f64,
     /// The classifier head.
     pub classifier: ClassifierConfig,
     /// EEG samples per second at the encoder's input (100 after the default decimation): the clock of
@@ -42,6 +47,11 @@ fn hundred() -> f64 {
 
 fn eeg() -> Modality {
     Modality::Eeg
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 /// Which samples of a batch have each modality: `(B)` of 1 (present) and 0 (absent); `None` means every
@@ -84,6 +94,7 @@ impl ModelConfig {
             audio: EncoderConfig::audio(),
             fusion: None,
             single: Modality::Eeg,
+            unimodal_loss: 0.0,
             classifier: ClassifierConfig::default(),
             eeg_rate: hundred(),
             audio_rate: hundred(),
@@ -156,6 +167,9 @@ pub struct Intermediates {
     pub logits: Tensor,
     /// A penalty to add to the training loss (the adaptive router's balance term, when configured).
     pub aux_loss: Option<Tensor>,
+    /// The unimodal heads' logits `(B, 5)` with the modality's presence `(B)` (`None`: every sample), for
+    /// the unimodal losses (fused models with `unimodal_loss` > 0).
+    pub unimodal_logits: Vec<(Modality, Tensor, Option<Tensor>)>,
 }
 
 /// An emotion model that owns its parameters (a [`VarMap`] whose names are the PyTorch `state_dict` names).
@@ -167,6 +181,7 @@ pub struct EmotionModel {
     audio: Option<AudioEncoder>,
     fusion: Option<Fusion>,
     classifier: EmotionClassifier,
+    heads: Vec<(Modality, candle_nn::Linear)>,
 }
 
 impl std::fmt::Debug for EmotionModel {
@@ -202,8 +217,27 @@ impl EmotionModel {
         };
         let fusion = cfg.fusion.as_ref().map(|f| Fusion::new(f, vb.pp("fusion"))).transpose()?;
         let classifier = EmotionClassifier::new(&cfg.classifier, vb.pp("classifier"))?;
+        // Named after every other tensor, so that they leave the others' initialisation unchanged.
+        let heads = if cfg.fusion.is_some() && cfg.unimodal_loss > 0.0 {
+            modalities
+                .iter()
+                .map(|&m| {
+                    let d = if m == Modality::Eeg { cfg.eeg.latent_dim() } else { cfg.audio.latent_dim() };
+                    Ok((
+                        m,
+                        candle_nn::linear(
+                            d,
+                            core_types::Emotion::COUNT,
+                            vb.pp("unimodal_heads").pp(m.as_str()),
+                        )?,
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?
+        } else {
+            Vec::new()
+        };
         encoders::init_pytorch_default(&varmap, seed)?;
-        Ok(Self { cfg: cfg.clone(), varmap, device: device.clone(), eeg, audio, fusion, classifier })
+        Ok(Self { cfg: cfg.clone(), varmap, device: device.clone(), eeg, audio, fusion, classifier, heads })
     }
 
     /// The configuration.
@@ -297,12 +331,23 @@ impl EmotionModel {
             (None, None, None) => return Err(Error::Input("the model encoded no modality".into())),
         };
         let logits = self.classifier.forward_t(&head_input, train)?;
+        let mut unimodal_logits = Vec::new();
+        for (m, head) in &self.heads {
+            let (latent, mask) = match m {
+                Modality::Eeg => (&eeg_latent, &presence.eeg),
+                _ => (&audio_latent, &presence.audio),
+            };
+            if let Some(l) = latent {
+                unimodal_logits.push((*m, candle_core::Module::forward(head, l.tensor())?, mask.clone()));
+            }
+        }
         Ok(Intermediates {
             eeg_latent: eeg_latent.map(Latent::into_tensor),
             audio_latent: audio_latent.map(Latent::into_tensor),
             fused,
             logits,
             aux_loss,
+            unimodal_logits,
         })
     }
 
@@ -310,9 +355,14 @@ impl EmotionModel {
     /// attention maps (fused models; `None` for single-modality ones).
     ///
     /// # Errors
-    /// As [`EmotionModel::forward_intermediates`].
-    pub fn inspect_fusion(&self, eeg: &Tensor, audio: Option<&Tensor>) -> Result<Option<Inspection>> {
-        Ok(self.encode_and_fuse(eeg, audio, &Presence::default(), false)?.2)
+    /// As [`EmotionModel::forward_present`].
+    pub fn inspect_fusion(
+        &self,
+        eeg: &Tensor,
+        audio: Option<&Tensor>,
+        presence: &Presence,
+    ) -> Result<Option<Inspection>> {
+        Ok(self.encode_and_fuse(eeg, audio, presence, false)?.2)
     }
 
     /// The modalities the model reads, in fusion order.

@@ -74,7 +74,9 @@ fn inspect_fusion(model: &EmotionModel, set: &TensorSet) -> Result<FusionView> {
     let mut router: Option<RouterSums> = None;
     for idx in ids.chunks(64) {
         let (eeg, mfcc, labels) = set.batch(idx)?;
-        let Some(ins) = model.inspect_fusion(&eeg, mfcc.as_ref())? else { return Ok(FusionView::default()) };
+        let Some(ins) = model.inspect_fusion(&eeg, mfcc.as_ref(), &set.presence(idx)?)? else {
+            return Ok(FusionView::default());
+        };
         if let Some(g) = ins.gates {
             let g = g.sum(0)?;
             gates = Some(match gates.take() {
@@ -367,7 +369,9 @@ fn run_split(
         settings.push((ModelConfig::audio_only(channels), "audio_only", "none".into()));
     }
     for &mode in &cfg.fusion_modes {
-        settings.push((ModelConfig::fused(channels, mode), "eeg_audio", mode.to_string()));
+        let mut fused = ModelConfig::fused(channels, mode);
+        fused.unimodal_loss = cfg.unimodal_loss;
+        settings.push((fused, "eeg_audio", mode.to_string()));
     }
     let mut out = Vec::new();
     for (model_cfg, modality, mode) in settings {

@@ -263,6 +263,16 @@ fn drop_modalities(
     Ok(Presence { eeg: mask(eeg)?, audio: mask(audio)? })
 }
 
+/// Mean cross-entropy over the samples whose `present` value is 1 (every sample when `None`); 0 when none.
+fn masked_cross_entropy(logits: &Tensor, y: &Tensor, present: Option<&Tensor>) -> Result<Tensor> {
+    let Some(p) = present else { return Ok(candle_nn::loss::cross_entropy(logits, y)?) };
+    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let picked = logp.gather(&y.unsqueeze(1)?, 1)?.squeeze(1)?;
+    let p = p.to_dtype(picked.dtype())?;
+    let n = p.sum_all()?.to_scalar::<f32>()?.max(1.0);
+    Ok(((picked * p)?.sum_all()?.neg()? / f64::from(n))?)
+}
+
 /// One optimisation step on the samples `idx`: returns the loss, the logits and the labels. With a
 /// non-finite loss the weights are left unchanged. `dropout`: the modality dropout probability and the
 /// key of its draw.
@@ -285,6 +295,10 @@ fn train_step(
     let mut loss = candle_nn::loss::cross_entropy(&logits, &y)?;
     if let Some(aux) = out.aux_loss {
         loss = (loss + aux)?;
+    }
+    let weight = model.config().unimodal_loss;
+    for (_, head_logits, present) in &out.unimodal_logits {
+        loss = (loss + (masked_cross_entropy(head_logits, &y, present.as_ref())? * weight)?)?;
     }
     let value = scalar(&loss)?;
     if !value.is_finite() {

@@ -563,3 +563,41 @@ fn audio_only_model_reads_audio_alone() {
     old.as_object_mut().unwrap().remove("single");
     assert_eq!(serde_json::from_value::<ModelConfig>(old).unwrap().name(), "eeg_only");
 }
+
+/// Unimodal heads: one linear head per modality, named after every other tensor (so the other tensors'
+/// initialisation is the plain model's), logits for the present samples only, and the fused prediction
+/// unchanged by them.
+#[test]
+fn unimodal_heads_leave_the_fused_model_as_it_was() {
+    let dev = Device::Cpu;
+    let plain_cfg = ModelConfig::fused(4, FusionMode::Gated).with_dropout(0.0);
+    let heads_cfg = ModelConfig { unimodal_loss: 1.0, ..plain_cfg.clone() };
+    let plain = EmotionModel::new(&plain_cfg, &dev, 11).unwrap();
+    let heads = EmotionModel::new(&heads_cfg, &dev, 11).unwrap();
+    let extra: Vec<String> = heads
+        .parameters()
+        .into_iter()
+        .map(|(n, _)| n)
+        .filter(|n| !plain.parameters().iter().any(|(p, _)| p == n))
+        .collect();
+    assert_eq!(
+        extra,
+        [
+            "unimodal_heads.audio.bias",
+            "unimodal_heads.audio.weight",
+            "unimodal_heads.eeg.bias",
+            "unimodal_heads.eeg.weight"
+        ]
+    );
+    let eeg = Tensor::randn(0f32, 1.0, (3, 4, 200), &dev).unwrap();
+    let audio = Tensor::randn(0f32, 1.0, (3, 13, 200), &dev).unwrap();
+    let a = plain.forward(&eeg, Some(&audio), false).unwrap();
+    let b = heads.forward_intermediates(&eeg, Some(&audio), false).unwrap();
+    assert_eq!(max_abs_diff(&a, &b.logits), 0.0, "same initialisation, same fused logits");
+    assert_eq!(b.unimodal_logits.len(), 2);
+    let present = audio_mask(&Tensor::new(&[1f32, 0.0, 1.0], &dev).unwrap());
+    let c = heads.forward_present(&eeg, Some(&audio), &present, true).unwrap();
+    let (m, logits, mask) = &c.unimodal_logits[1];
+    assert_eq!((*m, logits.dims()), (core_types::Modality::Audio, &[3usize, 5][..]));
+    assert!(mask.is_some(), "the audio head's loss sees the audio presence");
+}
