@@ -75,6 +75,9 @@ pub struct Training {
     /// Fused models: weight of the unimodal auxiliary losses (a linear head per modality); 0: none.
     #[arg(long, default_value_t = 0.0)]
     pub unimodal_loss: f64,
+    /// Fused models with unimodal heads: on-the-fly gradient modulation with this α (0: off).
+    #[arg(long, default_value_t = 0.0)]
+    pub gradient_modulation: f64,
 }
 
 impl Training {
@@ -89,6 +92,7 @@ impl Training {
         cfg.trials = self.trials;
         cfg.train.modality_dropout = self.modality_dropout;
         cfg.unimodal_loss = self.unimodal_loss;
+        cfg.train.gradient_modulation = self.gradient_modulation;
     }
 
     /// The same settings as command-line arguments.
@@ -108,6 +112,7 @@ impl Training {
             ("--trials", self.trials.to_string()),
             ("--modality-dropout", self.modality_dropout.to_string()),
             ("--unimodal-loss", self.unimodal_loss.to_string()),
+            ("--gradient-modulation", self.gradient_modulation.to_string()),
         ]
         .into_iter()
         .flat_map(|(k, v)| [k.to_owned(), v])

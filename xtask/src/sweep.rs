@@ -53,6 +53,13 @@ pub struct Args {
     /// Subjects (default: all in the data folder).
     #[arg(long, value_delimiter = ',')]
     subjects: Vec<u32>,
+    /// Modality-dropout probabilities of the fused settings, an axis of the grid (e.g. `0,0.3`; default:
+    /// `--modality-dropout`).
+    #[arg(long, value_delimiter = ',')]
+    modality_dropouts: Vec<f64>,
+    /// Trial sets, an axis of the grid (e.g. `speaking,all`; default: `--trials`).
+    #[arg(long, value_delimiter = ',')]
+    trial_sets: Vec<experiments::config::Trials>,
     #[command(flatten)]
     training: crate::compare::Training,
     /// EAV root; without it, the built-in synthetic tree that `compare` uses.
@@ -103,6 +110,8 @@ fn spec(args: &Args, data_dir: PathBuf) -> SweepSpec {
         scales: args.scales.iter().map(|s| *s == OnOff::On).collect(),
         seeds: args.seeds.clone(),
         subjects: args.subjects.clone(),
+        modality_dropouts: args.modality_dropouts.clone(),
+        trials: args.trial_sets.clone(),
     }
 }
 
@@ -126,6 +135,14 @@ fn forwarded(args: &Args, data_dir: &std::path::Path) -> Vec<String> {
     if !args.subjects.is_empty() {
         a.push("--subjects".into());
         a.push(join(args.subjects.iter().map(ToString::to_string).collect()));
+    }
+    if !args.modality_dropouts.is_empty() {
+        a.push("--modality-dropouts".into());
+        a.push(join(args.modality_dropouts.iter().map(ToString::to_string).collect()));
+    }
+    if !args.trial_sets.is_empty() {
+        a.push("--trial-sets".into());
+        a.push(join(args.trial_sets.iter().map(ToString::to_string).collect()));
     }
     a
 }

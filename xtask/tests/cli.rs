@@ -308,7 +308,8 @@ fn compare_saves_results_and_checkpoints_that_predict_reads() {
     );
 }
 
-/// A run killed mid-training and continued with `--resume` gives the numbers of a run never interrupted.
+/// A run killed mid-training and continued with `--resume` gives the numbers of a run never interrupted
+/// (modality dropout included: its draws come from the seed, the epoch and the step).
 #[test]
 fn resume_after_a_kill_reaches_the_uninterrupted_numbers() {
     let root = tmp("resume-tree");
@@ -323,6 +324,8 @@ fn resume_after_a_kill_reaches_the_uninterrupted_numbers() {
             "gated",
             "--epochs",
             "12",
+            "--modality-dropout",
+            "0.3",
             "--out",
             &out.display().to_string(),
         ]
@@ -764,4 +767,66 @@ fn baseline_modalities_pick_the_model() {
     let out = xtask(&["baseline", "--data-dir", &r, "--modalities", "video", "--epochs", "1"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("video is not a model input"));
+}
+
+/// Sweep axes: modality dropouts and trial sets multiply the fused jobs (single-modality jobs only by the
+/// trial sets); the merged report carries the robustness conditions, listening ones for `trials_all`.
+#[test]
+fn sweep_axes_modality_dropout_and_trials() {
+    let root = tmp("sweep-axes-tree");
+    let r = root.display().to_string();
+    assert!(xtask(&["synth", "--out", &r, "--subjects", "1", "--trials", "40"]).status.success());
+    let out = tmp("sweep-axes");
+    let o = out.display().to_string();
+    let status = xtask(&[
+        "sweep",
+        "--data-dir",
+        &r,
+        "--fusion-modes",
+        "concat",
+        "--scales",
+        "on",
+        "--seeds",
+        "1",
+        "--epochs",
+        "1",
+        "--modality-dropouts",
+        "0,0.3",
+        "--trial-sets",
+        "speaking,all",
+        "--out",
+        &o,
+    ]);
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    let merged: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    let mut ids: Vec<&str> =
+        merged["jobs"].as_array().unwrap().iter().map(|j| j["job"]["id"].as_str().unwrap()).collect();
+    ids.sort_unstable();
+    assert_eq!(
+        ids,
+        [
+            "s001-audio_only-seed1",
+            "s001-audio_only-seed1-trials_all",
+            "s001-concat-scales_on-seed1",
+            "s001-concat-scales_on-seed1-md0.3",
+            "s001-concat-scales_on-seed1-md0.3-trials_all",
+            "s001-concat-scales_on-seed1-trials_all",
+            "s001-eeg_only-seed1",
+            "s001-eeg_only-seed1-trials_all",
+        ]
+    );
+    let rob = merged["robustness"].as_array().unwrap();
+    let has = |setting: &str, condition: &str| {
+        rob.iter().any(|x| x["setting"] == setting && x["condition"] == condition)
+    };
+    assert!(has("concat/scales_on/md0.3/trials_all", "listening"));
+    assert!(has("concat/scales_on/md0.3", "audio_absent"));
+    assert!(!has("concat/scales_on/md0.3", "listening"), "no listening windows without trials_all");
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    assert!(
+        csv.lines().any(
+            |l| l.starts_with("s001-concat-scales_on-seed1-md0.3-trials_all,") && l.contains(",0.3,all,")
+        )
+    );
 }

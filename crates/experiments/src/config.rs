@@ -95,7 +95,7 @@ impl ExperimentConfig {
 }
 
 /// Which trials' windows a run trains on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Trials {
     /// Speaking trials only (the design's protocol): every window has EEG and audio.

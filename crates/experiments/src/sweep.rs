@@ -9,7 +9,7 @@ use core_types::FusionMode;
 use serde::{Deserialize, Serialize};
 
 use crate::atomic::write as write_atomic;
-use crate::config::ExperimentConfig;
+use crate::config::{ExperimentConfig, Trials};
 use crate::error::{Error, Result};
 use crate::metrics::mean_std;
 use crate::results::{RunResult, Skipped};
@@ -29,6 +29,12 @@ pub struct SweepSpec {
     pub seeds: Vec<u64>,
     /// Subjects (all when empty).
     pub subjects: Vec<u32>,
+    /// Modality-dropout probabilities of the fused settings (an axis; empty: the base config's).
+    #[serde(default)]
+    pub modality_dropouts: Vec<f64>,
+    /// Trial sets (an axis; empty: the base config's).
+    #[serde(default)]
+    pub trials: Vec<Trials>,
 }
 
 /// One training of the grid.
@@ -44,17 +50,53 @@ pub struct Job {
     pub scales: bool,
     /// Seed.
     pub seed: u64,
+    /// Modality dropout of a fused setting, in thousandths.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub modality_dropout_permille: u32,
+    /// The trials the job trains on.
+    #[serde(default, skip_serializing_if = "is_speaking")]
+    pub trials: Trials,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_speaking(t: &Trials) -> bool {
+    *t == Trials::Speaking
 }
 
 impl Job {
     /// The setting's label across subjects and seeds, e.g. `gated/scales_on`.
     #[must_use]
     pub fn label(&self) -> String {
-        if SINGLE.contains(&self.setting.as_str()) {
+        let base = if SINGLE.contains(&self.setting.as_str()) {
             self.setting.clone()
         } else {
             format!("{}/scales_{}", self.setting, on_off(self.scales))
+        };
+        format!("{base}{}", self.suffix('/'))
+    }
+
+    /// The axes beyond setting, scales and seed, each after `sep`: `md0.3` (modality dropout) and
+    /// `trials_all`, when they differ from the defaults.
+    fn suffix(&self, sep: char) -> String {
+        let mut s = String::new();
+        if self.modality_dropout_permille > 0 {
+            s.push_str(&format!("{sep}md{}", f64::from(self.modality_dropout_permille) / 1000.0));
         }
+        if self.trials != Trials::Speaking {
+            s.push_str(&format!("{sep}trials_{}", self.trials));
+        }
+        s
+    }
+
+    /// The modality dropout probability.
+    #[must_use]
+    pub fn modality_dropout(&self) -> f64 {
+        f64::from(self.modality_dropout_permille) / 1000.0
     }
 }
 
@@ -69,27 +111,42 @@ fn on_off(b: bool) -> &'static str {
 #[must_use]
 pub fn jobs(spec: &SweepSpec, subjects: &[u32]) -> Vec<Job> {
     let mut out = Vec::new();
+    let trial_sets = if spec.trials.is_empty() { vec![spec.base.trials] } else { spec.trials.clone() };
+    let dropouts: Vec<u32> = if spec.modality_dropouts.is_empty() {
+        vec![spec.base.train.modality_dropout]
+    } else {
+        spec.modality_dropouts.clone()
+    }
+    .into_iter()
+    .map(|p| (p * 1000.0).round() as u32)
+    .collect();
+    let with_id = |mut job: Job, stem: String| {
+        job.id = format!("{stem}-seed{}{}", job.seed, job.suffix('-'));
+        job
+    };
     for &subject in subjects {
         for &seed in &spec.seeds {
-            let singles = if spec.base.audio_only { &SINGLE[..] } else { &SINGLE[..1] };
-            for single in singles {
-                out.push(Job {
-                    id: format!("s{subject:03}-{single}-seed{seed}"),
+            for &trials in &trial_sets {
+                let singles = if spec.base.audio_only { &SINGLE[..] } else { &SINGLE[..1] };
+                let job = |setting: String, scales: bool, md: u32| Job {
+                    id: String::new(),
                     subject,
-                    setting: (*single).into(),
-                    scales: true,
+                    setting,
+                    scales,
                     seed,
-                });
-            }
-            for mode in &spec.fusion_modes {
-                for &scales in &spec.scales {
-                    out.push(Job {
-                        id: format!("s{subject:03}-{mode}-scales_{}-seed{seed}", on_off(scales)),
-                        subject,
-                        setting: mode.to_string(),
-                        scales,
-                        seed,
-                    });
+                    modality_dropout_permille: md,
+                    trials,
+                };
+                for single in singles {
+                    out.push(with_id(job((*single).into(), true, 0), format!("s{subject:03}-{single}")));
+                }
+                for mode in &spec.fusion_modes {
+                    for &scales in &spec.scales {
+                        for &md in &dropouts {
+                            let stem = format!("s{subject:03}-{mode}-scales_{}", on_off(scales));
+                            out.push(with_id(job(mode.to_string(), scales, md), stem));
+                        }
+                    }
                 }
             }
         }
@@ -197,6 +254,8 @@ pub fn run_jobs(spec: &SweepSpec, todo: &[Job], dir: &Path, progress: &dyn Progr
             vec![job.setting.parse().map_err(|e| Error::Input(format!("{e}")))?]
         };
         cfg.train.train_scales = job.scales;
+        cfg.train.modality_dropout = job.modality_dropout();
+        cfg.trials = job.trials;
         cfg.checkpoint_dir = None;
         cfg.state_dir = Some(dir.join("state").join(&job.id));
         tracing::info!(job = %job.id, "running");
@@ -260,6 +319,24 @@ pub struct SweepReport {
     /// Subjects left out because their files failed to load, sorted by subject.
     #[serde(default)]
     pub skipped: Vec<Skipped>,
+    /// Accuracy per setting and robustness condition, over jobs.
+    #[serde(default)]
+    pub robustness: Vec<SettingRobustness>,
+}
+
+/// One setting under one robustness condition, over its jobs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SettingRobustness {
+    /// The setting's label.
+    pub setting: String,
+    /// The condition (see [`crate::robustness`]).
+    pub condition: String,
+    /// Jobs with this condition.
+    pub jobs: usize,
+    /// Mean accuracy.
+    pub accuracy_mean: f64,
+    /// Its standard deviation.
+    pub accuracy_std: f64,
 }
 
 /// Reads the job records of every folder in `dirs`.
@@ -362,6 +439,32 @@ pub fn report(jobs: Vec<JobResult>, skipped: Vec<Skipped>) -> SweepReport {
             wilcoxon: wilcoxon(&d),
         })
     };
+    let mut robustness = Vec::new();
+    for (setting, rs) in &by_setting {
+        let mut conditions: Vec<&str> = Vec::new();
+        for r in rs {
+            for c in &r.run.robustness {
+                if !conditions.contains(&c.condition.as_str()) {
+                    conditions.push(&c.condition);
+                }
+            }
+        }
+        for condition in conditions {
+            let acc: Vec<f64> = rs
+                .iter()
+                .filter_map(|r| {
+                    r.run.robustness.iter().find(|c| c.condition == condition).map(|c| c.accuracy)
+                })
+                .collect();
+            robustness.push(SettingRobustness {
+                setting: setting.clone(),
+                condition: condition.into(),
+                jobs: acc.len(),
+                accuracy_mean: mean_std(&acc).0,
+                accuracy_std: mean_std(&acc).1,
+            });
+        }
+    }
     let mut tests = Vec::new();
     for setting in by_setting.keys().filter(|s| *s != "eeg_only") {
         tests.extend(paired(setting, "eeg_only"));
@@ -369,7 +472,7 @@ pub fn report(jobs: Vec<JobResult>, skipped: Vec<Skipped>) -> SweepReport {
             tests.extend(paired(setting, &format!("{mode}/scales_off")));
         }
     }
-    SweepReport { summary, tests, per_subject, jobs, skipped }
+    SweepReport { summary, tests, per_subject, jobs, skipped, robustness }
 }
 
 /// Writes `results.json`, `results.csv`, `report.md` and `per_subject_accuracy.svg` into `dir`.
@@ -382,15 +485,19 @@ pub fn write_report(dir: &Path, r: &SweepReport) -> Result<()> {
         &dir.join("results.json"),
         &serde_json::to_vec_pretty(r).map_err(|e| Error::Input(e.to_string()))?,
     )?;
-    let mut csv = String::from("job,subject,setting,scales,seed,accuracy,macro_f1,kappa,loss\n");
+    let mut csv = String::from(
+        "job,subject,setting,scales,seed,modality_dropout,trials,accuracy,macro_f1,kappa,loss\n",
+    );
     for j in &r.jobs {
         csv.push_str(&format!(
-            "{},{},{},{},{},{:.6},{:.6},{:.6},{:.6}\n",
+            "{},{},{},{},{},{},{},{:.6},{:.6},{:.6},{:.6}\n",
             j.job.id,
             j.job.subject,
             j.job.setting,
             j.job.scales,
             j.job.seed,
+            j.job.modality_dropout(),
+            j.job.trials,
             j.run.accuracy,
             j.run.macro_f1,
             j.run.kappa,
@@ -419,6 +526,15 @@ pub fn write_report(dir: &Path, r: &SweepReport) -> Result<()> {
             if t.wilcoxon.exact { "" } else { " (approx.)" },
             t.wilcoxon.effect_size
         ));
+    }
+    if !r.robustness.is_empty() {
+        md.push_str("\n## Robustness (accuracy per condition, mean ± std over jobs)\n\n| setting | condition | jobs | accuracy |\n|---|---|---:|---:|\n");
+        for x in &r.robustness {
+            md.push_str(&format!(
+                "| {} | {} | {} | {:.3} ± {:.3} |\n",
+                x.setting, x.condition, x.jobs, x.accuracy_mean, x.accuracy_std
+            ));
+        }
     }
     if !r.skipped.is_empty() {
         md.push_str("\n## Skipped subjects (files failed to load)\n\n");

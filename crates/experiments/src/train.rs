@@ -45,6 +45,12 @@ pub struct TrainConfig {
     /// the step, so runs repeat and resume exactly. 0 disables it.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub modality_dropout: f64,
+    /// Fused models with unimodal heads: on-the-fly gradient modulation (OGM, Peng et al. 2022) with this
+    /// α. In each step the modality whose head is more confident on the true classes (mean softmax
+    /// probability) has its encoder's gradients scaled by `1 − tanh(α·(ratio − 1))`, so the other
+    /// modality's encoder can catch up. 0 disables it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub gradient_modulation: f64,
 }
 
 #[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
@@ -67,6 +73,7 @@ impl Default for TrainConfig {
             patience: Some(10),
             train_scales: true,
             modality_dropout: 0.0,
+            gradient_modulation: 0.0,
         }
     }
 }
@@ -273,22 +280,36 @@ fn masked_cross_entropy(logits: &Tensor, y: &Tensor, present: Option<&Tensor>) -
     Ok(((picked * p)?.sum_all()?.neg()? / f64::from(n))?)
 }
 
+/// The mean softmax probability of the true class over the samples whose `present` value is 1.
+fn true_class_confidence(logits: &Tensor, y: &Tensor, present: Option<&Tensor>) -> Result<f64> {
+    let p: Vec<f32> = candle_nn::ops::softmax(&logits.detach(), D::Minus1)?
+        .gather(&y.unsqueeze(1)?, 1)?
+        .squeeze(1)?
+        .to_vec1()?;
+    let mask: Vec<f32> = match present {
+        Some(m) => m.to_dtype(candle_core::DType::F32)?.to_vec1()?,
+        None => vec![1.0; p.len()],
+    };
+    let n: f32 = mask.iter().sum();
+    Ok(if n > 0.0 { f64::from(p.iter().zip(&mask).map(|(a, b)| a * b).sum::<f32>() / n) } else { 0.0 })
+}
+
 /// One optimisation step on the samples `idx`: returns the loss, the logits and the labels. With a
-/// non-finite loss the weights are left unchanged. `dropout`: the modality dropout probability and the
-/// key of its draw.
+/// non-finite loss the weights are left unchanged. `dropout_key` seeds the modality dropout's draw.
 fn train_step(
     model: &EmotionModel,
     set: &TensorSet,
     idx: &[u32],
-    vars: &[candle_core::Var],
-    grad_clip: Option<f64>,
+    (names, vars): (&[String], &[candle_core::Var]),
+    cfg: &TrainConfig,
     opt: &mut AdamW,
-    dropout: Option<(f64, [u64; 3])>,
+    dropout_key: [u64; 3],
 ) -> Result<(f64, Tensor, Tensor)> {
+    let (grad_clip, modulation) = (cfg.grad_clip, cfg.gradient_modulation);
     let (eeg, mfcc, y) = set.batch(idx)?;
     let mut presence = set.presence(idx)?;
-    if let Some((p, key)) = dropout.filter(|(p, _)| *p > 0.0 && model.fusion().is_some()) {
-        presence = drop_modalities(&presence, idx.len(), p, key, eeg.device())?;
+    if cfg.modality_dropout > 0.0 && model.fusion().is_some() {
+        presence = drop_modalities(&presence, idx.len(), cfg.modality_dropout, dropout_key, eeg.device())?;
     }
     let out = model.forward_present(&eeg, mfcc.as_ref(), &presence, true)?;
     let logits = out.logits;
@@ -297,14 +318,34 @@ fn train_step(
         loss = (loss + aux)?;
     }
     let weight = model.config().unimodal_loss;
-    for (_, head_logits, present) in &out.unimodal_logits {
+    let mut confidence = Vec::new();
+    for (m, head_logits, present) in &out.unimodal_logits {
         loss = (loss + (masked_cross_entropy(head_logits, &y, present.as_ref())? * weight)?)?;
+        if modulation > 0.0 {
+            confidence.push((*m, true_class_confidence(head_logits, &y, present.as_ref())?));
+        }
     }
     let value = scalar(&loss)?;
     if !value.is_finite() {
         return Ok((value, logits, y));
     }
     let mut grads = loss.backward()?;
+    if let [(m0, s0), (m1, s1)] = confidence[..]
+        && s0 > 0.0
+        && s1 > 0.0
+    {
+        // The more confident modality's encoder slows down.
+        let (m, ratio) = if s0 > s1 { (m0, s0 / s1) } else { (m1, s1 / s0) };
+        let k = 1.0 - (modulation * (ratio - 1.0)).tanh();
+        let prefix = format!("{m}_encoder.");
+        for (name, v) in names.iter().zip(vars) {
+            if name.starts_with(&prefix)
+                && let Some(g) = grads.remove(v.as_tensor())
+            {
+                grads.insert(v.as_tensor(), (g * k)?);
+            }
+        }
+    }
     if let Some(max) = grad_clip {
         let mut sq = 0.0;
         for v in vars {
@@ -355,6 +396,7 @@ pub fn train(
         .filter(|(n, _)| cfg.train_scales || !(n.ends_with("eeg_scale") || n.ends_with("audio_scale")))
         .collect();
     let vars: Vec<candle_core::Var> = params.iter().map(|(_, v)| v.clone()).collect();
+    let names: Vec<String> = params.iter().map(|(n, _)| n.clone()).collect();
     let mut opt = AdamW::new(params, cfg.lr, (cfg.beta1, cfg.beta2), 1e-8, cfg.weight_decay)?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let n = train_set.len();
@@ -424,9 +466,17 @@ pub fn train(
                 continue;
             }
             opt.lr = cfg.schedule.lr(cfg.lr, step, total_steps, epoch);
-            let dropout = Some((cfg.modality_dropout, [seed, epoch as u64, b as u64]));
-            let (value, logits, y) =
-                on_pool(|| train_step(model, train_set, idx, &vars, cfg.grad_clip, &mut opt, dropout))?;
+            let (value, logits, y) = on_pool(|| {
+                train_step(
+                    model,
+                    train_set,
+                    idx,
+                    (&names, &vars),
+                    cfg,
+                    &mut opt,
+                    [seed, epoch as u64, b as u64],
+                )
+            })?;
             if !value.is_finite() {
                 if let Some((_, _, weights)) = &best {
                     restore(model, weights)?;
