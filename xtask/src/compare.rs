@@ -72,8 +72,9 @@ pub struct Training {
     /// Fused models: drop each modality of a training sample with this probability (never all of them).
     #[arg(long, default_value_t = 0.0)]
     pub modality_dropout: f64,
-    /// Fused models: weight of the unimodal auxiliary losses (a linear head per modality); 0: none.
-    #[arg(long, default_value_t = 0.0)]
+    /// Fused models: weight of the unimodal auxiliary losses (a linear head per modality on its latent,
+    /// trained with its own cross-entropy); 0 is the design's plain training.
+    #[arg(long, default_value_t = experiments::config::DEFAULT_UNIMODAL_LOSS)]
     pub unimodal_loss: f64,
     /// Fused models with unimodal heads: on-the-fly gradient modulation with this α (0: off).
     #[arg(long, default_value_t = 0.0)]

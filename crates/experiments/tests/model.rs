@@ -353,6 +353,39 @@ mod runs {
         assert!(absent <= 0.45, "EEG+audio with audio absent: {absent}");
     }
 
+    /// Fusion must not hurt: where only the EEG carries the class and every speaking trial holds a clean
+    /// tone of random pitch (a decoy the fused model can memorise), the default fused training stays with
+    /// EEG-only, with and without the audio, while the design's plain training falls behind.
+    #[test]
+    fn a_decoy_modality_does_not_drag_the_default_fused_model_down() {
+        let synth = SynthConfig {
+            subjects: 2,
+            trials: 100,
+            snr: 1.0,
+            audio_signal: false,
+            decoy_audio: true,
+            ..SynthConfig::default()
+        };
+        let (_scratch, root) = tree("decoy", &synth);
+        let mut cfg = ExperimentConfig::new(root, vec![FusionMode::Concat]);
+        cfg.train.epochs = 10;
+        let r = run(&cfg, &Quiet).unwrap();
+        let acc = |r: &Results, m: &str, c: &str| {
+            r.robustness.iter().find(|x| x.modality == m && x.condition == c).unwrap().accuracy_mean
+        };
+        let eeg = acc(&r, "eeg_only", "full");
+        let (fused, absent) = (acc(&r, "eeg_audio", "full"), acc(&r, "eeg_audio", "audio_absent"));
+        assert!(eeg >= 0.8, "EEG-only {eeg}");
+        assert!(acc(&r, "audio_only", "full") <= 0.35, "the decoy carries no class");
+        assert!(fused >= eeg - 0.05, "fused {fused} vs EEG-only {eeg}");
+        assert!(absent >= eeg - 0.1, "fused without audio {absent} vs EEG-only {eeg}");
+        cfg.unimodal_loss = 0.0;
+        cfg.eeg_only = false;
+        cfg.audio_only = false;
+        let plain = acc(&run(&cfg, &Quiet).unwrap(), "eeg_audio", "full");
+        assert!(plain < fused - 0.05, "plain training {plain} vs default {fused}");
+    }
+
     /// Every model is evaluated under each condition that applies to it, on its test windows; the
     /// listening windows are a condition with `Trials::All`; noise lowers the audio-only accuracy.
     #[test]
