@@ -233,6 +233,8 @@ fn compare_saves_results_and_checkpoints_that_predict_reads() {
         "confusion_eeg_only.svg",
         "confusion_eeg_audio_concat.svg",
         "scales_eeg_audio_concat.svg",
+        "robustness.svg",
+        "confusion_audio_only.svg",
     ] {
         assert!(run.join(f).is_file(), "{f} missing");
     }

@@ -48,7 +48,8 @@ fn legend_and_present<'a, 'b: 'a>(
     root.present().map_err(|e| plot_error(path, e))
 }
 
-const PALETTE: [RGBColor; 6] = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
+const PALETTE: [RGBColor; 8] =
+    [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK, RGBColor(230, 140, 0), RGBColor(120, 80, 40)];
 
 /// Mean training loss per epoch of each setting across subjects.
 fn learning_curves(path: &Path, results: &Results) -> Result<()> {
@@ -85,6 +86,66 @@ fn learning_curves(path: &Path, results: &Results) -> Result<()> {
             .map_err(|e| plot_error(path, e))?
             .label(name.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+    }
+    legend_and_present(&mut chart, &root, path)
+}
+
+/// Accuracy per robustness condition, one line per model (points only where a condition applies).
+fn robustness(path: &Path, rows: &[crate::robustness::RobustnessRow]) -> Result<()> {
+    let mut conditions: Vec<String> = Vec::new();
+    let mut models: Vec<(String, Option<String>)> = Vec::new();
+    for r in rows {
+        if !conditions.contains(&r.condition) {
+            conditions.push(r.condition.clone());
+        }
+        let m = (r.modality.clone(), r.fusion_mode.clone());
+        if !models.contains(&m) {
+            models.push(m);
+        }
+    }
+    let root = SVGBackend::new(path, (860, 440)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| plot_error(path, e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("test accuracy per condition (mean over subjects)", ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(48)
+        .build_cartesian_2d(-0.5f64..conditions.len() as f64 - 0.5, 0f64..1f64)
+        .map_err(|e| plot_error(path, e))?;
+    let names = conditions.clone();
+    chart
+        .configure_mesh()
+        .x_labels(conditions.len() * 2 + 1)
+        .x_label_formatter(&move |x| {
+            let i = x.round();
+            if (x - i).abs() > 1e-6 || i < 0.0 {
+                return String::new();
+            }
+            names.get(i as usize).cloned().unwrap_or_default()
+        })
+        .y_desc("accuracy")
+        .draw()
+        .map_err(|e| plot_error(path, e))?;
+    for (i, (modality, mode)) in models.iter().enumerate() {
+        let color = PALETTE[i % PALETTE.len()];
+        let points: Vec<(f64, f64)> = conditions
+            .iter()
+            .enumerate()
+            .filter_map(|(k, c)| {
+                rows.iter()
+                    .find(|r| &r.modality == modality && &r.fusion_mode == mode && &r.condition == c)
+                    .map(|r| (k as f64, r.accuracy_mean))
+            })
+            .collect();
+        let label = mode.as_ref().map_or(modality.clone(), |m| format!("{modality} {m}"));
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+            .map_err(|e| plot_error(path, e))?
+            .label(label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+        chart
+            .draw_series(points.into_iter().map(|p| Circle::new(p, 3, color.filled())))
+            .map_err(|e| plot_error(path, e))?;
     }
     legend_and_present(&mut chart, &root, path)
 }
@@ -232,6 +293,11 @@ pub fn write_plots(dir: &Path, results: &Results) -> Result<Vec<PathBuf>> {
     let p = dir.join("learning_curves.svg");
     learning_curves(&p, results)?;
     files.push(p);
+    if !results.robustness.is_empty() {
+        let p = dir.join("robustness.svg");
+        robustness(&p, &results.robustness)?;
+        files.push(p);
+    }
     for name in settings(results) {
         let runs: Vec<&RunResult> = results.runs.iter().filter(|r| setting(r) == name).collect();
         let n = runs.first().map_or(5, |r| r.confusion.len());

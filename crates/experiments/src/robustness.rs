@@ -245,7 +245,8 @@ fn mix(key: &[u64]) -> u64 {
     key.iter().fold(0x9e37_79b9_7f4a_7c15, |h, k| (h ^ k).wrapping_mul(0x0100_0000_01b3).rotate_left(23))
 }
 
-/// The robustness rows of a set of runs: per (modality, fusion mode, condition), over runs.
+/// The robustness rows of a set of runs: per (modality, fusion mode, condition), over runs, ordered by
+/// condition (as [`Condition::ALL`]) and then by the models' order in `runs`.
 #[must_use]
 pub fn summarise(runs: &[crate::results::RunResult]) -> Vec<RobustnessRow> {
     type Key = (String, String, String);
@@ -259,6 +260,9 @@ pub fn summarise(runs: &[crate::results::RunResult]) -> Vec<RobustnessRow> {
             }
         }
     }
+    // Conditions in report order (stable: models keep their order within each).
+    let rank = |c: &str| Condition::ALL.iter().position(|k| k.name() == c).unwrap_or(usize::MAX);
+    groups.sort_by_key(|((_, _, c), _)| rank(c));
     groups
         .into_iter()
         .map(|((modality, mode, condition), cs)| {
