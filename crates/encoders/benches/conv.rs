@@ -1,7 +1,7 @@
 //! The conv layer on the EEG encoder's first block (batch 32, 28 → 32 channels, k 7, s 2, p 3, 512 samples):
 //! our conv kernel forward and forward+backward, against candle's native conv1d forward and conv2d over a
 //! `(B, C, 1, L)` view; and the whole EEG encoder (4 conv → BatchNorm → ReLU blocks) in training mode,
-//! forward+backward, and in evaluation mode (`cargo bench -p encoders --bench conv`).
+//! forward+backward, and in evaluation mode (`cargo bench -p emofuse-encoders --bench conv`).
 
 use std::hint::black_box;
 

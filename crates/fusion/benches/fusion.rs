@@ -1,4 +1,4 @@
-//! Each fusion mode, forward and forward + backward, batch 32 (`cargo bench -p fusion`).
+//! Each fusion mode, forward and forward + backward, batch 32 (`cargo bench -p emofuse-fusion`).
 
 use std::hint::black_box;
 

@@ -1,5 +1,5 @@
 //! MFCC throughput on 60 s of 16 kHz audio with the project configuration, in f64 and in f32
-//! (`cargo bench -p mfcc`).
+//! (`cargo bench -p emofuse-mfcc`).
 
 use std::hint::black_box;
 
