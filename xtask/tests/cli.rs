@@ -756,16 +756,32 @@ fn baseline_modalities_pick_the_model() {
         assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
         let results: serde_json::Value =
             serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
-        results["runs"]
+        let runs = results["runs"]
             .as_array()
             .unwrap()
             .iter()
             .map(|r| format!("{}/{}", r["modality"].as_str().unwrap(), r["fusion_mode"].as_str().unwrap()))
-            .collect::<Vec<_>>()
+            .collect::<Vec<_>>();
+        (out, runs)
     };
-    assert_eq!(run("audio"), ["audio_only/none"]);
-    assert_eq!(run("eeg"), ["eeg_only/none"]);
-    assert_eq!(run("eeg,audio"), ["eeg_audio/concat"]);
+    let (audio_run, runs) = run("audio");
+    assert_eq!(runs, ["audio_only/none"]);
+    // The audio-only model predicts the windows with audio, and cannot predict without it.
+    let ckpt = audio_run.join("checkpoints/subject1_fold0_audio_only_none.safetensors");
+    let preds = tmp("modalities-audio-predict");
+    let p = preds.display().to_string();
+    let c = ckpt.display().to_string();
+    let out = xtask(&["predict", "--checkpoint", &c, "--data-dir", &r, "--out", &p]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let csv = std::fs::read_to_string(preds.join("predictions.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert_eq!(rows.len(), 10 * 4, "the windows of the 10 speaking trials");
+    assert!(rows.iter().all(|r| r.split(',').nth(5) == Some("audio")));
+    let out = xtask(&["predict", "--checkpoint", &c, "--data-dir", &r, "--no-audio", "--out", &p]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot predict without audio"));
+    assert_eq!(run("eeg").1, ["eeg_only/none"]);
+    assert_eq!(run("eeg,audio").1, ["eeg_audio/concat"]);
     let out = xtask(&["baseline", "--data-dir", &r, "--modalities", "video", "--epochs", "1"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("video is not a model input"));
@@ -825,6 +841,10 @@ fn sweep_axes_modality_dropout_and_trials() {
     assert!(has("concat/scales_on/md0.3/trials_all", "listening"));
     assert!(has("concat/scales_on/md0.3", "audio_absent"));
     assert!(!has("concat/scales_on/md0.3", "listening"), "no listening windows without trials_all");
+    let tests = merged["tests"].as_array().unwrap();
+    let vs = |setting: &str| tests.iter().find(|t| t["setting"] == setting).map(|t| t["baseline"].clone());
+    assert_eq!(vs("concat/scales_on/md0.3/trials_all"), Some("eeg_only/trials_all".into()));
+    assert_eq!(vs("concat/scales_on/md0.3"), Some("eeg_only".into()));
     let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
     assert!(
         csv.lines().any(

@@ -310,7 +310,7 @@ pub struct PairedTest {
 pub struct SweepReport {
     /// Per setting.
     pub summary: Vec<SettingSummary>,
-    /// Every fused setting against EEG-only, and scales on against off per mode.
+    /// Every setting against EEG-only (trained on the same trials), and scales on against off per mode.
     pub tests: Vec<PairedTest>,
     /// Per setting and subject: accuracy averaged over seeds.
     pub per_subject: BTreeMap<String, BTreeMap<u32, f64>>,
@@ -466,10 +466,12 @@ pub fn report(jobs: Vec<JobResult>, skipped: Vec<Skipped>) -> SweepReport {
         }
     }
     let mut tests = Vec::new();
-    for setting in by_setting.keys().filter(|s| *s != "eeg_only") {
-        tests.extend(paired(setting, "eeg_only"));
-        if let Some(mode) = setting.strip_suffix("/scales_on") {
-            tests.extend(paired(setting, &format!("{mode}/scales_off")));
+    for setting in by_setting.keys().filter(|s| !s.starts_with("eeg_only")) {
+        // Against EEG-only trained on the same trials.
+        let trials = if setting.ends_with("/trials_all") { "/trials_all" } else { "" };
+        tests.extend(paired(setting, &format!("eeg_only{trials}")));
+        if setting.contains("/scales_on") {
+            tests.extend(paired(setting, &setting.replace("/scales_on", "/scales_off")));
         }
     }
     SweepReport { summary, tests, per_subject, jobs, skipped, robustness }
