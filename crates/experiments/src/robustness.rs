@@ -156,34 +156,42 @@ impl ConditionSets {
             (Condition::AudioAbsent, full.without(Modality::Audio)?),
             (Condition::EegAbsent, full.without(Modality::Eeg)?),
         ];
-        // Noisy speech: each test trial's file read once, each window's noise drawn from (seed, subject,
-        // trial, window, SNR).
-        let trials: Vec<(u32, usize)> = {
-            let mut t: Vec<(u32, usize)> =
-                d.test.iter().map(|&i| (d.samples[i].subject, d.samples[i].trial)).collect();
-            t.dedup();
-            t
-        };
-        let mut speech: BTreeMap<TrialKey, (PathBuf, Vec<Vec<f32>>)> = BTreeMap::new();
+        // Noisy speech: each test trial's file read once and its noisy windows turned into MFCCs in one
+        // call (one MFCC plan per trial); each window's noise drawn from (seed, subject, trial, window, SNR).
+        const SNRS: [i32; 3] = [20, 10, 0];
+        let mut trials: Vec<TrialKey> =
+            d.test.iter().map(|&i| (d.samples[i].subject, d.samples[i].trial)).collect();
+        trials.dedup();
+        // Per trial: its windows' MFCCs under each SNR, `[snr][window]`.
+        let mut noisy_mfcc: BTreeMap<TrialKey, Vec<Vec<Vec<f32>>>> = BTreeMap::new();
         for key in trials {
-            if let Some(path) = d.audio.get(&key) {
-                speech.insert(key, (path.clone(), speech_windows(path, pre)?));
-            }
-        }
-        for db in [20, 10, 0] {
-            let mut noisy: Vec<Sample> = Vec::with_capacity(d.test.len());
-            for &i in d.test {
-                let s = &d.samples[i];
-                let mut s = s.clone();
-                if let Some((path, windows)) = speech.get(&(s.subject, s.trial)) {
-                    let mut w = windows[s.window].clone();
-                    let key = [seed, u64::from(s.subject), s.trial as u64, s.window as u64, db as u64];
-                    let mut rng = ChaCha8Rng::seed_from_u64(mix(&key));
-                    add_noise(&mut w, f64::from(db), &mut rng);
-                    s.mfcc = speech_mfcc(&[w], pre, path)?.pop();
+            let Some(path) = d.audio.get(&key) else { continue };
+            let windows = speech_windows(path, pre)?;
+            let mut noisy = Vec::with_capacity(SNRS.len() * windows.len());
+            for db in SNRS {
+                for (w, clean) in windows.iter().enumerate() {
+                    let mut x = clean.clone();
+                    let k = [seed, u64::from(key.0), key.1 as u64, w as u64, db as u64];
+                    add_noise(&mut x, f64::from(db), &mut ChaCha8Rng::seed_from_u64(mix(&k)));
+                    noisy.push(x);
                 }
-                noisy.push(s);
             }
+            let mut mfcc = speech_mfcc(&noisy, pre, path)?.into_iter();
+            let per_snr = SNRS.iter().map(|_| mfcc.by_ref().take(windows.len()).collect()).collect();
+            noisy_mfcc.insert(key, per_snr);
+        }
+        for (k, db) in SNRS.into_iter().enumerate() {
+            let noisy: Vec<Sample> = d
+                .test
+                .iter()
+                .map(|&i| {
+                    let mut s = d.samples[i].clone();
+                    if let Some(m) = noisy_mfcc.get(&(s.subject, s.trial)) {
+                        s.mfcc = Some(m[k][s.window].clone());
+                    }
+                    s
+                })
+                .collect();
             let idx: Vec<usize> = (0..noisy.len()).collect();
             sets.push((Condition::AudioSnr(db), set(&noisy, &idx)?));
         }
