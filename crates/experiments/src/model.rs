@@ -49,8 +49,9 @@ fn eeg() -> Modality {
     Modality::Eeg
 }
 
+/// Whether a setting is 0 (serde's `skip_serializing_if` for settings that older files lack).
 #[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
-fn is_zero(v: &f64) -> bool {
+pub(crate) fn is_zero(v: &f64) -> bool {
     *v == 0.0
 }
 
@@ -368,14 +369,7 @@ impl EmotionModel {
     /// The modalities the model reads, in fusion order.
     #[must_use]
     pub fn modalities(&self) -> Vec<Modality> {
-        let mut m = Vec::new();
-        if self.eeg.is_some() {
-            m.push(Modality::Eeg);
-        }
-        if self.audio.is_some() {
-            m.push(Modality::Audio);
-        }
-        m
+        self.cfg.modalities()
     }
 
     /// Encodes `x` with the encoder of `modality`: the pooled latent and, with `sequence`, the sequence.

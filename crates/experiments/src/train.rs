@@ -43,19 +43,14 @@ pub struct TrainConfig {
     /// Fused models: the probability that each present modality of a training sample is dropped (masked
     /// as absent) in a step, never all of a sample's modalities. Drawn from the run's seed, the epoch and
     /// the step, so runs repeat and resume exactly. 0 disables it.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "crate::model::is_zero")]
     pub modality_dropout: f64,
     /// Fused models with unimodal heads: on-the-fly gradient modulation (OGM, Peng et al. 2022) with this
     /// α. In each step the modality whose head is more confident on the true classes (mean softmax
     /// probability) has its encoder's gradients scaled by `1 − tanh(α·(ratio − 1))`, so the other
     /// modality's encoder can catch up. 0 disables it.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "crate::model::is_zero")]
     pub gradient_modulation: f64,
-}
-
-#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
-fn is_zero(v: &f64) -> bool {
-    *v == 0.0
 }
 
 impl Default for TrainConfig {
