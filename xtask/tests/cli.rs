@@ -25,6 +25,11 @@ fn repo(rel: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel).display().to_string()
 }
 
+/// A JSON file the command wrote.
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
 fn json(out: &Output) -> serde_json::Value {
     assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
@@ -153,7 +158,7 @@ fn mfcc_writes_the_documented_json() {
         &out_file.display().to_string(),
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&out_file).unwrap()).unwrap();
+    let v = read_json(&out_file);
     assert_eq!(v["sample_rate"], 16_000);
     assert_eq!(v["resampled_from"], serde_json::Value::Null);
     assert_eq!(v["shape"], serde_json::json!([13, 486]));
@@ -172,7 +177,7 @@ fn mfcc_writes_the_documented_json() {
         "f32",
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let s: serde_json::Value = serde_json::from_slice(&std::fs::read(&single_file).unwrap()).unwrap();
+    let s = read_json(&single_file);
     assert_eq!((s["precision"].as_str(), &s["shape"]), (Some("f32"), &v["shape"]));
     let values = |v: &serde_json::Value| -> Vec<f64> {
         v["mfcc"]
@@ -198,7 +203,7 @@ fn mfcc_writes_the_documented_json() {
         "librosa",
     ]);
     assert!(out.status.success());
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&out_file).unwrap()).unwrap();
+    let v = read_json(&out_file);
     assert_eq!((v["sample_rate"].as_u64(), v["resampled_from"].as_u64()), (Some(22_050), Some(16_000)));
 }
 
@@ -238,8 +243,7 @@ fn compare_saves_results_and_checkpoints_that_predict_reads() {
     ] {
         assert!(run.join(f).is_file(), "{f} missing");
     }
-    let results: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(run.join("results.json")).unwrap()).unwrap();
+    let results = read_json(&run.join("results.json"));
     let summary = results["summary"].as_array().unwrap();
     let rows: Vec<&str> = summary.iter().map(|r| r["modality"].as_str().unwrap()).collect();
     assert_eq!(rows, ["eeg_only", "audio_only", "eeg_audio"]);
@@ -250,8 +254,7 @@ fn compare_saves_results_and_checkpoints_that_predict_reads() {
         assert!(!results["runs"][0][key].is_null(), "runs lack {key}");
     }
     let ckpt = run.join("checkpoints/subject1_fold0_eeg_audio_concat.safetensors");
-    let side: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(ckpt.with_extension("json")).unwrap()).unwrap();
+    let side = read_json(&ckpt.with_extension("json"));
     assert_eq!(side["model"]["eeg"]["in_channels"], 28, "dropping FP1 and FP2 leaves 28 channels");
     let preds = tmp("predict-out");
     let out = xtask(&[
@@ -405,8 +408,7 @@ fn sweeps_shard_merge_resume_and_emit_slurm() {
     // 2 subjects × 2 seeds × (EEG-only + audio-only + 2 modes × 2 scale settings) = 24 jobs.
     assert_eq!(csv(&whole).lines().count(), 1 + 24);
     assert_eq!(csv(&whole), csv(&merged), "merged shards equal the unsharded sweep");
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(merged.join("results.json")).unwrap()).unwrap();
+    let report = read_json(&merged.join("results.json"));
     let tests = report["tests"].as_array().unwrap();
     assert!(tests.iter().any(|t| t["setting"] == "gated/scales_on" && t["baseline"] == "eeg_only"));
     assert!(
@@ -499,8 +501,7 @@ fn one_and_two_threads_train_identical_models() {
     names.sort();
     assert_eq!(names.len(), 7, "eeg_only, audio_only and five fused models: {names:?}");
     // The adaptive model's router: a distribution over the four other modes, in results and report.
-    let results: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(one.join("results.json")).unwrap()).unwrap();
+    let results = read_json(&one.join("results.json"));
     let adaptive =
         results["runs"].as_array().unwrap().iter().find(|r| r["fusion_mode"] == "adaptive").unwrap();
     let weights = adaptive["router_weights"].as_object().unwrap();
@@ -603,16 +604,14 @@ fn skip_bad_subjects_finishes_with_the_rest_and_says_why() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&name) && err.contains("subject(s) finished before"), "{err}");
-    let saved: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(stopped.join("results.json")).unwrap()).unwrap();
+    let saved = read_json(&stopped.join("results.json"));
     assert!(saved["runs"].as_array().unwrap().iter().all(|r| r["subject"] == 1), "subject 1 kept");
 
     let skipped = tmp("skip-on");
     let out = compare(&skipped, true);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("skipping subject 2"));
-    let results: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(skipped.join("results.json")).unwrap()).unwrap();
+    let results = read_json(&skipped.join("results.json"));
     assert_eq!(results["skipped"].as_array().unwrap().len(), 1);
     assert_eq!(results["skipped"][0]["subject"], 2);
     assert!(results["skipped"][0]["reason"].as_str().unwrap().contains(&name));
@@ -643,8 +642,7 @@ fn skip_bad_subjects_finishes_with_the_rest_and_says_why() {
         &s,
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let merged: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(sweep.join("results.json")).unwrap()).unwrap();
+    let merged = read_json(&sweep.join("results.json"));
     assert_eq!(
         merged["jobs"].as_array().unwrap().len(),
         6,
@@ -675,11 +673,9 @@ fn sweep_without_a_data_folder_uses_the_built_in_tree() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(tree.join("synth_config.json").is_file(), "the built-in tree was generated");
-    let spec: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out_dir.join("sweep.json")).unwrap()).unwrap();
+    let spec = read_json(&out_dir.join("sweep.json"));
     assert_eq!(spec["base"]["data_dir"].as_str().unwrap(), tree.display().to_string());
-    let merged: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out_dir.join("results.json")).unwrap()).unwrap();
+    let merged = read_json(&out_dir.join("results.json"));
     assert_eq!(merged["jobs"].as_array().unwrap().len(), 3);
 }
 
@@ -708,8 +704,7 @@ fn listening_windows_train_and_speaking_windows_test() {
         ];
         let status = xtask(&args);
         assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
-        let results: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+        let results = read_json(&out.join("results.json"));
         results["runs"]
             .as_array()
             .unwrap()
@@ -754,8 +749,7 @@ fn baseline_modalities_pick_the_model() {
         let args = ["baseline", "--data-dir", &r, "--modalities", modalities, "--epochs", "1", "--out", &o];
         let status = xtask(&args);
         assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
-        let results: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+        let results = read_json(&out.join("results.json"));
         let runs = results["runs"]
             .as_array()
             .unwrap()
@@ -816,8 +810,7 @@ fn sweep_axes_modality_dropout_and_trials() {
         &o,
     ]);
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
-    let merged: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    let merged = read_json(&out.join("results.json"));
     let mut ids: Vec<&str> =
         merged["jobs"].as_array().unwrap().iter().map(|j| j["job"]["id"].as_str().unwrap()).collect();
     ids.sort_unstable();
