@@ -79,6 +79,10 @@ pub struct Training {
     /// Fused models with unimodal heads: on-the-fly gradient modulation with this α (0: off).
     #[arg(long, default_value_t = 0.0)]
     pub gradient_modulation: f64,
+    /// Causal preprocessing (forward-only band-pass, MFCC frames that end at their hop): what `stream`
+    /// computes live, so a model trained with it sees the same windows online.
+    #[arg(long)]
+    pub causal: bool,
 }
 
 impl Training {
@@ -94,6 +98,7 @@ impl Training {
         cfg.train.modality_dropout = self.modality_dropout;
         cfg.unimodal_loss = self.unimodal_loss;
         cfg.train.gradient_modulation = self.gradient_modulation;
+        cfg.preprocess.causal = self.causal;
     }
 
     /// The same settings as command-line arguments.
@@ -117,6 +122,7 @@ impl Training {
         ]
         .into_iter()
         .flat_map(|(k, v)| [k.to_owned(), v])
+        .chain(self.causal.then(|| "--causal".to_owned()))
         .collect()
     }
 }

@@ -6,6 +6,7 @@ use core_types::Emotion;
 use mfcc::{Mfcc, MfccConfig};
 use serde::{Deserialize, Serialize};
 
+use crate::causal;
 use crate::error::{Error, Result};
 use crate::signal::{butter_bandpass, decimate, sosfiltfilt};
 use crate::subject::{CHANNEL_NAMES, EEG_RATE, Subject};
@@ -92,6 +93,15 @@ pub struct PreprocessConfig {
     pub mfcc_frames: usize,
     /// Whether to compute MFCC windows for speaking trials.
     pub audio: bool,
+    /// Causal filters (see [`crate::causal`]): what a live stream sees, instead of the official zero-phase
+    /// band-pass and centred MFCC frames. Off by default; absent from older settings files.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub causal: bool,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_false(v: &bool) -> bool {
+    !*v
 }
 
 impl Default for PreprocessConfig {
@@ -105,6 +115,7 @@ impl Default for PreprocessConfig {
             channels: Channels::All,
             mfcc_frames: 500,
             audio: true,
+            causal: false,
         }
     }
 }
@@ -201,8 +212,15 @@ fn window_mfcc(planner: &Mfcc, seg: &[f32], cfg: &PreprocessConfig, path: &Path)
 /// Audio errors naming the file.
 pub fn speech_windows(path: &Path, cfg: &PreprocessConfig) -> Result<Vec<Vec<f32>>> {
     let rate = MfccConfig::project().sample_rate;
-    let a = crate::audio::load_mono(path, rate)?;
     let audio_win = (cfg.window_seconds * f64::from(rate)).round() as usize;
+    if cfg.causal {
+        let a = crate::audio::read_wav(path)?;
+        let speech = causal::speech_16k(&a.samples, a.sample_rate);
+        return Ok((0..cfg.windows_per_trial)
+            .map(|w| causal::speech_window(&speech, w, audio_win))
+            .collect());
+    }
+    let a = crate::audio::load_mono(path, rate)?;
     Ok((0..cfg.windows_per_trial).map(|w| speech_window(&a.samples, w, audio_win)).collect())
 }
 
@@ -212,9 +230,37 @@ pub fn speech_windows(path: &Path, cfg: &PreprocessConfig) -> Result<Vec<Vec<f32
 /// # Errors
 /// MFCC errors naming `path`.
 pub fn speech_mfcc(windows: &[Vec<f32>], cfg: &PreprocessConfig, path: &Path) -> Result<Vec<Vec<f32>>> {
-    let planner =
-        Mfcc::new(MfccConfig::project()).map_err(|e| Error::Mfcc { path: path.into(), source: e })?;
-    windows.iter().map(|seg| window_mfcc(&planner, seg, cfg, path)).collect()
+    let planner = Planner::new(cfg, path)?;
+    windows.iter().map(|seg| planner.window(seg, cfg, path)).collect()
+}
+
+/// The MFCC planner of the zero-phase or the causal path.
+enum Planner {
+    Centred(Mfcc),
+    Causal(Mfcc),
+}
+
+impl Planner {
+    fn new(cfg: &PreprocessConfig, path: &Path) -> Result<Self> {
+        let mfcc_err = |e| Error::Mfcc { path: path.into(), source: e };
+        Ok(if cfg.causal {
+            Self::Causal(Mfcc::new(causal::mfcc_config()).map_err(mfcc_err)?)
+        } else {
+            Self::Centred(Mfcc::new(MfccConfig::project()).map_err(mfcc_err)?)
+        })
+    }
+
+    /// The MFCC of one speech window (from [`speech_windows`] under the same setting).
+    fn window(&self, seg: &[f32], cfg: &PreprocessConfig, path: &Path) -> Result<Vec<f32>> {
+        let mfcc_err = |e| Error::Mfcc { path: path.into(), source: e };
+        match self {
+            Self::Centred(p) => window_mfcc(p, seg, cfg, path),
+            Self::Causal(p) => {
+                causal::window_cepstra(p, &p.mel_frames(seg).map_err(mfcc_err)?, cfg.mfcc_frames)
+                    .map_err(mfcc_err)
+            }
+        }
+    }
 }
 
 /// Adds white Gaussian noise to `speech` at `snr_db` decibels below the window's own power (its mean
@@ -258,9 +304,8 @@ pub fn preprocess(subject: &Subject, cfg: &PreprocessConfig) -> Result<SubjectSa
         ));
     }
     let sos = butter_bandpass(cfg.filter_order, cfg.band_hz.0, cfg.band_hz.1, cfg.eeg_rate());
-    let planner =
-        Mfcc::new(MfccConfig::project()).map_err(|e| Error::Mfcc { path: subject.dir.clone(), source: e })?;
-    let audio_rate = planner.config().sample_rate;
+    let planner = Planner::new(cfg, &subject.dir)?;
+    let audio_rate = MfccConfig::project().sample_rate;
     let audio_win = (cfg.window_seconds * f64::from(audio_rate)).round() as usize;
     let mut samples = Vec::with_capacity(subject.trials.len() * cfg.windows_per_trial);
     let mut notes = Vec::new();
@@ -269,16 +314,25 @@ pub fn preprocess(subject: &Subject, cfg: &PreprocessConfig) -> Result<SubjectSa
         let filtered: Vec<Vec<f64>> = channels
             .iter()
             .map(|&c| {
-                let x: Vec<f64> = raw[c * subject.samples_per_trial..(c + 1) * subject.samples_per_trial]
-                    .iter()
-                    .map(|&v| f64::from(v))
-                    .collect();
+                let raw = &raw[c * subject.samples_per_trial..(c + 1) * subject.samples_per_trial];
+                if cfg.causal {
+                    return causal::eeg_channel(raw, cfg);
+                }
+                let x: Vec<f64> = raw.iter().map(|&v| f64::from(v)).collect();
                 sosfiltfilt(&sos, &decimate(&x, cfg.decimation))
             })
             .collect();
         let audio = match (&trial.audio, cfg.audio && trial.speaking) {
             (Some(path), true) => {
-                let a = crate::audio::load_mono(path, audio_rate)?;
+                let a = if cfg.causal {
+                    let a = crate::audio::read_wav(path)?;
+                    crate::audio::MonoAudio {
+                        sample_rate: audio_rate,
+                        samples: causal::speech_16k(&a.samples, a.sample_rate),
+                    }
+                } else {
+                    crate::audio::load_mono(path, audio_rate)?
+                };
                 let need = audio_win * cfg.windows_per_trial;
                 if a.samples.len() < need {
                     notes.push(format!(
@@ -296,7 +350,14 @@ pub fn preprocess(subject: &Subject, cfg: &PreprocessConfig) -> Result<SubjectSa
             let eeg: Vec<f32> =
                 filtered.iter().flat_map(|ch| ch[w * win..(w + 1) * win].iter().map(|&v| v as f32)).collect();
             let mfcc = match &audio {
-                Some((path, a)) => Some(window_mfcc(&planner, &speech_window(a, w, audio_win), cfg, path)?),
+                Some((path, a)) => {
+                    let seg = if cfg.causal {
+                        causal::speech_window(a, w, audio_win)
+                    } else {
+                        speech_window(a, w, audio_win)
+                    };
+                    Some(planner.window(&seg, cfg, path)?)
+                }
                 None => None,
             };
             samples.push(Sample {

@@ -4,6 +4,8 @@
 //! - [`dataset`]: preprocessing as the official pipeline does it (500 → 100 Hz, 0.5–45 Hz band-pass, 5 s
 //!   windows) and MFCC windows of speaking trials.
 //! - [`split`]: official chronological, trial-grouped k-fold and leave-one-subject-out splits.
+//! - [`causal`]: the same preprocessing with causal filters, sample by sample (`PreprocessConfig::causal`,
+//!   and what a live stream computes).
 //! - [`cache`]: a preprocessing cache keyed by the source files and the settings.
 //! - [`synth`]: a synthetic tree in the same formats, with class structure of known strength.
 //! - [`mat`]: MAT level-5 reading and writing; [`audio`]: WAV decoding and resampling; [`signal`]: filters.
@@ -39,6 +41,7 @@
 
 pub mod audio;
 pub mod cache;
+pub mod causal;
 pub mod dataset;
 mod error;
 pub mod mat;

@@ -15,12 +15,14 @@ fn bessel_i0(x: f64) -> f64 {
     sum
 }
 
-/// The anti-aliasing filter of `scipy.signal.resample_poly(x, 1, down)`: a `20·down + 1`-tap windowed sinc
-/// with cutoff `1/down` (of Nyquist), Kaiser window β = 5, normalised to unit DC gain.
-fn decimation_filter(down: usize) -> Vec<f64> {
-    let half = 10 * down;
+/// The anti-aliasing filter of `scipy.signal.resample_poly(x, up, down)` (`up`, `down` coprime): a
+/// `20·max(up, down) + 1`-tap windowed sinc with cutoff `1/max(up, down)` (of Nyquist), Kaiser window
+/// β = 5, normalised to a DC gain of `up`.
+fn polyphase_filter(up: usize, down: usize) -> Vec<f64> {
+    let max_rate = up.max(down);
+    let half = 10 * max_rate;
     let n = 2 * half + 1;
-    let cutoff = 1.0 / down as f64;
+    let cutoff = 1.0 / max_rate as f64;
     let beta = 5.0;
     let mut h: Vec<f64> = (0..n)
         .map(|i| {
@@ -31,7 +33,7 @@ fn decimation_filter(down: usize) -> Vec<f64> {
         })
         .collect();
     let sum: f64 = h.iter().sum();
-    h.iter_mut().for_each(|v| *v /= sum);
+    h.iter_mut().for_each(|v| *v = *v / sum * up as f64);
     h
 }
 
@@ -42,7 +44,7 @@ pub fn decimate(x: &[f64], down: usize) -> Vec<f64> {
     if down <= 1 {
         return x.to_vec();
     }
-    let h = decimation_filter(down);
+    let h = polyphase_filter(1, down);
     let half = (h.len() - 1) / 2;
     let n_out = x.len().div_ceil(down);
     (0..n_out)
@@ -174,4 +176,147 @@ pub fn sosfiltfilt(sos: &[Sos], x: &[f64]) -> Vec<f64> {
     sosfilt(sos, &mut ext, scaled(&zi, first));
     ext.reverse();
     ext[pad..pad + n].to_vec()
+}
+
+/// What a causal filter assumes its input was before the first sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum History {
+    /// Silence (audio).
+    Zero,
+    /// The first sample, for ever (EEG, whose offset would otherwise ring through the filters).
+    First,
+}
+
+/// A causal polyphase resampler by `up / down`, with the anti-aliasing filter of scipy's
+/// `resample_poly`: output `m` (at time `m·down/up` input samples) is `Σ_j h[m·down − j·up]·x[j]` over the
+/// inputs up to and including that time, so it is ready as soon as input `⌊m·down/up⌋` has arrived and
+/// lags the zero-phase output by the filter's half length (`10·max(up, down)/up` input samples).
+/// Fed in chunks of any size, it gives the same numbers as fed the whole signal at once; it keeps a fixed
+/// number of past inputs.
+#[derive(Debug, Clone)]
+pub struct CausalResampler {
+    h: Vec<f64>,
+    up: usize,
+    down: usize,
+    history: History,
+    /// The last `ring.len()` inputs, input `j` at `j % ring.len()`.
+    ring: Vec<f64>,
+    /// The value before the first input.
+    before: f64,
+    received: u64,
+    produced: u64,
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+impl CausalResampler {
+    /// A resampler from `from` to `to` samples per second (any positive rates; the ratio is reduced).
+    ///
+    /// # Panics
+    /// Never for positive rates; a zero rate is the caller's bug.
+    #[must_use]
+    pub fn new(from: usize, to: usize, history: History) -> Self {
+        assert!(from > 0 && to > 0, "sample rates must be positive");
+        let g = gcd(from, to);
+        let (up, down) = (to / g, from / g);
+        let h = if up == 1 && down == 1 { vec![1.0] } else { polyphase_filter(up, down) };
+        let ring = vec![0.0; h.len().div_ceil(up) + 1];
+        Self { h, up, down, history, ring, before: 0.0, received: 0, produced: 0 }
+    }
+
+    /// A decimator by `down` (`resample_poly(x, 1, down)` made causal).
+    #[must_use]
+    pub fn decimator(down: usize, history: History) -> Self {
+        Self::new(down.max(1), 1, history)
+    }
+
+    /// Forgets every input: the next sample starts a new signal.
+    pub fn reset(&mut self) {
+        self.received = 0;
+        self.produced = 0;
+    }
+
+    /// Inputs taken since the start (or the last reset).
+    #[must_use]
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// Takes one input sample; hands every output it completes to `out` (none, one or several).
+    pub fn push(&mut self, x: f64, mut out: impl FnMut(f64)) {
+        if self.received == 0 {
+            self.before = match self.history {
+                History::Zero => 0.0,
+                History::First => x,
+            };
+        }
+        let k = self.ring.len() as u64;
+        self.ring[(self.received % k) as usize] = x;
+        self.received += 1;
+        let (up, down) = (self.up as u64, self.down as u64);
+        // Output m is ready once input ⌊m·down/up⌋ is in: m·down < received·up.
+        while self.produced * down < self.received * up {
+            let pos = self.produced * down; // in the up-sampled signal
+            let newest = pos / up; // the last input that contributes
+            let mut acc = 0.0;
+            let mut j = newest as i64;
+            loop {
+                let tap = pos as i64 - j * up as i64;
+                if tap >= self.h.len() as i64 {
+                    break;
+                }
+                let v = if j < 0 { self.before } else { self.ring[(j as u64 % k) as usize] };
+                acc += self.h[tap as usize] * v;
+                j -= 1;
+            }
+            out(acc);
+            self.produced += 1;
+        }
+    }
+}
+
+/// A causal cascade of second-order sections (`scipy.signal.sosfilt`) whose state runs across calls,
+/// started in the steady state of its first input (`sosfilt_zi · x[0]`), so a signal's offset does not
+/// ring through it.
+#[derive(Debug, Clone)]
+pub struct CausalSos {
+    sos: Vec<Sos>,
+    zi: Vec<[f64; 2]>,
+    state: Vec<[f64; 2]>,
+    started: bool,
+}
+
+impl CausalSos {
+    /// The filter `sos`, at rest until its first input.
+    #[must_use]
+    pub fn new(sos: Vec<Sos>) -> Self {
+        let zi = sosfilt_zi(&sos);
+        let state = vec![[0.0; 2]; sos.len()];
+        Self { sos, zi, state, started: false }
+    }
+
+    /// Forgets the state: the next sample starts a new signal.
+    pub fn reset(&mut self) {
+        self.started = false;
+    }
+
+    /// Filters one sample.
+    pub fn step(&mut self, x: f64) -> f64 {
+        if !self.started {
+            for (s, z) in self.state.iter_mut().zip(&self.zi) {
+                *s = [z[0] * x, z[1] * x];
+            }
+            self.started = true;
+        }
+        let mut s = x;
+        for (sec, z) in self.sos.iter().zip(self.state.iter_mut()) {
+            let y = sec[0] * s + z[0];
+            z[0] = sec[1] * s - sec[4] * y + z[1];
+            z[1] = sec[2] * s - sec[5] * y;
+            s = y;
+        }
+        s
+    }
 }

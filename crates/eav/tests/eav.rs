@@ -888,16 +888,21 @@ fn speech_windows_repeat_the_preprocessing_and_noise_has_its_snr() {
     let cfg = eav::synth::SynthConfig { subjects: 1, trials: 4, ..Default::default() };
     eav::synth::write_synthetic(&root, &cfg, &|_| {}).unwrap();
     let sd = &eav::subject::discover(&root).unwrap()[0];
-    let pre = eav::dataset::PreprocessConfig::default();
-    let samples = eav::dataset::preprocess(&eav::subject::load_subject(sd).unwrap(), &pre).unwrap();
     let files = eav::subject::audio_files(sd).unwrap();
     assert_eq!(files.keys().copied().collect::<Vec<_>>(), [1, 3], "speaking trials only");
     let path = &files[&1];
+    let causal = eav::dataset::PreprocessConfig { causal: true, ..Default::default() };
+    for pre in [causal, eav::dataset::PreprocessConfig::default()] {
+        let samples = eav::dataset::preprocess(&eav::subject::load_subject(sd).unwrap(), &pre).unwrap();
+        let windows = speech_windows(path, &pre).unwrap();
+        let mfcc = speech_mfcc(&windows, &pre, path).unwrap();
+        let from_pre: Vec<&Vec<f32>> =
+            samples.samples.iter().filter(|s| s.trial == 1).map(|s| s.mfcc.as_ref().unwrap()).collect();
+        assert_eq!(mfcc.iter().collect::<Vec<_>>(), from_pre, "causal: {}", pre.causal);
+    }
+    let pre = eav::dataset::PreprocessConfig::default();
     let windows = speech_windows(path, &pre).unwrap();
     let mfcc = speech_mfcc(&windows, &pre, path).unwrap();
-    let from_pre: Vec<&Vec<f32>> =
-        samples.samples.iter().filter(|s| s.trial == 1).map(|s| s.mfcc.as_ref().unwrap()).collect();
-    assert_eq!(mfcc.iter().collect::<Vec<_>>(), from_pre);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
     let mut change = Vec::new();
     for snr in [20.0, 10.0, 0.0] {
@@ -916,4 +921,106 @@ fn speech_windows_repeat_the_preprocessing_and_noise_has_its_snr() {
     let mut silent = vec![0.0f32; 100];
     assert_eq!(add_noise(&mut silent, 10.0, &mut rng), 0.0);
     assert!(silent.iter().all(|v| *v == 0.0));
+}
+
+/// The causal path: chunk-invariant filters whose numbers are the zero-phase ones delayed, or (EEG) the
+/// steady state of a constant offset; the preprocessing's causal windows are cut from them.
+mod causal {
+    use eav::causal::{SpeechFrames, eeg_channel, frame_lead, mfcc_config, speech_16k};
+    use eav::signal::{CausalResampler, History, decimate};
+    use proptest::prelude::*;
+
+    fn signal(n: usize, seed: u64) -> Vec<f64> {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        (0..n).map(|i| (i as f64 * 0.05).sin() + rng.random_range(-0.5..0.5)).collect()
+    }
+
+    fn run(r: &mut CausalResampler, x: &[f64]) -> Vec<f64> {
+        let mut out = Vec::new();
+        for &v in x {
+            r.push(v, |y| out.push(y));
+        }
+        out
+    }
+
+    /// With silence before the start, the causal resampler is scipy's `resample_poly` (checked against
+    /// scipy in the signal tests) delayed by the filter's half length: 10 output samples whenever
+    /// `down > up`. Its output count is `ceil(len · up / down)`.
+    #[test]
+    fn the_causal_resampler_is_resample_poly_delayed() {
+        let x = signal(3000, 1);
+        for down in [2, 3, 5] {
+            let y = run(&mut CausalResampler::decimator(down, History::Zero), &x);
+            let z = decimate(&x, down);
+            assert_eq!(y.len(), z.len());
+            for m in 0..z.len() - 10 {
+                assert!((y[m + 10] - z[m]).abs() < 1e-12, "down {down} m {m}: {} vs {}", y[m + 10], z[m]);
+            }
+        }
+        // 44.1 kHz → 16 kHz: up 160, down 441; as many outputs as the duration holds.
+        let y = run(&mut CausalResampler::new(44_100, 16_000, History::Zero), &x);
+        assert_eq!(y.len(), (3000usize * 160).div_ceil(441));
+        // A 1 kHz tone keeps its amplitude through the 44.1 → 16 kHz filter (its pass band).
+        let tone: Vec<f64> =
+            (0..44_100).map(|i| (2.0 * std::f64::consts::PI * 1000.0 * i as f64 / 44_100.0).sin()).collect();
+        let y = run(&mut CausalResampler::new(44_100, 16_000, History::Zero), &tone);
+        let peak = y[1000..15_000].iter().fold(0.0f64, |a, v| a.max(v.abs()));
+        assert!((peak - 1.0).abs() < 0.01, "peak {peak}");
+    }
+
+    /// A constant EEG offset (electrode DC) gives no output from the first sample on: the filters start in
+    /// its steady state instead of ringing for seconds through the 0.5 Hz high-pass.
+    #[test]
+    fn an_offset_does_not_ring() {
+        let pre = eav::dataset::PreprocessConfig::default();
+        let y = eeg_channel(&vec![-1234.5f32; 5000], &pre);
+        assert_eq!(y.len(), 1000);
+        assert!(y.iter().all(|v| v.abs() < 1e-6), "max {}", y.iter().fold(0.0f64, |a, v| a.max(v.abs())));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        /// Any chunking of the input gives the same bits as the whole signal at once: EEG filters, the
+        /// resampler, and the speech frames (which equal the MFCC crate's frames of the zero-led signal).
+        #[test]
+        fn chunking_does_not_change_the_numbers(cuts in proptest::collection::vec(1usize..900, 1..40), rate in prop::sample::select(vec![16_000u32, 44_100, 48_000])) {
+            let pre = eav::dataset::PreprocessConfig::default();
+            let x: Vec<f32> = signal(6000, 2).iter().map(|&v| v as f32 * 30.0).collect();
+            let whole = eeg_channel(&x, &pre);
+            let mut f = eav::causal::EegFilter::new(&pre);
+            let (mut got, mut at, mut i) = (Vec::new(), 0, 0);
+            while at < x.len() {
+                let n = cuts[i % cuts.len()].min(x.len() - at);
+                for &v in &x[at..at + n] {
+                    f.push(v, |y| got.push(y));
+                }
+                at += n;
+                i += 1;
+            }
+            prop_assert_eq!(&got, &whole);
+
+            let speech: Vec<f32> = signal(rate as usize / 2, 3).iter().map(|&v| v as f32 * 0.1).collect();
+            let (mut mel, mut energy) = (Vec::new(), Vec::new());
+            let mut frames = SpeechFrames::new(rate).unwrap();
+            let (mut at, mut i) = (0, 0);
+            while at < speech.len() {
+                let n = cuts[i % cuts.len()].min(speech.len() - at);
+                frames.push(&speech[at..at + n], &mut mel, &mut energy).unwrap();
+                at += n;
+                i += 1;
+            }
+            let s16 = speech_16k(&speech, rate);
+            let mut led = vec![0.0f32; frame_lead()];
+            led.extend_from_slice(&s16);
+            let planner = mfcc::Mfcc::new(mfcc_config()).unwrap();
+            let all = planner.mel_frames(&led).unwrap();
+            let n = frames.frames() as usize;
+            prop_assert!(n >= s16.len() / 160 - 1 && n <= s16.len() / 160);
+            prop_assert_eq!(&mel[..], &all[..n * 40]);
+            prop_assert_eq!(energy.len(), n);
+            let e0: f64 = s16[..160].iter().map(|&v| f64::from(v).powi(2)).sum();
+            prop_assert_eq!(energy[0], e0);
+        }
+    }
 }

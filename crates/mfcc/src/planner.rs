@@ -190,6 +190,55 @@ impl<F: Float> Mfcc<F> {
         Ok(transpose(&cepstra, frames, self.cfg.n_mfcc))
     }
 
+    /// The dB mel power of every frame *before* the `top_db` floor, frame-major `(frames, n_mels)`. A long
+    /// signal's frames can be computed piece by piece: a piece that starts at an even frame gives the same
+    /// bits as the whole (frames share an FFT in pairs). [`Mfcc::cepstra`] then floors and transforms any
+    /// run of them, so `cepstra(mel_frames(x))` is `mfcc(x)`.
+    ///
+    /// # Errors
+    /// As [`Mfcc::mel_db`].
+    pub fn mel_frames<T: Sample>(&self, signal: &[T]) -> Result<Vec<F>> {
+        let frames = self.n_frames(signal.len())?;
+        first_non_finite(signal)?;
+        let mut out = vec![F::ZERO; frames * self.cfg.n_mels];
+        for_frame_chunks(&mut out, self.cfg.n_mels, &mut [], 0, |first, chunk, _| {
+            crate::simd::with_best_features(FramePass { planner: self, signal, first, out: chunk, dct: None })
+        });
+        Ok(out)
+    }
+
+    /// The MFCCs `(n_mfcc, frames)` of frame-major dB mel frames from [`Mfcc::mel_frames`]: floored at
+    /// `top_db` below their maximum (when the configuration sets it), then the DCT of each frame.
+    ///
+    /// # Errors
+    /// [`Error::Empty`] for no frames; [`Error::Config`] when the length is not a multiple of `n_mels`.
+    pub fn cepstra(&self, mel_frames: &[F]) -> Result<Features<F>> {
+        let n_mels = self.cfg.n_mels;
+        if mel_frames.is_empty() {
+            return Err(Error::Empty);
+        }
+        if mel_frames.len() % n_mels != 0 {
+            return Err(Error::Config(format!(
+                "{} mel values are not whole frames of {n_mels} bands",
+                mel_frames.len()
+            )));
+        }
+        let frames = mel_frames.len() / n_mels;
+        let floor = self
+            .cfg
+            .top_db
+            .map(|top| mel_frames.iter().copied().fold(F::neg_infinity(), F::max) - F::of(top));
+        let mut col = vec![F::ZERO; n_mels];
+        let mut by_frame = vec![F::ZERO; frames * self.cfg.n_mfcc];
+        for (frame, out) in mel_frames.chunks_exact(n_mels).zip(by_frame.chunks_exact_mut(self.cfg.n_mfcc)) {
+            for (c, &v) in col.iter_mut().zip(frame) {
+                *c = floor.map_or(v, |f| v.max(f));
+            }
+            self.dct_frame(&col, out);
+        }
+        Ok(transpose(&by_frame, frames, self.cfg.n_mfcc))
+    }
+
     /// The orthonormal DCT-II of one frame's dB values.
     fn dct_frame(&self, mel_db: &[F], out: &mut [F]) {
         let single: Vec<[F; 1]> = mel_db.iter().map(|&v| [v]).collect();
