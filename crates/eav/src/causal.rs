@@ -111,6 +111,12 @@ impl SpeechFrames {
         self.frames
     }
 
+    /// 16 kHz samples held for frames not yet complete (at most `n_fft + hop` between calls).
+    #[must_use]
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
     /// Input samples taken since the start.
     #[must_use]
     pub fn received(&self) -> u64 {
@@ -167,12 +173,19 @@ pub fn speech_16k(samples: &[f32], rate: u32) -> Vec<f32> {
 /// `frame_lead()` samples before it, zeros before the start and past the end of `speech`.
 #[must_use]
 pub fn speech_window(speech: &[f32], w: usize, window: usize) -> Vec<f32> {
+    speech_segment(speech, (w + 1) * window, window)
+}
+
+/// The 16 kHz samples that the window of `window` samples ending at sample `end` (exclusive) reads: the
+/// window and the `frame_lead()` samples before it, zeros outside `speech`. Its mel frames
+/// ([`Mfcc::mel_frames`] under [`mfcc_config`]) are the window's `window / hop` frames.
+#[must_use]
+pub fn speech_segment(speech: &[f32], end: usize, window: usize) -> Vec<f32> {
     let lead = frame_lead();
     let mut seg = vec![0.0f32; lead + window];
-    let start = (w * window) as i64 - lead as i64;
+    let start = end as i64 - (window + lead) as i64;
     for (i, v) in seg.iter_mut().enumerate() {
-        let j = start + i as i64;
-        if let Ok(j) = usize::try_from(j)
+        if let Ok(j) = usize::try_from(start + i as i64)
             && let Some(&x) = speech.get(j)
         {
             *v = x;

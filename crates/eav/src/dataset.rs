@@ -47,7 +47,10 @@ impl Channels {
     }
 
     /// The kept channel indices for a file with `n` channels.
-    fn resolve(&self, n: usize) -> std::result::Result<Vec<usize>, String> {
+    ///
+    /// # Errors
+    /// A message naming an unknown channel.
+    pub fn resolve(&self, n: usize) -> std::result::Result<Vec<usize>, String> {
         let index = |name: &String| -> std::result::Result<usize, String> {
             if let Ok(k) = name.parse::<usize>() {
                 return (1..=n)

@@ -45,7 +45,9 @@ impl CheckpointMeta {
         }
     }
 
-    fn normalisation(&self) -> Normalisation {
+    /// The training windows' normalisation.
+    #[must_use]
+    pub fn normalisation(&self) -> Normalisation {
         use eav::split::Standardizer;
         Normalisation {
             eeg: Standardizer { mean: self.eeg_mean.clone(), std: self.eeg_std.clone() },

@@ -217,7 +217,7 @@ impl<F: Float> Mfcc<F> {
         if mel_frames.is_empty() {
             return Err(Error::Empty);
         }
-        if mel_frames.len() % n_mels != 0 {
+        if !mel_frames.len().is_multiple_of(n_mels) {
             return Err(Error::Config(format!(
                 "{} mel values are not whole frames of {n_mels} bands",
                 mel_frames.len()
