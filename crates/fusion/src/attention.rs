@@ -105,26 +105,95 @@ fn rotate(x: &Tensor, times: &[f64], heads: usize) -> Result<Tensor> {
     let (b, t, e) = x.dims3()?;
     let hd = e / heads;
     let pairs = hd / 2;
-    let (mut cos, mut sin) = (Vec::with_capacity(t * e / 2), Vec::with_capacity(t * e / 2));
-    for &time in times {
-        for _ in 0..heads {
-            for f in 0..pairs {
-                let period = 0.1 * 200f64.powf(if pairs > 1 { f as f64 / (pairs - 1) as f64 } else { 0.0 });
-                let angle = std::f64::consts::TAU * time / period;
-                cos.push(angle.cos());
-                sin.push(angle.sin());
+    let tables = crate::tables::cached(crate::tables::Kind::Rotation, times, (heads, e), x, || {
+        let (mut cos, mut sin) = (Vec::with_capacity(t * e / 2), Vec::with_capacity(t * e / 2));
+        for &time in times {
+            for _ in 0..heads {
+                for f in 0..pairs {
+                    let period =
+                        0.1 * 200f64.powf(if pairs > 1 { f as f64 / (pairs - 1) as f64 } else { 0.0 });
+                    let angle = std::f64::consts::TAU * time / period;
+                    cos.push(angle.cos());
+                    sin.push(angle.sin());
+                }
             }
         }
+        let table = |v: Vec<f64>| -> candle_core::Result<Tensor> {
+            Tensor::from_vec(v, (1, t, e / 2), x.device())?.to_dtype(x.dtype())
+        };
+        Ok(vec![table(cos)?, table(sin)?])
+    })?;
+    let (cos, sin) = (&tables[0], &tables[1]);
+    if encoders::cpu_op::supported(x) && !GENERIC_ROTATE.with(std::cell::Cell::get) {
+        return Ok(x.contiguous()?.apply_op3(cos, sin, RotateOp)?);
     }
-    let table = |v: Vec<f64>| -> candle_core::Result<Tensor> {
-        Tensor::from_vec(v, (1, t, e / 2), x.device())?.to_dtype(x.dtype())
-    };
-    let (cos, sin) = (table(cos)?, table(sin)?);
     let pairs_view = x.reshape((b, t, e / 2, 2))?;
     let (even, odd) = (pairs_view.narrow(3, 0, 1)?.squeeze(3)?, pairs_view.narrow(3, 1, 1)?.squeeze(3)?);
-    let new_even = (even.broadcast_mul(&cos)? - odd.broadcast_mul(&sin)?)?;
-    let new_odd = (even.broadcast_mul(&sin)? + odd.broadcast_mul(&cos)?)?;
+    let new_even = (even.broadcast_mul(cos)? - odd.broadcast_mul(sin)?)?;
+    let new_odd = (even.broadcast_mul(sin)? + odd.broadcast_mul(cos)?)?;
     Ok(Tensor::stack(&[new_even, new_odd], 3)?.reshape((b, t, e))?)
+}
+
+thread_local! {
+    /// Tests: run [`rotate`] through candle's ops even on the CPU, to compare the two paths.
+    static GENERIC_ROTATE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// [`rotate`] on the CPU as one op: `(x, cos, sin)` with `x` `(B, T, E)` and the tables `(1, T, E/2)`;
+/// pair `(e, o)` becomes `(e·c − o·s, e·s + o·c)`, the same arithmetic (so the same bits) as the eleven
+/// candle ops it replaces, and its gradient is the rotation back (`sin` negated), which is the bits those
+/// ops' backward passes give (each gradient value is a sum of two products).
+#[derive(Debug, Clone, Copy)]
+struct RotateOp;
+
+impl candle_core::CustomOp3 for RotateOp {
+    fn name(&self) -> &'static str {
+        "emofuse-rotate"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &encoders::cpu_op::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &encoders::cpu_op::CpuStorage,
+        l2: &candle_core::Layout,
+        s3: &encoders::cpu_op::CpuStorage,
+        l3: &candle_core::Layout,
+    ) -> candle_core::Result<(encoders::cpu_op::CpuStorage, candle_core::Shape)> {
+        use candle_core::WithDType;
+        use encoders::cpu_op::{contiguous, dispatch_float};
+        let (b, t, e) = l1.shape().dims3()?;
+        if l2.shape().dims() != [1, t, e / 2] || l3.shape() != l2.shape() || e % 2 != 0 {
+            candle_core::bail!("rotate: x {:?}, tables {:?} and {:?}", l1.shape(), l2.shape(), l3.shape());
+        }
+        dispatch_float!(s1, T => {
+            let x = contiguous::<T>(s1, l1, "rotate input")?;
+            let (cos, sin) = (contiguous::<T>(s2, l2, "rotate cos")?, contiguous::<T>(s3, l3, "rotate sin")?);
+            let mut out = vec![T::from_f64(0.0); x.len()];
+            for (xs, os) in x.chunks_exact(t * e).zip(out.chunks_exact_mut(t * e)) {
+                for (((xp, op), c), s) in xs.chunks_exact(2).zip(os.chunks_exact_mut(2)).zip(cos.iter().cycle()).zip(sin.iter().cycle()) {
+                    let (ev, od) = (xp[0], xp[1]);
+                    op[0] = ev * *c - od * *s;
+                    op[1] = ev * *s + od * *c;
+                }
+            }
+            debug_assert_eq!(out.len(), b * t * e);
+            Ok((T::to_cpu_storage_owned(out), l1.shape().clone()))
+        })
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let back = sin.neg()?;
+        let g = grad.contiguous()?.apply_op3(cos, &back, RotateOp)?;
+        Ok((Some(g), None, None))
+    }
 }
 
 #[cfg(test)]
@@ -191,6 +260,33 @@ mod tests {
         assert!(moved > 1e-6, "moving the keys in time changes the weights");
         let same = (wa - wb).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
         assert!(same < 1e-9);
+    }
+
+    /// The rotation as one CPU op gives the bits of the candle ops it replaces, forward and backward, in
+    /// f32 and f64 (so the temporal mode trains to the same numbers either way).
+    #[test]
+    fn rotate_op_equals_the_candle_ops_bit_for_bit() {
+        for dtype in [DType::F32, DType::F64] {
+            let x = Var::from_tensor(&random(&[3, 7, 12], 5).to_dtype(dtype).unwrap()).unwrap();
+            let r = random(&[3, 7, 12], 6).to_dtype(dtype).unwrap();
+            let times = [0.0, 0.04, 0.33, 0.5, 1.0, 2.7, 4.96];
+            let run = |generic: bool| {
+                GENERIC_ROTATE.with(|g| g.set(generic));
+                let y = rotate(x.as_tensor(), &times, 3).unwrap();
+                let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                GENERIC_ROTATE.with(|g| g.set(false));
+                let g = grads.get(x.as_tensor()).unwrap().to_dtype(DType::F64).unwrap();
+                let flat = |t: &Tensor| {
+                    t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap()
+                };
+                (flat(&y), flat(&g))
+            };
+            let (op, candle) = (run(false), run(true));
+            let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&op.0), bits(&candle.0), "{dtype:?} forward");
+            assert_eq!(bits(&op.1), bits(&candle.1), "{dtype:?} gradient");
+            assert!(op.1.iter().any(|v| *v != 0.0));
+        }
     }
 
     proptest! {

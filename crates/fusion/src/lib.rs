@@ -43,6 +43,7 @@ mod attention;
 mod attention_op;
 mod error;
 mod fusion;
+mod tables;
 mod temporal;
 
 pub use error::{Error, Result};

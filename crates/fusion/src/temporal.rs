@@ -61,17 +61,20 @@ impl Module for LayerNorm {
 /// # Errors
 /// From candle.
 pub fn time_encoding(times: &[f64], dim: usize, like: &Tensor) -> candle_core::Result<Tensor> {
-    let pairs = dim / 2;
-    let mut v = Vec::with_capacity(times.len() * dim);
-    for &t in times {
-        for k in 0..dim {
-            let i = k / 2;
-            let period = 0.1 * 200f64.powf(if pairs > 1 { i as f64 / (pairs - 1) as f64 } else { 0.0 });
-            let phase = std::f64::consts::TAU * t / period;
-            v.push(if k % 2 == 0 { phase.sin() } else { phase.cos() });
+    let table = crate::tables::cached(crate::tables::Kind::TimeEncoding, times, (dim, 0), like, || {
+        let pairs = dim / 2;
+        let mut v = Vec::with_capacity(times.len() * dim);
+        for &t in times {
+            for k in 0..dim {
+                let i = k / 2;
+                let period = 0.1 * 200f64.powf(if pairs > 1 { i as f64 / (pairs - 1) as f64 } else { 0.0 });
+                let phase = std::f64::consts::TAU * t / period;
+                v.push(if k % 2 == 0 { phase.sin() } else { phase.cos() });
+            }
         }
-    }
-    Tensor::from_vec(v, (times.len(), dim), like.device())?.to_dtype(like.dtype())
+        Ok(vec![Tensor::from_vec(v, (times.len(), dim), like.device())?.to_dtype(like.dtype())?])
+    })?;
+    Ok(table[0].clone())
 }
 
 /// One modality's blocks of one layer.
