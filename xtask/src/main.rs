@@ -20,6 +20,7 @@ mod output;
 mod predict;
 mod progress;
 mod runtime;
+mod stream;
 mod sweep;
 mod synth;
 
@@ -60,6 +61,9 @@ enum Command {
     Report(sweep::ReportArgs),
     /// Class probabilities per window from a saved model.
     Predict(predict::Args),
+    /// Replay recorded trials as live EEG and audio streams: a prediction every hop, latency, real-time
+    /// factor and accuracy.
+    Stream(stream::Args),
     /// MFCC features of one WAV file, as JSON.
     Mfcc(mfcc_cmd::Args),
     /// What is inside a MATLAB file: names, classes, dims and statistics of every variable.
@@ -99,6 +103,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Compare(args) => compare::run_compare(&args),
         Command::Baseline(args) => compare::run_baseline(&args),
         Command::Predict(args) => predict::run(&args),
+        Command::Stream(args) => stream::run(&args),
         Command::Sweep(args) => sweep::run(&args),
         Command::Report(args) => sweep::run_report(&args),
         Command::Inspect(args) => inspect::run(&args),

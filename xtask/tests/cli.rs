@@ -845,3 +845,90 @@ fn sweep_axes_modality_dropout_and_trials() {
         )
     );
 }
+
+/// `stream` replays a synthetic subject through a checkpoint trained with `--causal`: a row per hop with
+/// the documented keys, listening trials through the EEG alone, and the window at 5 s equal to what
+/// `predict` says for the trial's first window.
+#[test]
+fn stream_replays_trials_hop_by_hop() {
+    let root = tmp("stream-tree");
+    let r = root.display().to_string();
+    let synth = ["synth", "--out", &r, "--subjects", "1", "--trials", "20"];
+    assert!(xtask(&synth).status.success());
+    let run = tmp("stream-run");
+    let out = xtask(&[
+        "baseline",
+        "--modalities",
+        "eeg,audio",
+        "--fusion-mode",
+        "gated",
+        "--causal",
+        "--epochs",
+        "1",
+        "--data-dir",
+        &r,
+        "--out",
+        &run.display().to_string(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ckpt = run.join("checkpoints/subject1_fold0_eeg_audio_gated.safetensors");
+    assert_eq!(read_json(&ckpt.with_extension("json"))["preprocess"]["causal"], true);
+    let json_path = run.join("stream.json");
+    let csv_path = run.join("stream.csv");
+    let out = xtask(&[
+        "stream",
+        "--checkpoint",
+        &ckpt.display().to_string(),
+        "--data-dir",
+        &r,
+        "--chunk-ms",
+        "40",
+        "--json",
+        &json_path.display().to_string(),
+        "--csv",
+        &csv_path.display().to_string(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s = read_json(&json_path);
+    for key in
+        ["hops", "latency_ms_p50", "latency_ms_p99", "latency_ms_max", "real_time_factor", "accuracy", "rows"]
+    {
+        assert!(!s[key].is_null(), "summary lacks {key}");
+    }
+    // 20 trials of 20 s: hops at 5.0 … 20.0 s, 31 each.
+    let rows = s["rows"].as_array().unwrap();
+    assert_eq!(s["hops"], 620);
+    assert_eq!(rows.len(), 620);
+    for key in ["subject", "trial", "end_s", "probabilities", "modalities"] {
+        assert!(!rows[0][key].is_null(), "rows lack {key}");
+    }
+    for row in rows {
+        let mods: Vec<&str> =
+            row["modalities"].as_array().unwrap().iter().map(|m| m.as_str().unwrap()).collect();
+        let want: &[&str] = if row["speaking"] == true { &["eeg", "audio"] } else { &["eeg"] };
+        assert_eq!(mods, want, "{row}");
+    }
+    assert!(s["latency_ms_p50"].as_f64().unwrap() > 0.0 && s["real_time_factor"].as_f64().unwrap() > 1.0);
+    assert_eq!(std::fs::read_to_string(&csv_path).unwrap().lines().count(), 621);
+
+    let preds = tmp("stream-predict");
+    let out = xtask(&[
+        "predict",
+        "--checkpoint",
+        &ckpt.display().to_string(),
+        "--data-dir",
+        &r,
+        "--out",
+        &preds.display().to_string(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let offline = read_json(&preds.join("predictions.json"));
+    for p in offline.as_array().unwrap().iter().filter(|p| p["window"] == 0) {
+        let hop = rows.iter().find(|h| h["trial"] == p["trial"] && h["end_s"] == 5.0).unwrap();
+        let a = hop["probabilities"].as_array().unwrap();
+        let b = p["probabilities"].as_array().unwrap();
+        for (x, y) in a.iter().zip(b) {
+            assert!((x.as_f64().unwrap() - y.as_f64().unwrap()).abs() <= 1e-5, "{hop} vs {p}");
+        }
+    }
+}

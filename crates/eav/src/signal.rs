@@ -195,14 +195,14 @@ pub enum History {
 /// number of past inputs.
 #[derive(Debug, Clone)]
 pub struct CausalResampler {
-    h: Vec<f64>,
+    /// The filter split by phase: `phases[p]` holds `h[p], h[p + up], …` in reverse (oldest input first).
+    phases: Vec<Vec<f64>>,
     up: usize,
     down: usize,
     history: History,
-    /// The last `ring.len()` inputs, input `j` at `j % ring.len()`.
-    ring: Vec<f64>,
-    /// The value before the first input.
-    before: f64,
+    /// The last `span` inputs twice over (`buf[i]` = `buf[i + span]`), so that they are one slice.
+    buf: Vec<f64>,
+    span: usize,
     received: u64,
     produced: u64,
 }
@@ -222,8 +222,10 @@ impl CausalResampler {
         let g = gcd(from, to);
         let (up, down) = (to / g, from / g);
         let h = if up == 1 && down == 1 { vec![1.0] } else { polyphase_filter(up, down) };
-        let ring = vec![0.0; h.len().div_ceil(up) + 1];
-        Self { h, up, down, history, ring, before: 0.0, received: 0, produced: 0 }
+        let phases: Vec<Vec<f64>> =
+            (0..up).map(|p| h.iter().skip(p).step_by(up).rev().copied().collect()).collect();
+        let span = h.len().div_ceil(up);
+        Self { phases, up, down, history, buf: vec![0.0; 2 * span], span, received: 0, produced: 0 }
     }
 
     /// A decimator by `down` (`resample_poly(x, 1, down)` made causal).
@@ -246,32 +248,29 @@ impl CausalResampler {
 
     /// Takes one input sample; hands every output it completes to `out` (none, one or several).
     pub fn push(&mut self, x: f64, mut out: impl FnMut(f64)) {
+        let span = self.span;
         if self.received == 0 {
-            self.before = match self.history {
+            let before = match self.history {
                 History::Zero => 0.0,
                 History::First => x,
             };
+            self.buf.fill(before);
         }
-        let k = self.ring.len() as u64;
-        self.ring[(self.received % k) as usize] = x;
+        let at = (self.received % span as u64) as usize;
+        self.buf[at] = x;
+        self.buf[at + span] = x;
         self.received += 1;
         let (up, down) = (self.up as u64, self.down as u64);
-        // Output m is ready once input ⌊m·down/up⌋ is in: m·down < received·up.
+        // Output m is ready once input ⌊m·down/up⌋ is in (m·down < received·up); outputs are made as soon
+        // as they are ready, so that input is always the newest.
+        let newest = self.received - 1;
         while self.produced * down < self.received * up {
-            let pos = self.produced * down; // in the up-sampled signal
-            let newest = pos / up; // the last input that contributes
-            let mut acc = 0.0;
-            let mut j = newest as i64;
-            loop {
-                let tap = pos as i64 - j * up as i64;
-                if tap >= self.h.len() as i64 {
-                    break;
-                }
-                let v = if j < 0 { self.before } else { self.ring[(j as u64 % k) as usize] };
-                acc += self.h[tap as usize] * v;
-                j -= 1;
-            }
-            out(acc);
+            let phase = (self.produced * down - newest * up) as usize;
+            let taps = &self.phases[phase];
+            // The inputs newest − taps.len() + 1 ..= newest, oldest first.
+            let last = at + span;
+            let x = &self.buf[last + 1 - taps.len()..=last];
+            out(taps.iter().zip(x).map(|(h, v)| h * v).sum());
             self.produced += 1;
         }
     }

@@ -78,11 +78,14 @@ pub struct StreamConfig {
     /// A chunk stamped within this many seconds of where its stream ended continues it; later starts a
     /// new segment after a gap (the stream's filters restart), earlier is an error.
     pub tolerance_s: f64,
+    /// Threads for the model's kernels. One window at a time is too little work to share: with one thread
+    /// (the default) nothing waits on another core, and the numbers do not depend on it.
+    pub threads: usize,
 }
 
 impl Default for StreamConfig {
     fn default() -> Self {
-        Self { hop_s: 0.5, silence_dbfs: Some(-50.0), max_skew_s: 1.0, tolerance_s: 0.02 }
+        Self { hop_s: 0.5, silence_dbfs: Some(-50.0), max_skew_s: 1.0, tolerance_s: 0.02, threads: 1 }
     }
 }
 
@@ -261,6 +264,7 @@ pub struct Predictor {
     eeg: EegSide,
     audio: AudioSide,
     events: Vec<Event>,
+    pool: std::sync::Arc<rayon::ThreadPool>,
 }
 
 /// `seconds · 100` when it is a whole number of 10 ms steps.
@@ -326,7 +330,12 @@ impl Predictor {
         let modalities = meta.model.modalities();
         let frames = SpeechFrames::new(source.audio_rate)?;
         let n_mels = mfcc_config().n_mels;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(cfg.threads.max(1))
+            .build()
+            .map_err(|e| Error::Config(format!("a pool of {} threads: {e}", cfg.threads)))?;
         Ok(Self {
+            pool: std::sync::Arc::new(pool),
             norm: meta.normalisation(),
             planner: Mfcc::new(mfcc_config())?,
             reads_eeg: modalities.contains(&Modality::Eeg),
@@ -372,6 +381,12 @@ impl Predictor {
     #[must_use]
     pub fn trained_causal(&self) -> bool {
         self.meta.preprocess.causal
+    }
+
+    /// What the sources deliver.
+    #[must_use]
+    pub fn source(&self) -> &Source {
+        &self.source
     }
 
     /// The stream settings.
@@ -650,7 +665,8 @@ impl Predictor {
                 .then(|| Tensor::zeros(1, candle_core::DType::F32, device))
                 .transpose()?,
         };
-        let out = self.model.forward_present(&eeg_t, mfcc.as_ref(), &presence, false)?;
+        let out =
+            self.pool.install(|| self.model.forward_present(&eeg_t, mfcc.as_ref(), &presence, false))?;
         let probabilities: Vec<f32> = candle_nn::ops::softmax_last_dim(&out.logits)?.squeeze(0)?.to_vec1()?;
         let best = probabilities.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(k, _)| k);
         let mut modalities = Vec::new();
