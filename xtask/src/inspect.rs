@@ -30,6 +30,8 @@ struct SubjectReport {
     speaking_trials: usize,
     audio_files: usize,
     video_files: usize,
+    /// Clips whose header the decoder reads (H.264, 4:2:0, 8-bit, progressive) and that last the trial.
+    video_readable: usize,
     class_counts: BTreeMap<String, usize>,
     problems: Vec<String>,
 }
@@ -79,6 +81,37 @@ fn check_audio(path: &Path, trial_seconds: f64) -> (Option<String>, bool) {
     (problem, true)
 }
 
+/// Opens the header of every clip in a subject's `Video/` folder: problems naming the clip (unreadable,
+/// a format the decoder does not read, shorter than the trial) and a count of the trials without a clip,
+/// and how many clips are fine. A subject without clips has nothing to check.
+fn check_video(dir: &Path, trial_seconds: f64, trials: usize) -> (Vec<String>, usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return (Vec::new(), 0) };
+    let mut clips: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x.eq_ignore_ascii_case("mp4")))
+        .collect();
+    clips.sort();
+    let (mut problems, mut ok) = (Vec::new(), 0);
+    for clip in &clips {
+        match video::probe(clip) {
+            Err(e) => problems.push(e.to_string()),
+            Ok(info) => match info.problem() {
+                Some(why) => problems.push(format!("{}: cannot decode: {why}", clip.display())),
+                None if info.duration_s + 0.05 < trial_seconds => problems.push(format!(
+                    "{}: {:.2} s of video for a {trial_seconds:.2} s trial",
+                    clip.display(),
+                    info.duration_s
+                )),
+                None => ok += 1,
+            },
+        }
+    }
+    if !clips.is_empty() && clips.len() < trials {
+        problems.push(format!("{}: {} clips for {trials} trials", dir.display(), clips.len()));
+    }
+    (problems, ok)
+}
+
 /// Runs the command; exits non-zero when any subject is unusable or any file has a problem.
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let mut report = Report {
@@ -103,6 +136,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                     speaking_trials: 0,
                     audio_files: 0,
                     video_files: 0,
+                    video_readable: 0,
                     class_counts: Emotion::ALL.iter().map(|e| (e.to_string(), 0)).collect(),
                     problems: Vec::new(),
                 };
@@ -127,6 +161,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                             r.problems.extend(problem);
                             r.usable &= readable;
                         }
+                        let (problems, readable) =
+                            check_video(&sd.path.join("Video"), trial_seconds, s.trials.len());
+                        r.problems.extend(problems);
+                        r.video_readable = readable;
                         for p in &s.unmatched_audio {
                             r.problems.push(format!("{}: audio file name not understood", p.display()));
                         }

@@ -23,6 +23,7 @@ mod runtime;
 mod stream;
 mod sweep;
 mod synth;
+mod video_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -68,6 +69,9 @@ enum Command {
     Mfcc(mfcc_cmd::Args),
     /// What is inside a MATLAB file: names, classes, dims and statistics of every variable.
     Mat(mat_cmd::Args),
+    /// What a video clip holds: codec, profile, chroma, size, frame rate, duration, frames (`--decode`:
+    /// decode them all).
+    Video(video_cmd::Args),
     /// Throughput figures (MFCC × real time), as a table or JSON.
     Bench(bench::Args),
 }
@@ -110,5 +114,6 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Mfcc(args) => mfcc_cmd::run(&args),
         Command::Mat(args) => mat_cmd::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Video(args) => video_cmd::run(&args),
     }
 }

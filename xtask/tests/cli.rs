@@ -932,3 +932,53 @@ fn stream_replays_trials_hop_by_hop() {
         }
     }
 }
+
+/// `video` prints a clip's header (JSON with `--json`, every frame decoded with `--decode`) and fails,
+/// naming the clip and the reason, on one the decoder cannot read; `inspect` reports such clips.
+#[test]
+fn video_reads_clip_headers_and_inspect_reports_bad_clips() {
+    let clip = repo("crates/video/tests/data/main_bframes.mp4");
+    let out = xtask(&["video", &clip, "--json", "--decode"]);
+    let v = json(&out);
+    for (key, want) in [("codec", "avc1"), ("profile", "main"), ("chroma_format", "4:2:0")] {
+        assert_eq!(v[key], want, "{v}");
+    }
+    assert_eq!(
+        (v["width"].as_u64(), v["height"].as_u64(), v["frames"].as_u64()),
+        (Some(128), Some(96), Some(30))
+    );
+    assert_eq!(v["decoded_frames"], 30);
+    assert!(v["problem"].is_null());
+    let out = xtask(&["video", &repo("crates/video/tests/data/high10.mp4")]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("high10.mp4: cannot decode: 10-bit"), "{err}");
+
+    let root = tmp("inspect-video");
+    let r = root.display().to_string();
+    assert!(xtask(&["synth", "--out", &r, "--subjects", "1", "--trials", "10"]).status.success());
+    let videos = root.join("subject1/Video");
+    std::fs::create_dir_all(&videos).unwrap();
+    std::fs::copy(
+        repo("crates/video/tests/data/high.mp4"),
+        videos.join("001_Trial_01_Listening_Neutral.mp4"),
+    )
+    .unwrap();
+    std::fs::copy(
+        repo("crates/video/tests/data/yuv422.mp4"),
+        videos.join("002_Trial_02_Speaking_Neutral.mp4"),
+    )
+    .unwrap();
+    std::fs::write(videos.join("003_Trial_03_Listening_Sadness.mp4"), b"").unwrap();
+    let out = xtask(&["inspect", "--data-dir", &r, "--json"]);
+    assert!(!out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let problems: Vec<&str> =
+        report["subjects"][0]["problems"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    let has = |s: &str| problems.iter().any(|p| p.contains(s));
+    assert!(has("001_Trial_01_Listening_Neutral.mp4: 1.00 s of video for a 20.00 s trial"), "{problems:?}");
+    assert!(has("002_Trial_02_Speaking_Neutral.mp4: cannot decode: chroma 4:2:2"), "{problems:?}");
+    assert!(has("003_Trial_03_Listening_Sadness.mp4: empty file"), "{problems:?}");
+    assert!(has("3 clips for 10 trials"), "{problems:?}");
+    assert_eq!(report["subjects"][0]["usable"], true, "video problems do not stop EEG and audio runs");
+}

@@ -1,0 +1,260 @@
+//! EAV's video clips (`Video/NNN_Trial_TT_{Listening|Speaking}_{Emotion}.mp4`, H.264 in MP4) read from
+//! crates alone: the MP4 container by `re_mp4`, the H.264 stream by the pure-Rust `rusty_h264-decoder`
+//! (pinned to one version; golden tests compare every decoded luma frame with ffmpeg's).
+//!
+//! - [`probe`]: a clip's header (codec, profile, chroma format, bit depth, size, frame rate, duration, frame
+//!   count) without decoding it, and [`ClipInfo::problem`] for what the decoder cannot read.
+//! - [`decode_luma`]: the luma (Y) plane of every frame in presentation order.
+//!
+//! Every error names the file and the reason; a clip the decoder cannot read (4:2:2 or 4:4:4 chroma, more
+//! than 8 bits, interlaced, another codec) is a typed error before any decoding.
+//!
+//! # Example
+//! ```
+//! let clip = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/high.mp4");
+//! let info = video::probe(&clip)?;
+//! assert_eq!((info.codec.as_str(), info.profile.as_str(), info.width, info.height), ("avc1", "high", 128, 96));
+//! let frames = video::decode_luma(&clip, None)?;
+//! assert_eq!(frames.len(), info.frames);
+//! assert_eq!(frames[0].data.len(), 128 * 96);
+//! # Ok::<(), video::Error>(())
+//! ```
+
+mod error;
+mod sps;
+
+use std::path::Path;
+
+use re_mp4::{Mp4, StsdBoxContent, TrackKind};
+use serde::Serialize;
+
+pub use error::{Error, Result};
+
+/// What a clip's header says.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClipInfo {
+    /// The video track's sample entry, e.g. `avc1`, `hev1`, `mp4v`.
+    pub codec: String,
+    /// The RFC 6381 codec string when the container gives one, e.g. `avc1.64000B`.
+    pub codec_string: Option<String>,
+    /// H.264 profile (`baseline`, `main`, `high`, `high10`, `high422`, …; empty for other codecs).
+    pub profile: String,
+    /// Chroma sampling: `4:0:0`, `4:2:0`, `4:2:2` or `4:4:4` (H.264; empty for other codecs).
+    pub chroma_format: String,
+    /// Luma bit depth (H.264; 0 for other codecs).
+    pub bit_depth: u8,
+    /// Whether the stream codes fields (interlaced) rather than only frames.
+    pub interlaced: bool,
+    /// Frame width in pixels.
+    pub width: usize,
+    /// Frame height in pixels.
+    pub height: usize,
+    /// Frames per second (the track's sample count over its duration).
+    pub fps: f64,
+    /// Duration in seconds.
+    pub duration_s: f64,
+    /// Frames in the track.
+    pub frames: usize,
+}
+
+impl ClipInfo {
+    /// Why [`decode_luma`] cannot read this clip, if it cannot.
+    #[must_use]
+    pub fn problem(&self) -> Option<String> {
+        if self.codec != "avc1" && self.codec != "avc3" {
+            return Some(format!("codec {} is not H.264 (avc1)", self.codec));
+        }
+        if self.chroma_format != "4:2:0" {
+            return Some(format!("chroma {} (only 4:2:0 is decoded)", self.chroma_format));
+        }
+        if self.bit_depth != 8 {
+            return Some(format!("{}-bit samples (only 8-bit is decoded)", self.bit_depth));
+        }
+        if self.interlaced {
+            return Some("interlaced (field-coded) video".into());
+        }
+        None
+    }
+}
+
+/// One decoded frame's luma plane.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Luma {
+    /// Width in pixels.
+    pub width: usize,
+    /// Height in pixels.
+    pub height: usize,
+    /// Presentation time in seconds from the clip's start.
+    pub time_s: f64,
+    /// `width · height` samples, row by row (video range as coded, not stretched).
+    pub data: Vec<u8>,
+}
+
+/// A clip opened: the container parsed and its video track found.
+struct Opened {
+    mp4: Mp4,
+    bytes: Vec<u8>,
+    track: re_mp4::TrackId,
+}
+
+fn open(path: &Path) -> Result<Opened> {
+    let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.into(), source })?;
+    if bytes.is_empty() {
+        return Err(Error::container(path, "empty file"));
+    }
+    // The parser has no panics on the inputs the tests cover, but a damaged file must never take the
+    // process down: anything it panics on is a container error.
+    let parsed = std::panic::catch_unwind(|| Mp4::read_bytes(&bytes));
+    let mp4 = match parsed {
+        Ok(Ok(m)) => m,
+        Ok(Err(e)) => return Err(Error::container(path, format!("not a readable MP4 file ({e})"))),
+        Err(_) => return Err(Error::container(path, "not a readable MP4 file (the parser failed)")),
+    };
+    // A video track by its handler (`vide`), whatever its codec: the sample entry says which.
+    let track = mp4
+        .tracks()
+        .iter()
+        .find(|(_, t)| {
+            t.kind == Some(TrackKind::Video) || t.trak(&mp4).mdia.hdlr.handler_type.to_string() == "vide"
+        })
+        .map(|(id, _)| *id)
+        .ok_or_else(|| Error::NoVideo { path: path.into() })?;
+    Ok(Opened { mp4, bytes, track })
+}
+
+/// The sample entry's four-character code.
+fn codec_name(contents: &StsdBoxContent) -> String {
+    match contents {
+        StsdBoxContent::Avc1(_) => "avc1".into(),
+        StsdBoxContent::Hev1(_) => "hev1".into(),
+        StsdBoxContent::Hvc1(_) => "hvc1".into(),
+        StsdBoxContent::Av01(_) => "av01".into(),
+        StsdBoxContent::Vp08(_) => "vp08".into(),
+        StsdBoxContent::Vp09(_) => "vp09".into(),
+        StsdBoxContent::Mp4a(_) => "mp4a".into(),
+        StsdBoxContent::Tx3g(_) => "tx3g".into(),
+        StsdBoxContent::Unknown(fourcc) => fourcc.to_string(),
+    }
+}
+
+/// Reads a clip's header: the container and, for H.264, the sequence parameter set. Decodes nothing.
+///
+/// # Errors
+/// [`Error::Io`]; [`Error::Container`] for an empty, truncated or damaged file; [`Error::NoVideo`].
+pub fn probe(path: &Path) -> Result<ClipInfo> {
+    let o = open(path)?;
+    info(path, &o)
+}
+
+fn info(path: &Path, o: &Opened) -> Result<ClipInfo> {
+    let track = &o.mp4.tracks()[&o.track];
+    let contents = &track.trak(&o.mp4).mdia.minf.stbl.stsd.contents;
+    let codec = codec_name(contents);
+    let frames = track.samples.len();
+    let duration_s = if track.timescale > 0 { track.duration as f64 / track.timescale as f64 } else { 0.0 };
+    let mut out = ClipInfo {
+        codec,
+        codec_string: track.codec_string(&o.mp4),
+        profile: String::new(),
+        chroma_format: String::new(),
+        bit_depth: 0,
+        interlaced: false,
+        width: usize::from(track.width),
+        height: usize::from(track.height),
+        fps: if duration_s > 0.0 { frames as f64 / duration_s } else { 0.0 },
+        duration_s,
+        frames,
+    };
+    if let StsdBoxContent::Avc1(avc) = contents {
+        let sps = avc
+            .avcc
+            .contents
+            .sequence_parameter_sets
+            .first()
+            .ok_or_else(|| Error::container(path, "H.264 track without a sequence parameter set"))?;
+        let h = sps::parse(&sps.bytes)
+            .map_err(|reason| Error::container(path, format!("sequence parameter set: {reason}")))?;
+        out.profile = h.profile.into();
+        out.chroma_format = h.chroma_format.into();
+        out.bit_depth = h.bit_depth;
+        out.interlaced = h.interlaced;
+    }
+    Ok(out)
+}
+
+/// The luma plane of every frame (the first `max_frames` in presentation order, when given), in
+/// presentation order. Pictures come out of the decoder in decode order and are put in order by the
+/// container's composition times.
+///
+/// # Errors
+/// As [`probe`]; [`Error::Unsupported`] for a clip [`ClipInfo::problem`] rejects; [`Error::Decode`] naming
+/// the sample where the stream is damaged or truncated.
+pub fn decode_luma(path: &Path, max_frames: Option<usize>) -> Result<Vec<Luma>> {
+    let o = open(path)?;
+    let info = info(path, &o)?;
+    if let Some(reason) = info.problem() {
+        return Err(Error::Unsupported { path: path.into(), reason });
+    }
+    let track = &o.mp4.tracks()[&o.track];
+    let StsdBoxContent::Avc1(avc) = &track.trak(&o.mp4).mdia.minf.stbl.stsd.contents else {
+        return Err(Error::Unsupported { path: path.into(), reason: "not H.264".into() });
+    };
+    let avcc = &avc.avcc.contents;
+    let length_size = usize::from(avcc.length_size_minus_one & 3) + 1;
+    let mut params = Vec::new();
+    for nal in avcc.sequence_parameter_sets.iter().chain(&avcc.picture_parameter_sets) {
+        params.extend_from_slice(&[0, 0, 0, 1]);
+        params.extend_from_slice(&nal.bytes);
+    }
+    // Samples in decode order, each decoded with its composition time.
+    let mut samples: Vec<&re_mp4::Sample> = track.samples.iter().collect();
+    samples.sort_by_key(|s| s.decode_timestamp);
+    let timescale = track.timescale.max(1) as f64;
+    let first_cts = samples.iter().map(|s| s.composition_timestamp).min().unwrap_or(0);
+    let mut decoder = rusty_h264_decoder::Decoder::new();
+    let mut pictures: Vec<(i64, Luma)> = Vec::with_capacity(samples.len());
+    let mut annex_b = Vec::new();
+    for (n, s) in samples.iter().enumerate() {
+        let damaged = |reason: String| Error::Decode { path: path.into(), sample: n, reason };
+        let data = o.bytes.get(s.byte_range()).ok_or_else(|| {
+            damaged(format!("sample data at bytes {:?} lies past the end of the file", s.byte_range()))
+        })?;
+        annex_b.clear();
+        // Parameter sets before every sync sample, so decoding can start at any of them.
+        if s.is_sync {
+            annex_b.extend_from_slice(&params);
+        }
+        let mut at = 0;
+        while at < data.len() {
+            let len_bytes = data
+                .get(at..at + length_size)
+                .ok_or_else(|| damaged("a NAL length prefix is cut off".into()))?;
+            let len = len_bytes.iter().fold(0usize, |a, &b| (a << 8) | usize::from(b));
+            let nal = data
+                .get(at + length_size..at + length_size + len)
+                .ok_or_else(|| damaged(format!("a NAL unit of {len} bytes is cut off")))?;
+            annex_b.extend_from_slice(&[0, 0, 0, 1]);
+            annex_b.extend_from_slice(nal);
+            at += length_size + len;
+        }
+        match decoder.decode(&annex_b) {
+            Ok(Some(frame)) => {
+                let mut y = frame.y;
+                y.truncate(frame.width * frame.height);
+                let time_s = (s.composition_timestamp - first_cts) as f64 / timescale;
+                pictures.push((
+                    s.composition_timestamp,
+                    Luma { width: frame.width, height: frame.height, time_s, data: y },
+                ));
+            }
+            Ok(None) => return Err(damaged("no picture in the sample".into())),
+            Err(e) => return Err(damaged(e.to_string())),
+        }
+    }
+    pictures.sort_by_key(|(cts, _)| *cts);
+    let mut out: Vec<Luma> = pictures.into_iter().map(|(_, l)| l).collect();
+    if let Some(n) = max_frames {
+        out.truncate(n);
+    }
+    Ok(out)
+}

@@ -1,0 +1,121 @@
+//! Golden clips written once by ffmpeg/libx264 (128×96, 30 frames at 30 fps): every decoded luma frame
+//! equals ffmpeg's (hashes in `tests/data/golden.json`); headers; and every kind of bad clip is a typed
+//! error naming the file.
+
+use std::path::{Path, PathBuf};
+
+use video::{Error, decode_luma, probe};
+
+fn data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
+}
+
+fn fnv1a(bytes: &[u8]) -> String {
+    let h = bytes
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    format!("{h:016x}")
+}
+
+/// Baseline, main with B-frames and high profile with a B-pyramid (moov at the front): the luma of every
+/// frame, in presentation order, is ffmpeg's (`-vf extractplanes=y`), bit for bit.
+#[test]
+fn decoded_luma_equals_ffmpeg_on_every_frame() {
+    let golden: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data("golden.json")).unwrap()).unwrap();
+    for (name, want) in golden.as_object().unwrap() {
+        let frames = decode_luma(&data(name), None).unwrap();
+        let hashes: Vec<String> = frames.iter().map(|f| fnv1a(&f.data)).collect();
+        let want: Vec<String> =
+            want["luma_fnv1a"].as_array().unwrap().iter().map(|h| h.as_str().unwrap().to_owned()).collect();
+        assert_eq!(hashes.len(), 30, "{name}");
+        assert_eq!(hashes, want, "{name}");
+        assert!(frames.iter().all(|f| (f.width, f.height) == (128, 96)));
+        let times: Vec<f64> = frames.iter().map(|f| f.time_s).collect();
+        assert!(times.windows(2).all(|w| (w[1] - w[0] - 1.0 / 30.0).abs() < 1e-6), "{name}: {times:?}");
+        assert_eq!(decode_luma(&data(name), Some(7)).unwrap(), frames[..7]);
+    }
+}
+
+#[test]
+fn headers_name_codec_profile_chroma_and_size() {
+    let cases = [
+        ("baseline.mp4", "avc1", "constrained_baseline", "4:2:0", 8),
+        ("main_bframes.mp4", "avc1", "main", "4:2:0", 8),
+        ("high.mp4", "avc1", "high", "4:2:0", 8),
+        ("yuv422.mp4", "avc1", "high422", "4:2:2", 8),
+        ("high10.mp4", "avc1", "high10", "4:2:0", 10),
+    ];
+    for (name, codec, profile, chroma, depth) in cases {
+        let i = probe(&data(name)).unwrap();
+        assert_eq!(
+            (i.codec.as_str(), i.profile.as_str(), i.chroma_format.as_str(), i.bit_depth),
+            (codec, profile, chroma, depth),
+            "{name}"
+        );
+        assert_eq!((i.width, i.height, i.frames), (128, 96, 30), "{name}");
+        assert!((i.fps - 30.0).abs() < 0.01 && (i.duration_s - 1.0).abs() < 0.01, "{name}: {i:?}");
+        assert!(!i.interlaced);
+    }
+    let m = probe(&data("mpeg4.mp4")).unwrap();
+    assert_eq!(m.codec, "mp4v");
+    assert!(m.problem().unwrap().contains("not H.264"));
+}
+
+fn message(e: &Error) -> String {
+    e.to_string()
+}
+
+/// Zero bytes, a cut-off file, no video track, another codec, 4:2:2, 10-bit: typed errors that name the
+/// file and say why; never a panic.
+#[test]
+fn bad_clips_are_typed_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.mp4");
+    std::fs::write(&empty, b"").unwrap();
+    let e = decode_luma(&empty, None).unwrap_err();
+    assert!(matches!(e, Error::Container { .. }) && message(&e).contains("empty.mp4: empty file"), "{e}");
+
+    let e = decode_luma(&dir.path().join("missing.mp4"), None).unwrap_err();
+    assert!(matches!(e, Error::Io { .. }) && message(&e).contains("missing.mp4"), "{e}");
+
+    let e = decode_luma(&data("audio_only.mp4"), None).unwrap_err();
+    assert!(
+        matches!(e, Error::NoVideo { .. }) && message(&e).contains("audio_only.mp4: no video track"),
+        "{e}"
+    );
+
+    for (name, why) in [("mpeg4.mp4", "not H.264"), ("yuv422.mp4", "chroma 4:2:2"), ("high10.mp4", "10-bit")]
+    {
+        let e = decode_luma(&data(name), None).unwrap_err();
+        assert!(matches!(e, Error::Unsupported { .. }), "{name}: {e}");
+        assert!(message(&e).contains(name) && message(&e).contains(why), "{e}");
+    }
+
+    // Every cut of a clip (faststart and moov-at-end layouts) is an error or, when only trailing data is
+    // lost, fewer frames; never a panic.
+    for name in ["baseline.mp4", "high.mp4"] {
+        let bytes = std::fs::read(data(name)).unwrap();
+        let cut = dir.path().join(format!("cut-{name}"));
+        for len in (0..bytes.len()).step_by(97) {
+            std::fs::write(&cut, &bytes[..len]).unwrap();
+            match decode_luma(&cut, None) {
+                Ok(frames) => assert!(frames.len() <= 30),
+                Err(e) => assert!(message(&e).contains("cut-"), "{e}"),
+            }
+            let _ = probe(&cut);
+        }
+    }
+    // Damaged sample data (bytes flipped in the middle of the stream): an error naming a sample, or
+    // frames; never a panic.
+    let mut bytes = std::fs::read(data("main_bframes.mp4")).unwrap();
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid..mid + 64] {
+        *b ^= 0x5a;
+    }
+    let bad = dir.path().join("flipped.mp4");
+    std::fs::write(&bad, &bytes).unwrap();
+    if let Err(e) = decode_luma(&bad, None) {
+        assert!(message(&e).contains("flipped.mp4"), "{e}");
+    }
+}
