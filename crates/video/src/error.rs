@@ -35,6 +35,16 @@ pub enum Error {
         /// What it is.
         reason: String,
     },
+    /// The clip has fewer frames than the windows need.
+    #[error("{}: {frames} frames, {needed} needed for the windows", path.display())]
+    Short {
+        /// The file.
+        path: PathBuf,
+        /// Frames in the clip.
+        frames: usize,
+        /// Frames the windows read.
+        needed: usize,
+    },
     /// The stream is damaged at a sample (0-based, decode order).
     #[error("{}: sample {sample}: {reason}", path.display())]
     Decode {

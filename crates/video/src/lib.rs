@@ -4,7 +4,10 @@
 //!
 //! - [`probe`]: a clip's header (codec, profile, chroma format, bit depth, size, frame rate, duration, frame
 //!   count) without decoding it, and [`ClipInfo::problem`] for what the decoder cannot read.
-//! - [`decode_luma`]: the luma (Y) plane of every frame in presentation order.
+//! - [`decode_luma`]: the luma (Y) plane of every frame in presentation order ([`decode_map`]: each frame
+//!   mapped as it is decoded, so a long clip need not be held whole).
+//! - [`windows`]: a clip as the official code's windows ([`Sampling`]: every 6th of the first 600 frames,
+//!   25 per 5 s window, luma box-averaged by [`area_resize`] to 64×64).
 //!
 //! Every error names the file and the reason; a clip the decoder cannot read (4:2:2 or 4:4:4 chroma, more
 //! than 8 bits, interlaced, another codec) is a typed error before any decoding.
@@ -190,6 +193,20 @@ fn info(path: &Path, o: &Opened) -> Result<ClipInfo> {
 /// As [`probe`]; [`Error::Unsupported`] for a clip [`ClipInfo::problem`] rejects; [`Error::Decode`] naming
 /// the sample where the stream is damaged or truncated.
 pub fn decode_luma(path: &Path, max_frames: Option<usize>) -> Result<Vec<Luma>> {
+    decode_map(path, max_frames, |l| l)
+}
+
+/// [`decode_luma`] with each frame handed to `map` as soon as it is decoded (in decode order), so that
+/// only what `map` keeps stays in memory; the results come back in presentation order. Only the samples
+/// up to the last one the first `max_frames` frames need are decoded.
+///
+/// # Errors
+/// As [`decode_luma`].
+pub fn decode_map<T>(
+    path: &Path,
+    max_frames: Option<usize>,
+    mut map: impl FnMut(Luma) -> T,
+) -> Result<Vec<T>> {
     let o = open(path)?;
     let info = info(path, &o)?;
     if let Some(reason) = info.problem() {
@@ -206,15 +223,25 @@ pub fn decode_luma(path: &Path, max_frames: Option<usize>) -> Result<Vec<Luma>> 
         params.extend_from_slice(&[0, 0, 0, 1]);
         params.extend_from_slice(&nal.bytes);
     }
-    // Samples in decode order, each decoded with its composition time.
+    // Samples in decode order; the ones the first `max_frames` presented frames need end with the last of
+    // them in decode order.
     let mut samples: Vec<&re_mp4::Sample> = track.samples.iter().collect();
     samples.sort_by_key(|s| s.decode_timestamp);
+    let mut by_cts: Vec<i64> = samples.iter().map(|s| s.composition_timestamp).collect();
+    by_cts.sort_unstable();
+    let needed = match max_frames {
+        Some(n) if n < by_cts.len() => {
+            let last_cts = by_cts[n.saturating_sub(1)];
+            samples.iter().rposition(|s| s.composition_timestamp <= last_cts).map_or(0, |i| i + 1)
+        }
+        _ => samples.len(),
+    };
     let timescale = track.timescale.max(1) as f64;
-    let first_cts = samples.iter().map(|s| s.composition_timestamp).min().unwrap_or(0);
+    let first_cts = by_cts.first().copied().unwrap_or(0);
     let mut decoder = rusty_h264_decoder::Decoder::new();
-    let mut pictures: Vec<(i64, Luma)> = Vec::with_capacity(samples.len());
+    let mut pictures: Vec<(i64, T)> = Vec::with_capacity(needed);
     let mut annex_b = Vec::new();
-    for (n, s) in samples.iter().enumerate() {
+    for (n, s) in samples.iter().take(needed).enumerate() {
         let damaged = |reason: String| Error::Decode { path: path.into(), sample: n, reason };
         let data = o.bytes.get(s.byte_range()).ok_or_else(|| {
             damaged(format!("sample data at bytes {:?} lies past the end of the file", s.byte_range()))
@@ -242,19 +269,102 @@ pub fn decode_luma(path: &Path, max_frames: Option<usize>) -> Result<Vec<Luma>> 
                 let mut y = frame.y;
                 y.truncate(frame.width * frame.height);
                 let time_s = (s.composition_timestamp - first_cts) as f64 / timescale;
-                pictures.push((
-                    s.composition_timestamp,
-                    Luma { width: frame.width, height: frame.height, time_s, data: y },
-                ));
+                let luma = Luma { width: frame.width, height: frame.height, time_s, data: y };
+                pictures.push((s.composition_timestamp, map(luma)));
             }
             Ok(None) => return Err(damaged("no picture in the sample".into())),
             Err(e) => return Err(damaged(e.to_string())),
         }
     }
     pictures.sort_by_key(|(cts, _)| *cts);
-    let mut out: Vec<Luma> = pictures.into_iter().map(|(_, l)| l).collect();
+    let mut out: Vec<T> = pictures.into_iter().map(|(_, t)| t).collect();
     if let Some(n) = max_frames {
         out.truncate(n);
     }
     Ok(out)
+}
+
+/// How a clip becomes windows, as the official EAV code does it: every `step`-th of the first `frames`
+/// frames (5 frames/s of 30), `per_window` consecutive sampled frames per window (25: 5 s), each frame's
+/// luma box-averaged to `width × height`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Sampling {
+    /// Keep every `step`-th frame (6).
+    pub step: usize,
+    /// Frames read from the clip's start (600: 20 s at 30 fps).
+    pub frames: usize,
+    /// Sampled frames per window (25).
+    pub per_window: usize,
+    /// Output width (64).
+    pub width: usize,
+    /// Output height (64).
+    pub height: usize,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Self { step: 6, frames: 600, per_window: 25, width: 64, height: 64 }
+    }
+}
+
+impl Sampling {
+    /// Windows per clip (4 by default).
+    #[must_use]
+    pub fn windows(&self) -> usize {
+        self.frames.div_ceil(self.step.max(1)) / self.per_window.max(1)
+    }
+}
+
+/// The windows of a clip: [`Sampling::windows`] windows, each `per_window × height × width` luma values
+/// (0–255, as coded), frame by frame, row by row.
+///
+/// # Errors
+/// As [`decode_luma`]; [`Error::Short`] when the clip has fewer frames than `s.frames`.
+pub fn windows(path: &Path, s: &Sampling) -> Result<Vec<Vec<f32>>> {
+    let step = s.step.max(1);
+    // Every frame is decoded (the stream needs it); frames arrive in decode order, so each is kept resized
+    // (16 KB at 64×64) and the sampled ones are picked in presentation order afterwards.
+    let kept: Vec<Vec<f32>> =
+        decode_map(path, Some(s.frames), |l| area_resize(&l.data, l.width, l.height, s.width, s.height))?;
+    if kept.len() < s.frames {
+        return Err(Error::Short { path: path.into(), frames: kept.len(), needed: s.frames });
+    }
+    let sampled: Vec<Vec<f32>> = kept.into_iter().step_by(step).collect();
+    Ok(sampled.chunks_exact(s.per_window.max(1)).take(s.windows()).map(|w| w.concat()).collect())
+}
+
+/// Box-averages a `sw × sh` plane to `dw × dh`: each output pixel is the mean of the input area it covers,
+/// input pixels on its edges weighted by the fraction covered (OpenCV's `INTER_AREA` when shrinking).
+#[must_use]
+pub fn area_resize(src: &[u8], sw: usize, sh: usize, dw: usize, dh: usize) -> Vec<f32> {
+    /// Per output index: the covered input indices and their coverage, normalised to sum 1.
+    fn spans(n_in: usize, n_out: usize) -> Vec<Vec<(usize, f64)>> {
+        let scale = n_in as f64 / n_out.max(1) as f64;
+        (0..n_out)
+            .map(|o| {
+                let (a, b) = (o as f64 * scale, (o + 1) as f64 * scale);
+                let mut w: Vec<(usize, f64)> = (a.floor() as usize..(b.ceil() as usize).min(n_in))
+                    .map(|i| (i, (b.min(i as f64 + 1.0) - a.max(i as f64)).max(0.0)))
+                    .filter(|&(_, w)| w > 0.0)
+                    .collect();
+                let total: f64 = w.iter().map(|x| x.1).sum();
+                w.iter_mut().for_each(|x| x.1 /= total);
+                w
+            })
+            .collect()
+    }
+    let (xs, ys) = (spans(sw, dw), spans(sh, dh));
+    let mut out = Vec::with_capacity(dw * dh);
+    for yw in &ys {
+        for xw in &xs {
+            let mut acc = 0.0;
+            for &(y, wy) in yw {
+                let row = &src[y * sw..(y + 1) * sw];
+                acc += wy * xw.iter().map(|&(x, wx)| wx * f64::from(row[x])).sum::<f64>();
+            }
+            #[allow(clippy::cast_possible_truncation)]
+            out.push(acc as f32);
+        }
+    }
+    out
 }

@@ -119,3 +119,41 @@ fn bad_clips_are_typed_errors() {
         assert!(message(&e).contains("flipped.mp4"), "{e}");
     }
 }
+
+/// Box averaging: a constant stays constant, halving averages 2×2 blocks, and a 3 → 2 shrink weights the
+/// shared middle pixel by its covered half.
+#[test]
+fn area_resize_averages_the_covered_area() {
+    use video::area_resize;
+    assert!(area_resize(&[77; 12 * 10], 12, 10, 5, 3).iter().all(|v| (v - 77.0).abs() < 1e-4));
+    let src: Vec<u8> = (0..16).collect();
+    assert_eq!(area_resize(&src, 4, 4, 2, 2), [2.5, 4.5, 10.5, 12.5]);
+    let src = [0u8, 90, 180, 30, 120, 210, 60, 150, 240];
+    let out = area_resize(&src, 3, 3, 2, 2);
+    let want = (0.0 + 0.5 * 90.0 + 0.5 * 30.0 + 0.25 * 120.0) / 2.25;
+    assert!((f64::from(out[0]) - want).abs() < 1e-4, "{out:?}");
+}
+
+/// Windows sample every `step`-th frame in presentation order (B-frames reordered first) and resize each;
+/// a clip shorter than the frames asked for is a typed error.
+#[test]
+fn windows_sample_resized_frames_in_presentation_order() {
+    use video::{Sampling, area_resize, windows};
+    let s = Sampling { step: 6, frames: 30, per_window: 5, width: 16, height: 12 };
+    assert_eq!(s.windows(), 1);
+    assert_eq!(Sampling::default().windows(), 4);
+    for name in ["main_bframes.mp4", "high.mp4"] {
+        let w = windows(&data(name), &s).unwrap();
+        let frames = decode_luma(&data(name), None).unwrap();
+        let want: Vec<f32> =
+            [0, 6, 12, 18, 24].iter().flat_map(|&i| area_resize(&frames[i].data, 128, 96, 16, 12)).collect();
+        assert_eq!(w, [want], "{name}");
+        let two = Sampling { frames: 30, step: 3, per_window: 5, ..s.clone() };
+        assert_eq!(windows(&data(name), &two).unwrap().len(), 2);
+    }
+    let e = windows(&data("high.mp4"), &Sampling { frames: 31, ..s }).unwrap_err();
+    assert!(matches!(e, Error::Short { frames: 30, needed: 31, .. }), "{e}");
+    assert!(e.to_string().contains("high.mp4: 30 frames, 31 needed"), "{e}");
+    // Decoding stops after the samples the first frames need.
+    assert_eq!(video::decode_map(&data("main_bframes.mp4"), Some(4), |l| l.time_s).unwrap().len(), 4);
+}
