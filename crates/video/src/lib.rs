@@ -8,6 +8,8 @@
 //!   mapped as it is decoded, so a long clip need not be held whole).
 //! - [`windows`]: a clip as the official code's windows ([`Sampling`]: every 6th of the first 600 frames,
 //!   25 per 5 s window, luma box-averaged by [`area_resize`] to 64×64).
+//! - [`write_mp4`]: frames encoded by the pure-Rust `rusty_h264-encoder` into an MP4 clip (for synthetic
+//!   trees).
 //!
 //! Every error names the file and the reason; a clip the decoder cannot read (4:2:2 or 4:4:4 chroma, more
 //! than 8 bits, interlaced, another codec) is a typed error before any decoding.
@@ -25,6 +27,7 @@
 
 mod error;
 mod sps;
+mod write;
 
 use std::path::Path;
 
@@ -32,6 +35,7 @@ use re_mp4::{Mp4, StsdBoxContent, TrackKind};
 use serde::Serialize;
 
 pub use error::{Error, Result};
+pub use write::write_mp4;
 
 /// What a clip's header says.
 #[derive(Debug, Clone, PartialEq, Serialize)]
