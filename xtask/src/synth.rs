@@ -38,6 +38,12 @@ pub struct Args {
     /// Seed; the same seed writes the same files.
     #[arg(long, default_value_t = SynthConfig::default().seed)]
     seed: u64,
+    /// Write no video clips.
+    #[arg(long)]
+    no_video: bool,
+    /// Make the video pure noise around a blob that flickers at a rate unrelated to the class.
+    #[arg(long, conflicts_with = "no_video")]
+    no_video_signal: bool,
     /// Where the class lies: `modalities` (EEG rhythm and speech pitch) or `synchrony` (only in the lag
     /// between an EEG event and an audio event of the same window; see `eav::synth`).
     #[arg(long, default_value = "modalities")]
@@ -58,6 +64,8 @@ impl Args {
             seed: self.seed,
             signal: self.signal,
             decoy_audio: self.decoy_audio,
+            video: !self.no_video,
+            video_signal: !self.no_video_signal,
             ..SynthConfig::default()
         }
     }

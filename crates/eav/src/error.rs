@@ -33,6 +33,13 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A video clip could not be read or written (the error names the file).
+    #[error(transparent)]
+    Video {
+        /// The video crate's error.
+        #[from]
+        source: video::Error,
+    },
     /// The dataset's layout or content is wrong.
     #[error("{}: {reason}", path.display())]
     Dataset {

@@ -62,6 +62,24 @@ pub struct SynthConfig {
     /// can memorise), instead of noise alone.
     #[serde(default)]
     pub decoy_audio: bool,
+    /// Write a video clip (H.264 in MP4, 30 fps) for every trial, listening and speaking
+    /// (`Video/{NNN}_Trial_{TT}_{Listening|Speaking}_{Emotion}.mp4`). Absent from older settings: off.
+    #[serde(default)]
+    pub video: bool,
+    /// Whether the video carries class information (see [`write_clip`]).
+    #[serde(default = "yes")]
+    pub video_signal: bool,
+    /// Frame width and height of the clips (32 × 24 by default: small and quick to write).
+    #[serde(default = "small_frames")]
+    pub video_size: (usize, usize),
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn small_frames() -> (usize, usize) {
+    (32, 24)
 }
 
 /// Where a synthetic tree's class information lies.
@@ -107,7 +125,7 @@ fn bump(t: f64, centre: f64) -> f64 {
 
 impl Default for SynthConfig {
     /// Two subjects × 60 trials of 20 s, 30 channels (stored as `single`), 16 kHz audio, SNR 0.6, both
-    /// modalities informative.
+    /// modalities informative; a 32 × 24 video clip per trial whose blob flickers at the class's rate.
     fn default() -> Self {
         Self {
             subjects: 2,
@@ -123,6 +141,9 @@ impl Default for SynthConfig {
             seed: 7,
             signal: Signal::Modalities,
             decoy_audio: false,
+            video: true,
+            video_signal: true,
+            video_size: small_frames(),
         }
     }
 }
@@ -148,13 +169,16 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
 
 /// Writes the tree under `root` (created if needed): `subject{N}/EEG/subject{N}_eeg.mat`,
 /// `subject{N}/EEG/subject{N}_eeg_label.mat`, `subject{N}/Audio/{NNN}_Trial_{TT}_Speaking_{Emotion}_aud.wav`
-/// and an empty `Video/`. `progress` is called after each subject.
+/// and, with `video`, `subject{N}/Video/{NNN}_Trial_{TT}_{Listening|Speaking}_{Emotion}.mp4` for every
+/// trial. `progress` is called after each subject.
 ///
 /// # Errors
 /// [`Error::Io`] naming the file that could not be written; [`Error::Dataset`] for a config that cannot
 /// produce EAV windows (fewer than 2 trials, no channel, trials shorter than 5 s).
 pub fn write_synthetic(root: &Path, cfg: &SynthConfig, progress: &dyn Fn(u32)) -> Result<()> {
-    if cfg.trials < 2 || cfg.channels == 0 || cfg.trial_seconds < 5.0 || cfg.audio_rate == 0 {
+    let (vw, vh) = cfg.video_size;
+    let bad_video = cfg.video && (vw < 2 || vh < 3 || vw % 2 == 1 || vh % 2 == 1);
+    if cfg.trials < 2 || cfg.channels == 0 || cfg.trial_seconds < 5.0 || cfg.audio_rate == 0 || bad_video {
         return Err(Error::dataset(root, format!("synthetic config cannot make EAV windows: {cfg:?}")));
     }
     let samples = (cfg.trial_seconds * EEG_RATE).round() as usize;
@@ -214,6 +238,21 @@ pub fn write_synthetic(root: &Path, cfg: &SynthConfig, progress: &dyn Fn(u32)) -
                     PITCH_HZ_ALONE[emotion.index()]
                 };
                 write_speech(&path, cfg, audio_len, pitch, &mut rng)?;
+            }
+        }
+        if cfg.video {
+            // Its own generator: the EEG and audio are the same with or without video.
+            let mut vrng = ChaCha8Rng::seed_from_u64(cfg.seed ^ (u64::from(s) << 32) ^ VIDEO_SALT);
+            for n in 0..cfg.trials {
+                let emotion = emotion_of_trial(n);
+                let kind = if n % 2 == 1 { "Speaking" } else { "Listening" };
+                let name = format!(
+                    "{:03}_Trial_{:02}_{kind}_{}.mp4",
+                    n + 1,
+                    n / 2 + 1,
+                    capitalised(emotion.as_str())
+                );
+                write_clip(&dir.join("Video").join(name), cfg, emotion, &mut vrng)?;
             }
         }
         let eeg_path = dir.join("EEG").join(format!("subject{s}_eeg.mat"));
@@ -287,6 +326,48 @@ fn synchrony_trial(
         w.finalize().map_err(|e| Error::wav(&path, e.to_string()))?;
     }
     Ok(())
+}
+
+/// Separates the video's random stream from the EEG's and audio's.
+const VIDEO_SALT: u64 = 0x5649_4445_4f00_0001;
+
+/// The flicker rate (Hz) of the video blob for each emotion: sampled at 5 frames/s (the official windows)
+/// all five stay below that rate's 2.5 Hz limit.
+const VIDEO_HZ: [f64; 5] = [0.6, 1.0, 1.4, 1.8, 2.2];
+
+/// One trial's clip: `trial_seconds` at 30 fps of grey noise (σ = 12 levels around 110) with a centred
+/// square blob (a third of the frame's height) whose brightness swings by `40 · min(snr, 1.5)` levels at
+/// its emotion's rate ([`VIDEO_HZ`], random phase); without video signal the blob flickers at a rate drawn
+/// uniformly from the same range, unrelated to the class.
+///
+/// # Errors
+/// Video errors naming the file, as [`Error::Video`].
+pub fn write_clip(path: &Path, cfg: &SynthConfig, emotion: Emotion, rng: &mut ChaCha8Rng) -> Result<()> {
+    let (w, h) = cfg.video_size;
+    let fps = 30u32;
+    let frames = (cfg.trial_seconds * f64::from(fps)).round() as usize;
+    let hz =
+        if cfg.video_signal { VIDEO_HZ[emotion.index()] } else { rng.random_range(VIDEO_HZ[0]..VIDEO_HZ[4]) };
+    let phase = rng.random_range(0.0..std::f64::consts::TAU);
+    let swing = 40.0 * cfg.snr.min(1.5);
+    let noise = Normal::new(0.0, 12.0).map_err(|e| Error::dataset(path, e.to_string()))?;
+    let side = (h / 3).max(1);
+    let (x0, y0) = ((w - side.min(w)) / 2, (h - side) / 2);
+    let clip: Vec<Vec<u8>> = (0..frames)
+        .map(|f| {
+            let t = f as f64 / f64::from(fps);
+            let blob = 150.0 + swing * (std::f64::consts::TAU * hz * t + phase).sin();
+            (0..w * h)
+                .map(|i| {
+                    let (x, y) = (i % w, i / w);
+                    let inside = (x0..x0 + side).contains(&x) && (y0..y0 + side).contains(&y);
+                    let base = if inside { blob } else { 110.0 };
+                    (base + noise.sample(rng)).round().clamp(16.0, 235.0) as u8
+                })
+                .collect()
+        })
+        .collect();
+    video::write_mp4(path, w, h, fps, 24, &clip).map_err(|source| Error::Video { source })
 }
 
 fn capitalised(s: &str) -> String {

@@ -1024,3 +1024,66 @@ mod causal {
         }
     }
 }
+
+/// The synthetic tree's clips: one per trial in the real naming scheme, decodable, the blob flickering at
+/// its class's rate, and the EEG and audio files the same bytes with and
+/// without video.
+#[test]
+fn synthetic_video_carries_the_class_and_changes_nothing_else() {
+    let with = tmp("synth-video");
+    let without = tmp("synth-novideo");
+    let cfg = eav::synth::SynthConfig { subjects: 1, trials: 10, trial_seconds: 6.0, ..Default::default() };
+    eav::synth::write_synthetic(&with, &cfg, &|_| {}).unwrap();
+    eav::synth::write_synthetic(&without, &eav::synth::SynthConfig { video: false, ..cfg.clone() }, &|_| {})
+        .unwrap();
+    for f in ["EEG/subject1_eeg.mat", "Audio/002_Trial_01_Speaking_Neutral_aud.wav"] {
+        assert_eq!(
+            std::fs::read(with.join("subject1").join(f)).unwrap(),
+            std::fs::read(without.join("subject1").join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    assert_eq!(std::fs::read_dir(without.join("subject1/Video")).unwrap().count(), 0);
+    let mut names: Vec<String> = std::fs::read_dir(with.join("subject1/Video"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 10);
+    assert_eq!(names[0], "001_Trial_01_Listening_Neutral.mp4");
+    assert_eq!(names[1], "002_Trial_01_Speaking_Neutral.mp4");
+    // The blob's mean brightness, sampled at 5 frames/s as the windows are, peaks at the class's rate.
+    let rates = [0.6, 1.0, 1.4, 1.8, 2.2];
+    let subject = eav::subject::load_subject(&eav::subject::discover(&with).unwrap()[0]).unwrap();
+    for (trial, name) in subject.trials.iter().zip(&names) {
+        let frames = video::decode_luma(&with.join("subject1/Video").join(name), None).unwrap();
+        assert_eq!(frames.len(), 180);
+        let blob: Vec<f64> = frames
+            .iter()
+            .step_by(6)
+            .map(|f| {
+                let (x0, y0) = (12, 8);
+                let mut s = 0.0;
+                for y in y0..y0 + 8 {
+                    for x in x0..x0 + 8 {
+                        s += f64::from(f.data[y * 32 + x]);
+                    }
+                }
+                s / 64.0
+            })
+            .collect();
+        let mean = blob.iter().sum::<f64>() / blob.len() as f64;
+        let blob: Vec<f64> = blob.iter().map(|v| v - mean).collect();
+        let power = |hz: f64| {
+            let (mut re, mut im) = (0.0, 0.0);
+            for (k, v) in blob.iter().enumerate() {
+                let a = std::f64::consts::TAU * hz * k as f64 / 5.0;
+                re += v * a.cos();
+                im += v * a.sin();
+            }
+            re * re + im * im
+        };
+        let best = (0..5).max_by(|&a, &b| power(rates[a]).total_cmp(&power(rates[b]))).unwrap();
+        assert_eq!(best, trial.emotion.index(), "{name}");
+    }
+}

@@ -82,7 +82,13 @@ pub fn write_mp4(
     frames: &[Vec<u8>],
 ) -> Result<()> {
     let bad = |reason: String| Error::Unsupported { path: path.into(), reason };
-    if width == 0 || height == 0 || !width.is_multiple_of(2) || !height.is_multiple_of(2) || frames.is_empty() || fps == 0 {
+    if width == 0
+        || height == 0
+        || !width.is_multiple_of(2)
+        || !height.is_multiple_of(2)
+        || frames.is_empty()
+        || fps == 0
+    {
         return Err(bad(format!("cannot write {} frames of {width}×{height} at {fps} fps", frames.len())));
     }
     if let Some(i) = frames.iter().position(|f| f.len() != width * height) {

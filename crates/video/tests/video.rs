@@ -165,18 +165,21 @@ fn written_clips_decode_to_their_frames() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("written.mp4");
     let (w, h) = (64, 48);
-    let frames: Vec<Vec<u8>> = (0..45)
-        .map(|t| (0..w * h).map(|i| ((i % w) * 3 + (i / w) * 2 + t * 4) as u8).collect())
-        .collect();
+    let frames: Vec<Vec<u8>> =
+        (0..45).map(|t| (0..w * h).map(|i| ((i % w) * 3 + (i / w) * 2 + t * 4) as u8).collect()).collect();
     video::write_mp4(&path, w, h, 30, 18, &frames).unwrap();
     let info = probe(&path).unwrap();
-    assert_eq!((info.codec.as_str(), info.profile.as_str(), info.width, info.height, info.frames), ("avc1", "constrained_baseline", w, h, 45));
+    assert_eq!(
+        (info.codec.as_str(), info.profile.as_str(), info.width, info.height, info.frames),
+        ("avc1", "constrained_baseline", w, h, 45)
+    );
     assert!((info.fps - 30.0).abs() < 1e-9 && (info.duration_s - 1.5).abs() < 1e-9, "{info:?}");
     assert!(info.problem().is_none());
     let back = decode_luma(&path, None).unwrap();
     assert_eq!(back.len(), 45);
     for (a, b) in back.iter().zip(&frames) {
-        let mean_err = a.data.iter().zip(b).map(|(x, y)| f64::from(x.abs_diff(*y))).sum::<f64>() / (w * h) as f64;
+        let mean_err =
+            a.data.iter().zip(b).map(|(x, y)| f64::from(x.abs_diff(*y))).sum::<f64>() / (w * h) as f64;
         assert!(mean_err < 2.0, "{mean_err}");
     }
     let err = video::write_mp4(&path, 63, 48, 30, 18, &frames).unwrap_err();
