@@ -970,7 +970,9 @@ fn video_reads_clip_headers_and_inspect_reports_bad_clips() {
 
     let root = tmp("inspect-video");
     let r = root.display().to_string();
-    assert!(xtask(&["synth", "--out", &r, "--subjects", "1", "--trials", "10", "--no-video"]).status.success());
+    assert!(
+        xtask(&["synth", "--out", &r, "--subjects", "1", "--trials", "10", "--no-video"]).status.success()
+    );
     let videos = root.join("subject1/Video");
     std::fs::create_dir_all(&videos).unwrap();
     std::fs::copy(
