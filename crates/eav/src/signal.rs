@@ -124,20 +124,6 @@ pub fn sos_gain(sos: &[Sos], f: f64, fs: f64) -> f64 {
         .product()
 }
 
-/// Filters `x` in place through the cascade (transposed direct form II), starting from state `zi`.
-fn sosfilt(sos: &[Sos], x: &mut [f64], mut zi: Vec<[f64; 2]>) {
-    for v in x.iter_mut() {
-        let mut s = *v;
-        for (sec, z) in sos.iter().zip(zi.iter_mut()) {
-            let y = sec[0] * s + z[0];
-            z[0] = sec[1] * s - sec[4] * y + z[1];
-            z[1] = sec[2] * s - sec[5] * y;
-            s = y;
-        }
-        *v = s;
-    }
-}
-
 /// Steady-state initial state of each section for a unit step (scipy's `sosfilt_zi`).
 fn sosfilt_zi(sos: &[Sos]) -> Vec<[f64; 2]> {
     let mut scale = 1.0;
@@ -167,14 +153,13 @@ pub fn sosfiltfilt(sos: &[Sos], x: &[f64]) -> Vec<f64> {
     ext.extend((1..=pad).rev().map(|i| 2.0 * x[0] - x[i]));
     ext.extend_from_slice(x);
     ext.extend((1..=pad).map(|i| 2.0 * x[n - 1] - x[n - 1 - i]));
-    let zi = sosfilt_zi(sos);
-    let scaled = |zi: &[[f64; 2]], v: f64| zi.iter().map(|z| [z[0] * v, z[1] * v]).collect::<Vec<_>>();
-    let first = ext[0];
-    sosfilt(sos, &mut ext, scaled(&zi, first));
-    ext.reverse();
-    let first = ext[0];
-    sosfilt(sos, &mut ext, scaled(&zi, first));
-    ext.reverse();
+    // Each pass is the causal filter started in the steady state of its first sample.
+    let mut filter = CausalSos::new(sos.to_vec());
+    for _ in 0..2 {
+        filter.reset();
+        ext.iter_mut().for_each(|v| *v = filter.step(*v));
+        ext.reverse();
+    }
     ext[pad..pad + n].to_vec()
 }
 
@@ -276,9 +261,9 @@ impl CausalResampler {
     }
 }
 
-/// A causal cascade of second-order sections (`scipy.signal.sosfilt`) whose state runs across calls,
-/// started in the steady state of its first input (`sosfilt_zi · x[0]`), so a signal's offset does not
-/// ring through it.
+/// A causal cascade of second-order sections (`scipy.signal.sosfilt`, transposed direct form II) whose
+/// state runs across calls, started in the steady state of its first input (`sosfilt_zi · x[0]`), so a
+/// signal's offset does not ring through it. Each pass of [`sosfiltfilt`] is one.
 #[derive(Debug, Clone)]
 pub struct CausalSos {
     sos: Vec<Sos>,
