@@ -193,23 +193,9 @@ struct Segment {
     received: u64,
 }
 
-/// Where a chunk stamped `t` falls against a segment: continuing it, or starting a new one.
-enum Fit {
-    Continues,
-    Gap(f64),
-}
-
 /// The stamp at which a segment's next chunk is due.
 fn due(origin: f64, seg: Segment, rate: f64) -> f64 {
     origin + seg.start as f64 / FRAME_RATE + seg.received as f64 / rate
-}
-
-fn fit(stream: &'static str, origin: f64, seg: Segment, rate: f64, t: f64, tol: f64) -> Result<Fit> {
-    let expected = due(origin, seg, rate);
-    if t < expected - tol {
-        return Err(Error::TimeWentBack { stream, expected_s: expected, got_s: t });
-    }
-    Ok(if t > expected + tol { Fit::Gap(t - expected) } else { Fit::Continues })
 }
 
 fn check_finite(stream: &'static str, data: &[f32]) -> Result<()> {
@@ -425,6 +411,36 @@ impl Predictor {
         *self.origin.get_or_insert(t)
     }
 
+    /// Whether a chunk of `stream` stamped `t` starts a new segment: its first chunk, or one stamped more
+    /// than `tolerance_s` after the segment's end (a gap, recorded as an [`Event`] saying `what` was done).
+    ///
+    /// # Errors
+    /// [`Error::TimeWentBack`] for a stamp more than `tolerance_s` before the segment's end.
+    fn starts_segment(
+        &mut self,
+        stream: &'static str,
+        seg: Option<Segment>,
+        rate: f64,
+        t: f64,
+        what: &str,
+    ) -> Result<bool> {
+        let Some(seg) = seg else { return Ok(true) };
+        let expected = due(self.origin.unwrap_or(t), seg, rate);
+        let tol = self.cfg.tolerance_s;
+        if t < expected - tol {
+            return Err(Error::TimeWentBack { stream, expected_s: expected, got_s: t });
+        }
+        if t <= expected + tol {
+            return Ok(false);
+        }
+        self.events.push(Event {
+            at_s: t,
+            stream: stream.into(),
+            what: format!("gap of {:.3} s: {what}", t - expected),
+        });
+        Ok(true)
+    }
+
     /// The 100 Hz step nearest to stamp `t`.
     fn step_at(&self, origin: f64, t: f64) -> i64 {
         ((t - origin) * FRAME_RATE).round() as i64
@@ -448,22 +464,8 @@ impl Predictor {
             return Err(Error::Config(format!("eeg chunk stamped {t}")));
         }
         let origin = self.origin(t);
-        let rate = self.source.eeg_rate;
-        let restart = match self.eeg.segment {
-            None => true,
-            Some(seg) => match fit("eeg", origin, seg, rate, t, self.cfg.tolerance_s)? {
-                Fit::Continues => false,
-                Fit::Gap(s) => {
-                    self.events.push(Event {
-                        at_s: t,
-                        stream: "eeg".into(),
-                        what: format!("gap of {s:.3} s: filters restarted, next prediction a window later"),
-                    });
-                    true
-                }
-            },
-        };
-        if restart {
+        let (seg, rate) = (self.eeg.segment, self.source.eeg_rate);
+        if self.starts_segment("eeg", seg, rate, t, "filters restarted, next prediction a window later")? {
             self.eeg.filters.iter_mut().for_each(EegFilter::reset);
             let start = self.step_at(origin, t);
             self.eeg.segment = Some(Segment { start, received: 0 });
@@ -506,22 +508,10 @@ impl Predictor {
             return Err(Error::Config(format!("audio chunk stamped {t}")));
         }
         let origin = self.origin(t);
+        // An ended stream's next chunk starts a new segment, wherever it is stamped.
+        let seg = self.audio.segment.filter(|_| !self.audio.ended);
         let rate = f64::from(self.source.audio_rate);
-        let restart = match (self.audio.segment, self.audio.ended) {
-            (None, _) | (_, true) => true,
-            (Some(seg), false) => match fit("audio", origin, seg, rate, t, self.cfg.tolerance_s)? {
-                Fit::Continues => false,
-                Fit::Gap(s) => {
-                    self.events.push(Event {
-                        at_s: t,
-                        stream: "audio".into(),
-                        what: format!("gap of {s:.3} s: resampler and frames restarted"),
-                    });
-                    true
-                }
-            },
-        };
-        if restart {
+        if self.starts_segment("audio", seg, rate, t, "resampler and frames restarted")? {
             self.audio.frames = self.audio.fresh.clone();
             self.audio.ended = false;
             let start = self.step_at(origin, t);
