@@ -31,6 +31,7 @@
 
 mod classifier;
 mod conv;
+mod conv2d;
 pub mod cpu_op;
 mod dropout;
 mod encoder;
@@ -41,6 +42,7 @@ mod linear;
 
 pub use classifier::{ClassifierConfig, EmotionClassifier};
 pub use conv::{Conv1d, Conv1dConfig};
+pub use conv2d::{Conv2d, Conv2dConfig};
 pub use dropout::Dropout;
 pub use encoder::{AudioEncoder, BN_EPS, BN_MOMENTUM, ConvSpec, EegEncoder, EncoderConfig, LATENT_DIM};
 pub use error::{Error, Result};

@@ -1,4 +1,5 @@
 //! CPU kernels as candle custom ops with their own backward passes: [`Conv1dOp`] (conv1d + bias,
+//! [`Conv2dOp`] its 2-D twin for the video encoder's frames,
 //! optionally ReLU: the [`crate::Conv1d`] layer, and a block in evaluation with BatchNorm folded in),
 //! [`BlockOp`] (conv1d → training-mode BatchNorm1d → ReLU) and [`LinearOp`] (`x·Wᵀ + b`: the
 //! [`crate::Linear`] layer). The conv ops replace a dozen candle ops (and their temporaries) per layer
@@ -21,7 +22,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor, WithDType
 
 use crate::cpu_op::{contiguous, cpu_storage, dispatch_float as dispatch, tensor_from};
 
-pub use conv::ConvGeom;
+pub use conv::{Conv2dGeom, ConvGeom};
 pub use gemm::{View, ViewMut, matmul};
 pub use linear::LinearGeom;
 
@@ -102,6 +103,57 @@ fn conv_geom(stride: usize, padding: usize, x: &Layout, w: &Layout) -> candle_co
     }
 }
 
+/// The forward pass of a conv op: checks the bias, runs [`conv::forward`].
+fn conv_fwd(
+    g: &impl conv::Im2col,
+    relu: bool,
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    (s3, l3): (&CpuStorage, &Layout),
+    out: Shape,
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    let cout = g.channels().2;
+    if l3.shape().dims() != [cout] {
+        bail!("conv: bias {:?} does not match {cout} output channels", l3.shape());
+    }
+    dispatch!(s1, T => {
+        let x = contiguous::<T>(s1, l1, "conv input")?;
+        let w = contiguous::<T>(s2, l2, "conv weight")?;
+        let b = contiguous::<T>(s3, l3, "conv bias")?;
+        Ok((T::to_cpu_storage_owned(conv::forward(g, x, w, b, relu)), out))
+    })
+}
+
+/// The backward pass of a conv op (ReLU's mask applied first when `relu`).
+fn conv_bwd<G: conv::Im2col>(
+    geom: impl Fn(&Layout, &Layout) -> candle_core::Result<(G, Shape)>,
+    relu: bool,
+    x: &Tensor,
+    w: &Tensor,
+    res: &Tensor,
+    grad: &Tensor,
+) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let grad = if relu { (grad * res.gt(0.0)?.to_dtype(grad.dtype())?)? } else { grad.clone() };
+    let grad = grad.contiguous()?;
+    let need_dx = x.track_op();
+    let (xs, xl) = x.storage_and_layout();
+    let (ws, wl) = w.storage_and_layout();
+    let (gs, gl) = grad.storage_and_layout();
+    let (g, out) = geom(xl, wl)?;
+    if gl.shape() != &out {
+        bail!("conv backward: gradient {:?} does not match the output {out:?}", gl.shape());
+    }
+    let (xs, ws, gs) = (cpu_storage(&xs)?, cpu_storage(&ws)?, cpu_storage(&gs)?);
+    let (dx, dw, db) = dispatch!(xs, T => {
+        let dy = contiguous::<T>(gs, gl, "conv output gradient")?;
+        let (dx, dw, db) =
+            conv::backward(&g, contiguous::<T>(xs, xl, "conv input")?, contiguous::<T>(ws, wl, "conv weight")?, dy, need_dx);
+        (dx.map(T::to_cpu_storage_owned), T::to_cpu_storage_owned(dw), T::to_cpu_storage_owned(db))
+    });
+    let dx = dx.map(|d| tensor_from(d, x.dims(), x)).transpose()?;
+    Ok((dx, Some(tensor_from(dw, w.dims(), w)?), Some(tensor_from(db, &[g.channels().2], w)?)))
+}
+
 impl CustomOp3 for Conv1dOp {
     fn name(&self) -> &'static str {
         "emofuse-conv1d"
@@ -117,16 +169,8 @@ impl CustomOp3 for Conv1dOp {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = self.geom(l1, l2)?;
-        if l3.shape().dims() != [g.cout] {
-            bail!("conv1d: bias {:?} does not match {} output channels", l3.shape(), g.cout);
-        }
-        dispatch!(s1, T => {
-            let x = contiguous::<T>(s1, l1, "conv1d input")?;
-            let w = contiguous::<T>(s2, l2, "conv1d weight")?;
-            let b = contiguous::<T>(s3, l3, "conv1d bias")?;
-            let y = conv::forward(&g, x, w, b, self.relu);
-            Ok((T::to_cpu_storage_owned(y), Shape::from((g.batch, g.cout, g.out_len))))
-        })
+        let out = Shape::from((g.batch, g.cout, g.out_len));
+        conv_fwd(&g, self.relu, (s1, l1), (s2, l2), (s3, l3), out)
     }
 
     fn bwd(
@@ -137,25 +181,80 @@ impl CustomOp3 for Conv1dOp {
         res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = if self.relu { (grad * res.gt(0.0)?.to_dtype(grad.dtype())?)? } else { grad.clone() };
-        let grad = grad.contiguous()?;
-        let need_dx = x.track_op();
-        let (xs, xl) = x.storage_and_layout();
-        let (ws, wl) = w.storage_and_layout();
-        let (gs, gl) = grad.storage_and_layout();
-        let g = self.geom(xl, wl)?;
-        if gl.shape().dims() != [g.batch, g.cout, g.out_len] {
-            bail!("conv1d backward: gradient {:?} does not match the output", gl.shape());
+        let geom = |xl: &Layout, wl: &Layout| {
+            let g = self.geom(xl, wl)?;
+            Ok((g, Shape::from((g.batch, g.cout, g.out_len))))
+        };
+        conv_bwd(geom, self.relu, x, w, res, grad)
+    }
+}
+
+/// Conv2d with bias over `(x, weight, bias)`: `x` `(batch, cin, height, width)`, weight
+/// `(cout, cin, kernel, kernel)`; ReLU afterwards when `relu`.
+#[derive(Debug, Clone, Copy)]
+pub struct Conv2dOp {
+    pub stride: usize,
+    pub padding: usize,
+    pub relu: bool,
+}
+
+impl Conv2dOp {
+    fn geom(&self, x: &Layout, w: &Layout) -> candle_core::Result<(Conv2dGeom, Shape)> {
+        let (batch, cin, height, width) = x.shape().dims4()?;
+        let (cout, wcin, kernel, kw) = w.shape().dims4()?;
+        if wcin != cin || kw != kernel {
+            bail!("conv2d: input {:?} does not fit weight {:?}", x.shape(), w.shape());
         }
-        let (xs, ws, gs) = (cpu_storage(&xs)?, cpu_storage(&ws)?, cpu_storage(&gs)?);
-        let (dx, dw, db) = dispatch!(xs, T => {
-            let dy = contiguous::<T>(gs, gl, "conv1d output gradient")?;
-            let (dx, dw, db) =
-                conv::backward(&g, contiguous::<T>(xs, xl, "conv1d input")?, contiguous::<T>(ws, wl, "conv1d weight")?, dy, need_dx);
-            (dx.map(T::to_cpu_storage_owned), T::to_cpu_storage_owned(dw), T::to_cpu_storage_owned(db))
-        });
-        let dx = dx.map(|d| tensor_from(d, x.dims(), x)).transpose()?;
-        Ok((dx, Some(tensor_from(dw, w.dims(), w)?), Some(tensor_from(db, &[g.cout], w)?)))
+        let (p, s) = (self.padding, self.stride);
+        let (Some(sh), Some(sw)) =
+            ((height + 2 * p).checked_sub(kernel), (width + 2 * p).checked_sub(kernel))
+        else {
+            bail!("conv2d: input {height}×{width} smaller than the kernel {kernel}");
+        };
+        let (out_height, out_width) = (sh / s + 1, sw / s + 1);
+        let g = Conv2dGeom {
+            batch,
+            cin,
+            cout,
+            height,
+            width,
+            kernel,
+            stride: s,
+            padding: p,
+            out_height,
+            out_width,
+        };
+        Ok((g, Shape::from((batch, cout, out_height, out_width))))
+    }
+}
+
+impl CustomOp3 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "emofuse-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (g, out) = self.geom(l1, l2)?;
+        conv_fwd(&g, self.relu, (s1, l1), (s2, l2), (s3, l3), out)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        conv_bwd(|xl, wl| self.geom(xl, wl), self.relu, x, w, res, grad)
     }
 }
 
