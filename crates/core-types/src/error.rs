@@ -21,6 +21,10 @@ pub enum Axis {
     Frames,
     /// The step (time) axis of an encoder's sequence.
     Steps,
+    /// The row axis of a video batch's frames.
+    Height,
+    /// The column axis of a video batch's frames.
+    Width,
 }
 
 impl fmt::Display for Axis {
@@ -34,6 +38,8 @@ impl fmt::Display for Axis {
             Self::Coefficients => "coefficients",
             Self::Frames => "frames",
             Self::Steps => "steps",
+            Self::Height => "height",
+            Self::Width => "width",
         })
     }
 }

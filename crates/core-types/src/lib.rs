@@ -33,4 +33,4 @@ mod shapes;
 
 pub use error::{Axis, Error, ParseEnumError, Result, ShapeError};
 pub use names::{Emotion, FusionMode, Modality};
-pub use shapes::{EegBatch, Latent, MfccBatch, Sequence, same_batch};
+pub use shapes::{EegBatch, Latent, MfccBatch, Sequence, VideoBatch, same_batch};

@@ -6,6 +6,7 @@
 //! | [`Latent`] | `(batch, dim)` |
 //! | [`EegBatch`] | `(batch, channels, time)` |
 //! | [`MfccBatch`] | `(batch, n_mfcc, frames)` |
+//! | [`VideoBatch`] | `(batch, frames, height, width)` (luma) |
 //! | [`Sequence`] | `(batch, steps, dim)`, with each step's time in seconds |
 //!
 //! Every axis must be at least 1. A constructor that is given the expected size of an axis rejects any
@@ -176,6 +177,59 @@ impl MfccBatch {
     #[must_use]
     pub fn frames(&self) -> usize {
         self.0.dims()[2]
+    }
+}
+
+/// A batch of video windows, `(batch, frames, height, width)`: one luma plane per frame.
+#[derive(Debug, Clone)]
+pub struct VideoBatch(Tensor);
+
+impl VideoBatch {
+    /// Wraps `t` if it is `(batch, frames, height, width)`; a `Some` size must match exactly.
+    ///
+    /// # Errors
+    /// A [`ShapeError`] naming the rank, batch, frames, height or width axis.
+    pub fn new(
+        t: Tensor,
+        frames: Option<usize>,
+        height: Option<usize>,
+        width: Option<usize>,
+    ) -> Result<Self, ShapeError> {
+        check(
+            "VideoBatch",
+            &t,
+            &[
+                (Axis::Batch, Want::Any),
+                (Axis::Frames, want(frames)),
+                (Axis::Height, want(height)),
+                (Axis::Width, want(width)),
+            ],
+        )?;
+        Ok(Self(t))
+    }
+
+    /// The tensor, `(batch, frames, height, width)`.
+    #[must_use]
+    pub fn tensor(&self) -> &Tensor {
+        &self.0
+    }
+
+    /// The batch size.
+    #[must_use]
+    pub fn batch(&self) -> usize {
+        self.0.dims()[0]
+    }
+
+    /// The number of frames.
+    #[must_use]
+    pub fn frames(&self) -> usize {
+        self.0.dims()[1]
+    }
+
+    /// `(height, width)` of every frame.
+    #[must_use]
+    pub fn frame_size(&self) -> (usize, usize) {
+        (self.0.dims()[2], self.0.dims()[3])
     }
 }
 

@@ -180,15 +180,15 @@ impl ModuleT for Block {
     }
 }
 
-/// The shared body of both encoders.
+/// The shared body of both encoders (and the video encoder's temporal part).
 #[derive(Debug, Clone)]
-struct ConvEncoder {
+pub(crate) struct ConvEncoder {
     cfg: EncoderConfig,
     blocks: Vec<Block>,
 }
 
 impl ConvEncoder {
-    fn new(cfg: &EncoderConfig, vb: VarBuilder) -> Result<Self> {
+    pub(crate) fn new(cfg: &EncoderConfig, vb: VarBuilder) -> Result<Self> {
         if cfg.blocks.is_empty() {
             return Err(Error::Config("an encoder needs at least one block".into()));
         }
@@ -214,7 +214,7 @@ impl ConvEncoder {
     }
 
     /// The last block's output, `(batch, latent, steps)`, before the mean over time.
-    fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+    pub(crate) fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let (_, _, len) = x.dims3()?;
         if self.cfg.out_len(len).is_none() {
             let min = (1..=len.max(1) * 64).find(|&l| self.cfg.out_len(l).is_some()).unwrap_or(usize::MAX);

@@ -4,6 +4,8 @@
 //!   native CPU `conv1d` backward is not).
 //! - [`EegEncoder`], [`AudioEncoder`]: `Conv1d → BatchNorm1d → ReLU` blocks, mean over time, to a
 //!   128-d [`core_types::Latent`]; [`EncoderConfig::eeg`] and [`EncoderConfig::audio`] are the reference sizes.
+//! - [`Conv2d`] and [`VideoEncoder`]: a per-frame `Conv2d → BatchNorm2d → ReLU` stack shared across
+//!   frames, spatial mean, then `Conv1d` blocks over the frames, to a 128-d latent.
 //! - [`EmotionClassifier`]: `128 → 64 → 5` logits.
 //! - [`Linear`] and [`linear()`]: PyTorch's `nn.Linear`, one CPU op with its own backward pass.
 //! - [`cpu_op`]: helpers for candle custom ops with f32/f64 CPU kernels (also used by `fusion`).
@@ -39,6 +41,7 @@ mod error;
 mod init;
 mod kernels;
 mod linear;
+mod video;
 
 pub use classifier::{ClassifierConfig, EmotionClassifier};
 pub use conv::{Conv1d, Conv1dConfig};
@@ -48,3 +51,4 @@ pub use encoder::{AudioEncoder, BN_EPS, BN_MOMENTUM, ConvSpec, EegEncoder, Encod
 pub use error::{Error, Result};
 pub use init::init_pytorch_default;
 pub use linear::{Linear, linear};
+pub use video::{VideoEncoder, VideoEncoderConfig};
