@@ -97,6 +97,7 @@ fn test_trials(s: &Subject) -> Vec<bool> {
                 speaking,
                 eeg: Vec::new(),
                 mfcc: None,
+                video: None,
             })
             .collect();
         for i in eav::split::official(&samples, 0.7, 0.0).test {

@@ -2,7 +2,7 @@
 //!
 //! An entry is named `subject<id>-<setting>-<files>.bin`: `setting` hashes the preprocessing settings and
 //! the subject's folder, `files` the name, size and modification time of every file in the subject's `EEG/`
-//! and `Audio/` folders; changing either gives a new entry. When an entry is written, the entries of the
+//! and `Audio/` folders (and `Video/` when video is read); changing either gives a new entry. When an entry is written, the entries of the
 //! same subject and setting for other file states are removed: they can never be read again, so the cache
 //! holds one entry per (subject, setting). A damaged or foreign cache file is ignored (recomputed), never
 //! trusted.
@@ -38,7 +38,7 @@ fn fnv(hash: &mut u64, bytes: &[u8]) {
 /// [`Error::Io`] when the subject's folders cannot be listed.
 pub fn key(sd: &SubjectDir, cfg: &PreprocessConfig) -> Result<u64> {
     let mut h = setting_key(sd, cfg);
-    fnv(&mut h, &files_key(sd)?.to_le_bytes());
+    fnv(&mut h, &files_key(sd, cfg)?.to_le_bytes());
     Ok(h)
 }
 
@@ -51,10 +51,12 @@ fn setting_key(sd: &SubjectDir, cfg: &PreprocessConfig) -> u64 {
     h
 }
 
-/// Hash of the name, size and modification time of every file in the subject's `EEG/` and `Audio/`.
-fn files_key(sd: &SubjectDir) -> Result<u64> {
+/// Hash of the name, size and modification time of every file in the subject's `EEG/` and `Audio/`
+/// (and `Video/` when the settings read video).
+fn files_key(sd: &SubjectDir, cfg: &PreprocessConfig) -> Result<u64> {
     let mut h = 0xcbf2_9ce4_8422_2325_u64;
-    for sub in ["EEG", "Audio"] {
+    let folders: &[&str] = if cfg.video.is_some() { &["EEG", "Audio", "Video"] } else { &["EEG", "Audio"] };
+    for sub in folders {
         let dir = sd.path.join(sub);
         let Ok(entries) = std::fs::read_dir(&dir) else { continue };
         let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
@@ -112,6 +114,9 @@ fn read(path: &Path) -> Option<SubjectSamples> {
         if smp.mfcc.is_some() {
             smp.mfcc = Some(floats(mfcc_n)?);
         }
+        if smp.video.is_some() {
+            smp.video = Some(floats(s.video_len)?);
+        }
     }
     Some(s)
 }
@@ -124,6 +129,9 @@ fn write(path: &Path, s: &SubjectSamples) -> Result<()> {
         if smp.mfcc.is_some() {
             smp.mfcc = Some(Vec::new());
         }
+        if smp.video.is_some() {
+            smp.video = Some(Vec::new());
+        }
     }
     let json = serde_json::to_vec(&meta).map_err(|e| Error::dataset(path, e.to_string()))?;
     let tmp = path.with_extension("tmp");
@@ -132,7 +140,7 @@ fn write(path: &Path, s: &SubjectSamples) -> Result<()> {
     f.write_all(&(json.len() as u64).to_le_bytes()).map_err(io)?;
     f.write_all(&json).map_err(io)?;
     for smp in &s.samples {
-        for v in smp.eeg.iter().chain(smp.mfcc.iter().flatten()) {
+        for v in smp.eeg.iter().chain(smp.mfcc.iter().flatten()).chain(smp.video.iter().flatten()) {
             f.write_all(&v.to_le_bytes()).map_err(io)?;
         }
     }
@@ -153,7 +161,8 @@ pub fn preprocess_cached(
     let path = match cache {
         Some(dir) => {
             std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.into(), source })?;
-            let name = format!("subject{}-{:016x}-{:016x}.bin", sd.id, setting_key(sd, cfg), files_key(sd)?);
+            let name =
+                format!("subject{}-{:016x}-{:016x}.bin", sd.id, setting_key(sd, cfg), files_key(sd, cfg)?);
             Some(dir.join(name))
         }
         None => None,

@@ -100,11 +100,20 @@ pub struct PreprocessConfig {
     /// band-pass and centred MFCC frames. Off by default; absent from older settings files.
     #[serde(default, skip_serializing_if = "is_false")]
     pub causal: bool,
+    /// Video windows from each trial's clip (luma, sampled and resized as set here), aligned with the EEG
+    /// and audio windows; `None` (the default, and absent from older settings files): clips are not read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video: Option<video::Sampling>,
 }
 
 #[allow(clippy::trivially_copy_pass_by_ref)]
 fn is_false(v: &bool) -> bool {
     !*v
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_zero(v: &usize) -> bool {
+    *v == 0
 }
 
 impl Default for PreprocessConfig {
@@ -119,6 +128,7 @@ impl Default for PreprocessConfig {
             mfcc_frames: 500,
             audio: true,
             causal: false,
+            video: None,
         }
     }
 }
@@ -174,6 +184,9 @@ pub struct Sample {
     pub eeg: Vec<f32>,
     /// MFCC, `[coefficient][frame]` (speaking trials with audio).
     pub mfcc: Option<Vec<f32>>,
+    /// Video, `[frame][row][column]` luma 0–255 (trials with a clip, when video is read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video: Option<Vec<f32>>,
 }
 
 /// A subject's windows.
@@ -187,6 +200,9 @@ pub struct SubjectSamples {
     pub eeg_len: usize,
     /// MFCC frames per window.
     pub mfcc_frames: usize,
+    /// Luma values per video window (frames × height × width; 0 without video).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub video_len: usize,
     /// Windows, in trial then window order.
     pub samples: Vec<Sample>,
     /// Non-fatal findings (short audio padded with silence, …).
@@ -312,6 +328,7 @@ pub fn preprocess(subject: &Subject, cfg: &PreprocessConfig) -> Result<SubjectSa
     let audio_win = (cfg.window_seconds * f64::from(audio_rate)).round() as usize;
     let mut samples = Vec::with_capacity(subject.trials.len() * cfg.windows_per_trial);
     let mut notes = Vec::new();
+    let mut clips = video_windows(subject, cfg)?;
     for trial in &subject.trials {
         let raw = subject.eeg_trial(trial.index);
         let filtered: Vec<Vec<f64>> = channels
@@ -363,6 +380,7 @@ pub fn preprocess(subject: &Subject, cfg: &PreprocessConfig) -> Result<SubjectSa
                 }
                 None => None,
             };
+            let video = clips.get_mut(&trial.index).and_then(|c| c.get_mut(w)).map(std::mem::take);
             samples.push(Sample {
                 subject: subject.id,
                 trial: trial.index,
@@ -371,6 +389,7 @@ pub fn preprocess(subject: &Subject, cfg: &PreprocessConfig) -> Result<SubjectSa
                 speaking: trial.speaking,
                 eeg,
                 mfcc,
+                video,
             });
         }
     }
@@ -379,7 +398,45 @@ pub fn preprocess(subject: &Subject, cfg: &PreprocessConfig) -> Result<SubjectSa
         channels,
         eeg_len: win,
         mfcc_frames: cfg.mfcc_frames,
+        video_len: cfg.video.as_ref().map_or(0, |v| v.per_window * v.height * v.width),
         samples,
         notes,
     })
+}
+
+/// The video windows of every trial with a clip, by trial index, when `cfg.video` asks for them: clips
+/// decoded in parallel (decoding is the slow part of a subject's preprocessing).
+///
+/// # Errors
+/// [`Error::Dataset`] when the sampling gives fewer windows than `cfg.windows_per_trial` or a zero size;
+/// [`Error::Video`] naming the clip that cannot be decoded (truncated, no video track, not H.264, 4:2:2,
+/// 10-bit, too short, …).
+fn video_windows(
+    subject: &Subject,
+    cfg: &PreprocessConfig,
+) -> Result<std::collections::BTreeMap<usize, Vec<Vec<f32>>>> {
+    use rayon::prelude::*;
+    let Some(sampling) = &cfg.video else { return Ok(std::collections::BTreeMap::new()) };
+    if sampling.width == 0 || sampling.height == 0 || sampling.per_window == 0 || sampling.step == 0 {
+        return Err(Error::dataset(&subject.dir, format!("video sampling needs sizes ≥ 1: {sampling:?}")));
+    }
+    if sampling.windows() < cfg.windows_per_trial {
+        return Err(Error::dataset(
+            &subject.dir,
+            format!(
+                "video sampling gives {} windows per clip, the EEG {}: {sampling:?}",
+                sampling.windows(),
+                cfg.windows_per_trial
+            ),
+        ));
+    }
+    let clips: Vec<(usize, &std::path::PathBuf)> =
+        subject.trials.iter().filter_map(|t| t.video.as_ref().map(|p| (t.index, p))).collect();
+    clips
+        .par_iter()
+        .map(|&(index, path)| {
+            let windows = video::windows(path, sampling).map_err(|source| Error::Video { source })?;
+            Ok((index, windows))
+        })
+        .collect()
 }

@@ -29,6 +29,8 @@ pub struct Trial {
     pub speaking: bool,
     /// The matched audio file (speaking trials).
     pub audio: Option<PathBuf>,
+    /// The matched video clip (`Video/{NNN}_Trial_{TT}_{Listening|Speaking}_{Emotion}.mp4`).
+    pub video: Option<PathBuf>,
 }
 
 /// A subject folder found under the data root.
@@ -98,7 +100,7 @@ pub struct Subject {
     pub samples_per_trial: usize,
     /// Trials in file order.
     pub trials: Vec<Trial>,
-    /// Files found in `Video/` (listed, not used).
+    /// Files found in `Video/` (clips whose name matches their trial are in [`Trial::video`]).
     pub video_files: usize,
     /// Audio files that could not be matched to a trial (name not understood); not fatal.
     pub unmatched_audio: Vec<PathBuf>,
@@ -133,6 +135,22 @@ fn find_one(dir: &Path, pred: impl Fn(&str) -> bool, what: &str) -> Result<PathB
 }
 
 /// An audio file name understood: the 1-based trial number and the emotion it names.
+/// `(NNN, speaking, emotion)` of a clip named `{NNN}_Trial_{TT}_{Listening|Speaking}_{Emotion}.mp4`.
+fn parse_video_name(name: &str) -> Option<(usize, bool, Emotion)> {
+    let stem = name.strip_suffix(".mp4").or_else(|| name.strip_suffix(".MP4"))?;
+    let parts: Vec<&str> = stem.split('_').collect();
+    let [num, .., kind, emotion] = parts.as_slice() else { return None };
+    let speaking = match kind.to_ascii_lowercase().as_str() {
+        "speaking" => true,
+        "listening" => false,
+        _ => return None,
+    };
+    if num.len() != 3 {
+        return None;
+    }
+    Some((num.parse().ok()?, speaking, emotion.parse().ok()?))
+}
+
 fn parse_audio_name(name: &str) -> Option<(usize, Emotion)> {
     let stem = name.strip_suffix(".wav").or_else(|| name.strip_suffix(".WAV"))?;
     let parts: Vec<&str> = stem.split('_').collect();
@@ -221,7 +239,7 @@ pub fn load_subject(sd: &SubjectDir) -> Result<Subject> {
             ));
         }
         let emotion = Emotion::from_index(row / 2).unwrap_or(Emotion::Neutral);
-        trials.push(Trial { index, emotion, speaking: row % 2 == 1, audio: None });
+        trials.push(Trial { index, emotion, speaking: row % 2 == 1, audio: None, video: None });
     }
 
     let mut unmatched_audio = Vec::new();
@@ -258,7 +276,24 @@ pub fn load_subject(sd: &SubjectDir) -> Result<Subject> {
             trial.audio = Some(path);
         }
     }
-    let video_files = std::fs::read_dir(sd.path.join("Video")).map_or(0, |d| d.count());
+    let video_dir = sd.path.join("Video");
+    let mut video_files = 0;
+    if video_dir.is_dir() {
+        let entries =
+            std::fs::read_dir(&video_dir).map_err(|source| Error::Io { path: video_dir.clone(), source })?;
+        let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        files.sort();
+        video_files = files.len();
+        for path in files {
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            // Clips are matched, not opened: a clip is read only when video is asked for.
+            let Some((number, speaking, emotion)) = parse_video_name(&name) else { continue };
+            let Some(trial) = number.checked_sub(1).and_then(|i| trials.get_mut(i)) else { continue };
+            if trial.speaking == speaking && trial.emotion == emotion {
+                trial.video = Some(path);
+            }
+        }
+    }
     Ok(Subject {
         id: sd.id,
         dir: sd.path.clone(),

@@ -1087,3 +1087,67 @@ fn synthetic_video_carries_the_class_and_changes_nothing_else() {
         assert_eq!(best, trial.emotion.index(), "{name}");
     }
 }
+
+/// Video windows through preprocessing: every trial (listening ones too) gets its clip's windows, aligned
+/// with its EEG windows, equal to `video::windows` of the clip; they survive the cache bit for bit; a
+/// damaged clip is an error naming it when video is read, and is never opened when it is not.
+#[test]
+fn video_windows_are_preprocessed_cached_and_bad_clips_named() {
+    let root = tmp("video-windows");
+    let cfg = eav::synth::SynthConfig { subjects: 1, trials: 6, ..Default::default() };
+    eav::synth::write_synthetic(&root, &cfg, &|_| {}).unwrap();
+    let sd = eav::subject::discover(&root).unwrap().remove(0);
+    let sampling = video::Sampling { width: 16, height: 12, ..Default::default() };
+    let pre = eav::dataset::PreprocessConfig { video: Some(sampling.clone()), ..Default::default() };
+    let subject = eav::subject::load_subject(&sd).unwrap();
+    assert!(subject.trials.iter().all(|t| t.video.is_some()), "every synthetic trial has its clip");
+    let s = eav::dataset::preprocess(&subject, &pre).unwrap();
+    assert_eq!(s.video_len, 25 * 16 * 12);
+    assert_eq!(s.samples.len(), 6 * 4);
+    for trial in &subject.trials {
+        let expected = video::windows(trial.video.as_ref().unwrap(), &sampling).unwrap();
+        for w in 0..4 {
+            let smp = &s.samples[trial.index * 4 + w];
+            assert_eq!((smp.trial, smp.window), (trial.index, w));
+            assert_eq!(
+                smp.video.as_deref(),
+                Some(expected[w].as_slice()),
+                "trial {} window {w}",
+                trial.index
+            );
+        }
+    }
+    assert!(s.samples.iter().any(|x| !x.speaking && x.video.is_some()), "listening trials keep their video");
+    // Without video nothing changes: the same EEG and MFCC, no video, and the settings serialise as before.
+    let plain = eav::dataset::preprocess(&subject, &eav::dataset::PreprocessConfig::default()).unwrap();
+    assert_eq!(plain.video_len, 0);
+    for (a, b) in plain.samples.iter().zip(&s.samples) {
+        assert!(a.video.is_none());
+        assert_eq!((&a.eeg, &a.mfcc), (&b.eeg, &b.mfcc));
+    }
+    assert!(!serde_json::to_string(&eav::dataset::PreprocessConfig::default()).unwrap().contains("video"));
+    // Through the cache.
+    let cache = tmp("video-cache");
+    let (first, o1) = eav::cache::preprocess_cached(&sd, &pre, Some(&cache)).unwrap();
+    let (second, o2) = eav::cache::preprocess_cached(&sd, &pre, Some(&cache)).unwrap();
+    assert_eq!((o1, o2), (eav::cache::Outcome::Miss, eav::cache::Outcome::Hit));
+    assert_eq!(first, second);
+    assert_eq!(first, s);
+    // A truncated clip: named when video is read (and the cache entry for video is recomputed), ignored
+    // otherwise.
+    let clip = subject.trials[3].video.clone().unwrap();
+    let bytes = std::fs::read(&clip).unwrap();
+    std::fs::write(&clip, &bytes[..bytes.len() / 3]).unwrap();
+    let err = eav::cache::preprocess_cached(&sd, &pre, Some(&cache)).unwrap_err();
+    assert!(matches!(err, eav::Error::Video { .. }), "{err}");
+    assert!(err.to_string().contains(&*clip.file_name().unwrap().to_string_lossy()), "{err}");
+    let again =
+        eav::dataset::preprocess(&eav::subject::load_subject(&sd).unwrap(), &Default::default()).unwrap();
+    assert_eq!(again, plain);
+    // Sampling that gives fewer windows than the EEG: a dataset error.
+    let short = eav::dataset::PreprocessConfig {
+        video: Some(video::Sampling { frames: 300, ..sampling }),
+        ..Default::default()
+    };
+    assert!(matches!(eav::dataset::preprocess(&subject, &short), Err(eav::Error::Dataset { .. })));
+}
