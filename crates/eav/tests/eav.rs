@@ -1106,15 +1106,11 @@ fn video_windows_are_preprocessed_cached_and_bad_clips_named() {
     assert_eq!(s.samples.len(), 6 * 4);
     for trial in &subject.trials {
         let expected = video::windows(trial.video.as_ref().unwrap(), &sampling).unwrap();
-        for w in 0..4 {
+        assert_eq!(expected.len(), 4);
+        for (w, want) in expected.iter().enumerate() {
             let smp = &s.samples[trial.index * 4 + w];
             assert_eq!((smp.trial, smp.window), (trial.index, w));
-            assert_eq!(
-                smp.video.as_deref(),
-                Some(expected[w].as_slice()),
-                "trial {} window {w}",
-                trial.index
-            );
+            assert_eq!(smp.video.as_deref(), Some(want.as_slice()), "trial {} window {w}", trial.index);
         }
     }
     assert!(s.samples.iter().any(|x| !x.speaking && x.video.is_some()), "listening trials keep their video");
