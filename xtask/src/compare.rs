@@ -1,9 +1,10 @@
-//! `cargo xtask compare` and `cargo xtask baseline`: train and test EEG-only and EEG+audio models.
+//! `cargo xtask compare` and `cargo xtask baseline`: train and test single-modality and fused models over
+//! EEG, audio and video.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use core_types::FusionMode;
+use core_types::{FusionMode, Modality};
 use eav::split::Protocol;
 use eav::synth::SynthConfig;
 use experiments::config::ExperimentConfig;
@@ -164,14 +165,50 @@ pub struct Common {
     /// stopping the run.
     #[arg(long)]
     skip_bad_subjects: bool,
+    /// Video frames are box-averaged to this size, `WIDTHxHEIGHT` (models that read video).
+    #[arg(long, default_value = "64x64", value_parser = parse_size)]
+    video_size: (usize, usize),
+}
+
+fn parse_size(s: &str) -> Result<(usize, usize), String> {
+    let (w, h) =
+        s.split_once(['x', 'X']).ok_or_else(|| format!("`{s}`: expected WIDTHxHEIGHT, e.g. 64x64"))?;
+    let n = |v: &str| v.trim().parse::<usize>().ok().filter(|n| *n > 0);
+    match (n(w), n(h)) {
+        (Some(w), Some(h)) => Ok((w, h)),
+        _ => Err(format!("`{s}`: expected two sizes ≥ 1, e.g. 64x64")),
+    }
+}
+
+/// The models a set of modalities asks for: the single-modality rows and the fused sets (every subset of
+/// two or more that includes EEG, or the whole set when it has no EEG), in the order EEG, audio, video.
+fn plan(modalities: &[Modality]) -> (Vec<Modality>, Vec<Vec<Modality>>) {
+    let mut set = modalities.to_vec();
+    set.sort();
+    set.dedup();
+    let subsets = (1u32..1 << set.len()).map(|bits| {
+        set.iter().enumerate().filter(|(i, _)| bits >> i & 1 == 1).map(|(_, m)| *m).collect::<Vec<_>>()
+    });
+    let mut fused: Vec<Vec<Modality>> = if set.contains(&Modality::Eeg) {
+        subsets.filter(|s| s.len() >= 2 && s.contains(&Modality::Eeg)).collect()
+    } else {
+        subsets.filter(|s| s.len() >= 2 && s.len() == set.len()).collect()
+    };
+    fused.sort_by_key(|s| (s.len(), s.clone()));
+    (set, fused)
 }
 
 /// Arguments of `compare`.
 #[derive(Debug, clap::Args)]
 pub struct CompareArgs {
-    /// The fusion mode to compare against EEG-only, or `all`.
+    /// The fusion mode to compare against the single modalities, or `all`.
     #[arg(long, value_enum, default_value = "concat")]
     fusion_mode: ModeArg,
+    /// The modalities compared: a single-modality model for each (`eeg_only`, `audio_only`,
+    /// `video_only`) and fused models over every set of two or more that includes EEG (`eeg_audio`,
+    /// `eeg_video`, `eeg_audio_video`). `video` reads the clips in `Video/`.
+    #[arg(long, value_delimiter = ',', default_value = "eeg,audio")]
+    modalities: Vec<Modality>,
     #[command(flatten)]
     common: Common,
 }
@@ -179,9 +216,10 @@ pub struct CompareArgs {
 /// Arguments of `baseline`.
 #[derive(Debug, clap::Args)]
 pub struct BaselineArgs {
-    /// The modalities of the one model to train: `eeg` (the default), `audio`, or `eeg,audio` (fused).
+    /// The modalities of the one model to train: `eeg` (the default), `audio` or `video` alone, or a set of
+    /// them fused (`eeg,audio`, `eeg,video`, `eeg,audio,video`, …).
     #[arg(long, value_delimiter = ',', conflicts_with = "use_audio")]
-    modalities: Vec<core_types::Modality>,
+    modalities: Vec<Modality>,
     /// The EEG+audio model: the same as `--modalities eeg,audio`.
     #[arg(long)]
     use_audio: bool,
@@ -303,30 +341,50 @@ fn config_from(
     Ok(cfg)
 }
 
+/// Sets the rows of `cfg` for `singles` and fused `sets` (and the video sampling when some model reads
+/// video). A config read from a file keeps its own rows.
+fn set_rows(cfg: &mut ExperimentConfig, common: &Common, singles: &[Modality], sets: Vec<Vec<Modality>>) {
+    if common.resume.is_some() || common.config.is_some() {
+        return;
+    }
+    cfg.eeg_only = singles.contains(&Modality::Eeg);
+    cfg.audio_only = singles.contains(&Modality::Audio);
+    cfg.video_only = singles.contains(&Modality::Video);
+    if sets.is_empty() {
+        cfg.fusion_modes.clear();
+    }
+    // EEG and audio alone keep today's config (no `fused_sets` entry).
+    cfg.fused_sets = if sets == [vec![Modality::Eeg, Modality::Audio]] { Vec::new() } else { sets };
+    if cfg.reads_video() {
+        let (width, height) = common.video_size;
+        cfg.preprocess.video = Some(video::Sampling { width, height, ..video::Sampling::default() });
+    }
+}
+
 /// Runs `compare`.
 pub fn run_compare(args: &CompareArgs) -> anyhow::Result<()> {
-    let cfg = config_from(&args.common, args.fusion_mode.modes(), (true, true))?;
+    let mut cfg = config_from(&args.common, args.fusion_mode.modes(), (true, true))?;
+    let (singles, sets) = plan(&args.modalities);
+    set_rows(&mut cfg, &args.common, &singles, sets);
     execute(cfg, args.common.resume.clone().or_else(|| args.common.out.clone()), "compare")
 }
 
 /// Runs `baseline`.
 pub fn run_baseline(args: &BaselineArgs) -> anyhow::Result<()> {
-    use core_types::Modality;
     let mut set = args.modalities.clone();
     if args.use_audio {
         set = vec![Modality::Eeg, Modality::Audio];
     }
     set.sort();
     set.dedup();
-    let (modes, singles) = match set.as_slice() {
-        [] | [Modality::Eeg] => (Vec::new(), (true, false)),
-        [Modality::Audio] => (Vec::new(), (false, true)),
-        [Modality::Eeg, Modality::Audio] => (args.fusion_mode.modes(), (false, false)),
-        other => anyhow::bail!(
-            "--modalities {}: the models read eeg, audio or eeg,audio (video is not a model input yet)",
-            other.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
-        ),
-    };
-    let cfg = config_from(&args.common, modes, singles)?;
+    if set.is_empty() {
+        set.push(Modality::Eeg);
+    }
+    let mut cfg = config_from(&args.common, args.fusion_mode.modes(), (false, false))?;
+    if set.len() == 1 {
+        set_rows(&mut cfg, &args.common, &set, Vec::new());
+    } else {
+        set_rows(&mut cfg, &args.common, &[], vec![set]);
+    }
     execute(cfg, args.common.resume.clone().or_else(|| args.common.out.clone()), "baseline")
 }

@@ -29,6 +29,9 @@ pub struct CheckpointMeta {
     pub mfcc_mean: Option<Vec<f32>>,
     /// MFCC std per coefficient (fused models).
     pub mfcc_std: Option<Vec<f32>>,
+    /// The luma standardisation and window shape (models that read video).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video: Option<crate::data::VideoNorm>,
 }
 
 impl CheckpointMeta {
@@ -42,6 +45,7 @@ impl CheckpointMeta {
             eeg_std: norm.eeg.std.clone(),
             mfcc_mean: norm.mfcc.as_ref().map(|m| m.mean.clone()),
             mfcc_std: norm.mfcc.as_ref().map(|m| m.std.clone()),
+            video: norm.video.clone().filter(|_| model.modalities().contains(&core_types::Modality::Video)),
         }
     }
 
@@ -56,6 +60,7 @@ impl CheckpointMeta {
                 .clone()
                 .zip(self.mfcc_std.clone())
                 .map(|(mean, std)| Standardizer { mean, std }),
+            video: self.video.clone(),
         }
     }
 }
@@ -113,7 +118,7 @@ pub struct Prediction {
     /// The adaptive router's weights over `fusion::ADAPTIVE_EXPERTS` (adaptive models).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub router: Option<Vec<f32>>,
-    /// The modalities the prediction used (`eeg`, `audio`): a fused model on a window without audio (a
+    /// The modalities the prediction used (`eeg`, `audio`, `video`): a fused model on a window without audio (a
     /// listening window, or `no_audio`) uses the EEG alone.
     pub modalities: Vec<String>,
 }
@@ -139,11 +144,14 @@ pub fn predict(
         return Err(Error::Input("the audio-only model cannot predict without audio".into()));
     }
     let use_audio = reads_audio && !no_audio;
+    let reads_video = modalities.contains(&core_types::Modality::Video);
     let norm = meta.normalisation();
     let mut out = Vec::new();
     for sd in discover(data_dir)?.into_iter().filter(|s| subjects.is_empty() || subjects.contains(&s.id)) {
         let subject = load_subject(&sd)?;
-        let pre = preprocess(&subject, &PreprocessConfig { audio: use_audio, ..meta.preprocess.clone() })?;
+        let video = if reads_video { meta.preprocess.video.clone() } else { None };
+        let pre =
+            preprocess(&subject, &PreprocessConfig { audio: use_audio, video, ..meta.preprocess.clone() })?;
         if pre.channels.len() != meta.model.eeg.in_channels {
             return Err(Error::Input(format!(
                 "subject {}: {} EEG channels after selection, the model reads {}",
@@ -170,9 +178,8 @@ pub fn predict(
             let ids: Vec<u32> = (0..u32::try_from(idx.len()).unwrap_or(u32::MAX)).collect();
             let mut rows = Vec::with_capacity(idx.len());
             for chunk in ids.chunks(64) {
-                let (eeg, mfcc, _) = set.batch(chunk)?;
-                if let Some(w) =
-                    model.inspect_fusion(&eeg, mfcc.as_ref(), &set.presence(chunk)?)?.and_then(|i| i.router)
+                let batch = set.batch(chunk)?;
+                if let Some(w) = model.inspect_inputs(batch.inputs(), &batch.presence)?.and_then(|i| i.router)
                 {
                     rows.extend(w.to_vec2::<f32>()?.into_iter().map(Some));
                 }
@@ -190,6 +197,9 @@ pub fn predict(
             }
             if reads_audio && s.mfcc.is_some() {
                 used.push("audio".to_owned());
+            }
+            if reads_video && s.video.is_some() {
+                used.push("video".to_owned());
             }
             out.push(Prediction {
                 subject: s.subject,

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use candle_core::Device;
-use core_types::FusionMode;
+use core_types::{FusionMode, Modality};
 use eav::dataset::PreprocessConfig;
 use eav::split::Protocol;
 use serde::{Deserialize, Serialize};
@@ -34,6 +34,13 @@ pub struct ExperimentConfig {
     /// Whether to train the audio-only model too (on the windows with audio).
     #[serde(default)]
     pub audio_only: bool,
+    /// Whether to train the video-only model too (needs `preprocess.video`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub video_only: bool,
+    /// The modality sets the fused models fuse, each trained with every mode of `fusion_modes`; empty
+    /// (the default, and older configs) means EEG and audio. Sets with video need `preprocess.video`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fused_sets: Vec<Vec<Modality>>,
     /// Optimiser and schedule.
     pub train: TrainConfig,
     /// Dropout probability of the classifier and fusion layer.
@@ -80,6 +87,8 @@ impl ExperimentConfig {
             fusion_modes: modes,
             eeg_only: true,
             audio_only: true,
+            video_only: false,
+            fused_sets: Vec::new(),
             train: TrainConfig::default(),
             dropout: 0.3,
             unimodal_loss: DEFAULT_UNIMODAL_LOSS,
@@ -92,6 +101,36 @@ impl ExperimentConfig {
             skip_bad_subjects: false,
             trials: Trials::Speaking,
         }
+    }
+}
+
+impl ExperimentConfig {
+    /// The modality sets of the fused models (EEG and audio when `fused_sets` is empty).
+    #[must_use]
+    pub fn fused_sets(&self) -> Vec<Vec<Modality>> {
+        if self.fused_sets.is_empty() {
+            vec![vec![Modality::Eeg, Modality::Audio]]
+        } else {
+            self.fused_sets.clone()
+        }
+    }
+
+    /// Whether some model reads video.
+    #[must_use]
+    pub fn reads_video(&self) -> bool {
+        self.video_only
+            || (!self.fusion_modes.is_empty()
+                && self.fused_sets().iter().any(|s| s.contains(&Modality::Video)))
+    }
+}
+
+/// The row name of a model over `modalities`: `eeg_only`, `video_only`, … for one, the names joined by `_`
+/// (`eeg_audio`, `eeg_audio_video`) for a fused set.
+#[must_use]
+pub fn row_name(modalities: &[Modality]) -> String {
+    match modalities {
+        [m] => format!("{m}_only"),
+        set => set.iter().map(|m| m.as_str()).collect::<Vec<_>>().join("_"),
     }
 }
 

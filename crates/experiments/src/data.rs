@@ -1,11 +1,11 @@
-//! Samples as tensors: the EEG, MFCC and label arrays of a set of windows.
+//! Samples as tensors: the EEG, MFCC, video and label arrays of a set of windows.
 
 use candle_core::{Device, Tensor};
 use eav::dataset::Sample;
 use eav::split::Standardizer;
 
 use crate::error::{Error, Result};
-use crate::model::Presence;
+use crate::model::{Inputs, Presence};
 
 /// A set of windows held as tensors: EEG `(N, C, T)`, MFCC `(N, 13, F)` (when every window has audio),
 /// labels `(N)` (`u32`).
@@ -21,19 +21,60 @@ pub struct TensorSet {
     /// `(N)`: 1 for a window with EEG, 0 for one without; `None` when every window has EEG (as recorded:
     /// set only to evaluate a model with the EEG masked out).
     pub eeg_present: Option<Tensor>,
+    /// Video windows `(N, frames, height, width)`, standardised (zeros in the rows of windows without
+    /// video); `None` when the normalisation has no video or no window has it.
+    pub video: Option<Tensor>,
+    /// `(N)`: 1 for a window with video, 0 for one without; `None` when every window has video (or the set
+    /// carries no video).
+    pub video_present: Option<Tensor>,
     /// Class indices.
     pub labels: Tensor,
     /// Class indices, on the host.
     pub label_vec: Vec<usize>,
 }
 
-/// How EEG and MFCC windows are standardised: fitted on the training windows only.
+/// How EEG, MFCC and video windows are standardised: fitted on the training windows only.
 #[derive(Debug, Clone)]
 pub struct Normalisation {
     /// Per EEG channel.
     pub eeg: Standardizer,
     /// Per MFCC coefficient.
     pub mfcc: Option<Standardizer>,
+    /// One mean and standard deviation over every luma value, and the video window's shape
+    /// `(frames, height, width)` (when the data has video).
+    pub video: Option<VideoNorm>,
+}
+
+/// The luma standardisation of video windows and their shape.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct VideoNorm {
+    /// Mean luma of the training windows.
+    pub mean: f32,
+    /// Standard deviation of the training windows' luma (at least 1e-6).
+    pub std: f32,
+    /// `(frames, height, width)` of a window.
+    pub shape: (usize, usize, usize),
+}
+
+impl VideoNorm {
+    /// Fits on the windows `train` of `samples` that have video; `None` when none has.
+    #[must_use]
+    pub fn fit(samples: &[Sample], train: &[usize], shape: (usize, usize, usize)) -> Option<Self> {
+        let (mut sum, mut sq, mut n) = (0.0f64, 0.0f64, 0usize);
+        for v in train.iter().filter_map(|&i| samples[i].video.as_ref()) {
+            for &x in v {
+                sum += f64::from(x);
+                sq += f64::from(x) * f64::from(x);
+            }
+            n += v.len();
+        }
+        if n == 0 {
+            return None;
+        }
+        let mean = sum / n as f64;
+        let std = (sq / n as f64 - mean * mean).max(0.0).sqrt().max(1e-6);
+        Some(Self { mean: mean as f32, std: std as f32, shape })
+    }
 }
 
 impl Normalisation {
@@ -41,7 +82,7 @@ impl Normalisation {
     #[must_use]
     pub fn identity(channels: usize) -> Self {
         let unit = |n: usize| Standardizer { mean: vec![0.0; n], std: vec![1.0; n] };
-        Self { eeg: unit(channels), mfcc: Some(unit(13)) }
+        Self { eeg: unit(channels), mfcc: Some(unit(13)), video: None }
     }
 
     /// Fits on `train` windows of `samples`.
@@ -67,7 +108,14 @@ impl Normalisation {
             let idx: Vec<usize> = (0..as_eeg.len()).collect();
             Standardizer::fit(&as_eeg, &idx, 13, mfcc_frames)
         });
-        Self { eeg, mfcc }
+        Self { eeg, mfcc, video: None }
+    }
+
+    /// The same with the video's normalisation fitted on `train` too (windows of `shape`).
+    #[must_use]
+    pub fn with_video(mut self, samples: &[Sample], train: &[usize], shape: (usize, usize, usize)) -> Self {
+        self.video = VideoNorm::fit(samples, train, shape);
+        self
     }
 }
 
@@ -106,6 +154,7 @@ impl TensorSet {
             }
         }
         let n = indices.len();
+        let (video, video_present) = Self::video_rows(samples, indices, norm.video.as_ref(), device)?;
         let label_vec: Vec<usize> = indices.iter().map(|&i| samples[i].emotion.index()).collect();
         let labels = Tensor::from_vec(label_vec.iter().map(|&l| l as u32).collect::<Vec<_>>(), n, device)?;
         Ok(Self {
@@ -119,9 +168,54 @@ impl TensorSet {
                 None
             },
             eeg_present: None,
+            video,
+            video_present,
             labels,
             label_vec,
         })
+    }
+
+    /// The standardised video rows of `indices` and their presence mask (`None` when all have video).
+    fn video_rows(
+        samples: &[Sample],
+        indices: &[usize],
+        norm: Option<&VideoNorm>,
+        device: &Device,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let Some(vn) = norm.filter(|_| indices.iter().any(|&i| samples[i].video.is_some())) else {
+            return Ok((None, None));
+        };
+        let (frames, h, w) = vn.shape;
+        let len = frames * h * w;
+        let mut data = Vec::with_capacity(indices.len() * len);
+        let mut present = Vec::with_capacity(indices.len());
+        for &i in indices {
+            match &samples[i].video {
+                Some(v) if v.len() == len => {
+                    data.extend(v.iter().map(|x| (x - vn.mean) / vn.std));
+                    present.push(1.0f32);
+                }
+                Some(v) => {
+                    return Err(Error::Input(format!(
+                        "subject {} trial {} window {}: {} video values, expected {len} ({frames}×{h}×{w})",
+                        samples[i].subject,
+                        samples[i].trial,
+                        samples[i].window,
+                        v.len()
+                    )));
+                }
+                None => {
+                    data.extend(std::iter::repeat_n(0.0, len));
+                    present.push(0.0);
+                }
+            }
+        }
+        let n = indices.len();
+        let every = !present.contains(&0.0);
+        Ok((
+            Some(Tensor::from_vec(data, (n, frames, h, w), device)?),
+            if every { None } else { Some(Tensor::from_vec(present, n, device)?) },
+        ))
     }
 
     /// A checksum of the windows' data and labels (sums of the tensors, in hex), to tell sets apart.
@@ -134,7 +228,11 @@ impl TensorSet {
         };
         let mfcc = self.mfcc.as_ref().map(sum).transpose()?.unwrap_or(0);
         let labels: usize = self.label_vec.iter().enumerate().map(|(i, l)| (i + 1) * (l + 1)).sum();
-        Ok(format!("{:x}-{mfcc:x}-{labels:x}", sum(&self.eeg)?))
+        let base = format!("{:x}-{mfcc:x}-{labels:x}", sum(&self.eeg)?);
+        Ok(match &self.video {
+            Some(v) => format!("{base}-{:x}", sum(v)?),
+            None => base,
+        })
     }
 
     /// Number of windows.
@@ -156,7 +254,11 @@ impl TensorSet {
     pub fn presence(&self, idx: &[u32]) -> Result<Presence> {
         let ids = Tensor::new(idx, self.eeg.device())?;
         let pick = |p: &Option<Tensor>| p.as_ref().map(|p| p.index_select(&ids, 0)).transpose();
-        Ok(Presence { eeg: pick(&self.eeg_present)?, audio: pick(&self.audio_present)? })
+        Ok(Presence {
+            eeg: pick(&self.eeg_present)?,
+            audio: pick(&self.audio_present)?,
+            video: pick(&self.video_present)?,
+        })
     }
 
     /// The same windows with `modality` absent from every one (its data kept, masked out).
@@ -169,21 +271,47 @@ impl TensorSet {
         match modality {
             core_types::Modality::Eeg => out.eeg_present = zeros,
             core_types::Modality::Audio => out.audio_present = zeros,
-            core_types::Modality::Video => {}
+            core_types::Modality::Video => out.video_present = zeros,
         }
         Ok(out)
     }
 
-    /// The windows at `idx` (a batch).
+    /// The windows at `idx` (a batch), with their presence masks.
     ///
     /// # Errors
     /// candle errors.
-    pub fn batch(&self, idx: &[u32]) -> Result<(Tensor, Option<Tensor>, Tensor)> {
+    pub fn batch(&self, idx: &[u32]) -> Result<Batch> {
         let ids = Tensor::new(idx, self.eeg.device())?;
-        Ok((
-            self.eeg.index_select(&ids, 0)?,
-            self.mfcc.as_ref().map(|m| m.index_select(&ids, 0)).transpose()?,
-            self.labels.index_select(&ids, 0)?,
-        ))
+        let pick = |t: &Option<Tensor>| t.as_ref().map(|t| t.index_select(&ids, 0)).transpose();
+        Ok(Batch {
+            eeg: self.eeg.index_select(&ids, 0)?,
+            mfcc: pick(&self.mfcc)?,
+            video: pick(&self.video)?,
+            labels: self.labels.index_select(&ids, 0)?,
+            presence: self.presence(idx)?,
+        })
+    }
+}
+
+/// One batch of a [`TensorSet`].
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// EEG `(B, C, T)`.
+    pub eeg: Tensor,
+    /// MFCC `(B, 13, F)`.
+    pub mfcc: Option<Tensor>,
+    /// Video `(B, frames, H, W)`.
+    pub video: Option<Tensor>,
+    /// Class indices `(B)`.
+    pub labels: Tensor,
+    /// Which samples have each modality.
+    pub presence: Presence,
+}
+
+impl Batch {
+    /// The model inputs.
+    #[must_use]
+    pub fn inputs(&self) -> Inputs<'_> {
+        Inputs { eeg: &self.eeg, audio: self.mfcc.as_ref(), video: self.video.as_ref() }
     }
 }

@@ -1,4 +1,5 @@
-//! [`EmotionModel`]: EEG-only or EEG+audio emotion classifier, with its own parameters and checkpoints.
+//! [`EmotionModel`]: an emotion classifier over one modality (EEG, audio or video) or a fused set of them,
+//! with its own parameters and checkpoints.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -6,7 +7,10 @@ use std::path::Path;
 use candle_core::{DType, Device, ModuleT, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use core_types::{FusionMode, Latent, Modality};
-use encoders::{AudioEncoder, ClassifierConfig, EegEncoder, EmotionClassifier, EncoderConfig};
+use encoders::{
+    AudioEncoder, ClassifierConfig, EegEncoder, EmotionClassifier, EncoderConfig, VideoEncoder,
+    VideoEncoderConfig,
+};
 use fusion::{Fusion, FusionConfig, Inspection, ModalityInput};
 use serde::{Deserialize, Serialize};
 
@@ -39,10 +43,26 @@ pub struct ModelConfig {
     /// MFCC frames per second (100: hop 160 at 16 kHz): the clock of the audio sequence.
     #[serde(default = "hundred")]
     pub audio_rate: f64,
+    /// The video encoder (models that read video; absent from the settings of the others).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video: Option<VideoEncoderConfig>,
+    /// Video frames per second at the encoder's input (5: every 6th frame at 30 fps): the clock of the
+    /// video sequence.
+    #[serde(default = "five", skip_serializing_if = "is_five")]
+    pub video_rate: f64,
 }
 
 fn hundred() -> f64 {
     100.0
+}
+
+fn five() -> f64 {
+    5.0
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref, clippy::float_cmp)] // serde's skip_serializing_if
+fn is_five(v: &f64) -> bool {
+    *v == 5.0
 }
 
 fn eeg() -> Modality {
@@ -63,6 +83,53 @@ pub struct Presence {
     pub eeg: Option<Tensor>,
     /// Audio presence.
     pub audio: Option<Tensor>,
+    /// Video presence.
+    pub video: Option<Tensor>,
+}
+
+impl Presence {
+    /// The mask of `modality`.
+    #[must_use]
+    pub fn get(&self, modality: Modality) -> Option<&Tensor> {
+        match modality {
+            Modality::Eeg => self.eeg.as_ref(),
+            Modality::Audio => self.audio.as_ref(),
+            Modality::Video => self.video.as_ref(),
+        }
+    }
+
+    /// The mask of `modality`, to set.
+    pub fn get_mut(&mut self, modality: Modality) -> &mut Option<Tensor> {
+        match modality {
+            Modality::Eeg => &mut self.eeg,
+            Modality::Audio => &mut self.audio,
+            Modality::Video => &mut self.video,
+        }
+    }
+}
+
+/// One batch's inputs: EEG `(B, C, T)`, MFCC `(B, 13, F)` and video `(B, frames, H, W)`, each where the
+/// model reads it and some sample has it.
+#[derive(Debug, Clone, Copy)]
+pub struct Inputs<'a> {
+    /// EEG windows (every batch carries them; their rows are ignored where EEG is absent).
+    pub eeg: &'a Tensor,
+    /// MFCC windows.
+    pub audio: Option<&'a Tensor>,
+    /// Video windows (luma, standardised).
+    pub video: Option<&'a Tensor>,
+}
+
+impl<'a> Inputs<'a> {
+    /// The input of `modality`.
+    #[must_use]
+    pub fn get(&self, modality: Modality) -> Option<&'a Tensor> {
+        match modality {
+            Modality::Eeg => Some(self.eeg),
+            Modality::Audio => self.audio,
+            Modality::Video => self.video,
+        }
+    }
 }
 
 /// The values of a presence mask, checked to be `(batch)` of 0 and 1.
@@ -99,7 +166,33 @@ impl ModelConfig {
             classifier: ClassifierConfig::default(),
             eeg_rate: hundred(),
             audio_rate: hundred(),
+            video: None,
+            video_rate: five(),
         }
+    }
+
+    /// The video-only model: the default video encoder and the classifier on its latent.
+    #[must_use]
+    pub fn video_only(channels: usize) -> Self {
+        Self {
+            single: Modality::Video,
+            video: Some(VideoEncoderConfig::default()),
+            ..Self::eeg_only(channels)
+        }
+    }
+
+    /// A fused model over `modalities` (in this order) with fusion `mode`; `[Eeg, Audio]` is
+    /// [`ModelConfig::fused`].
+    #[must_use]
+    pub fn fused_over(channels: usize, mode: FusionMode, modalities: &[Modality]) -> Self {
+        let mut cfg = Self::fused(channels, mode);
+        if let Some(f) = &mut cfg.fusion {
+            f.modalities = modalities.to_vec();
+        }
+        if modalities.contains(&Modality::Video) {
+            cfg.video = Some(VideoEncoderConfig::default());
+        }
+        cfg
     }
 
     /// The audio-only model: the reference audio encoder and the classifier on its latent. `channels`
@@ -135,22 +228,34 @@ impl ModelConfig {
         self
     }
 
-    /// `eeg_only`, `audio_only` or the fusion mode's name.
+    /// `eeg_only`, `audio_only`, `video_only` or the fusion mode's name.
     #[must_use]
     pub fn name(&self) -> &'static str {
         match (&self.fusion, self.single) {
             (Some(f), _) => f.mode.as_str(),
             (None, Modality::Audio) => "audio_only",
-            (None, _) => "eeg_only",
+            (None, Modality::Video) => "video_only",
+            (None, Modality::Eeg) => "eeg_only",
         }
     }
 
-    /// The modalities the model reads.
+    /// The modalities the model reads (a fused model's in fusion order).
     #[must_use]
     pub fn modalities(&self) -> Vec<Modality> {
         match (&self.fusion, self.single) {
-            (Some(_), _) => vec![Modality::Eeg, Modality::Audio],
+            (Some(f), _) => f.modalities.clone(),
             (None, m) => vec![m],
+        }
+    }
+
+    /// The latent size of `modality`'s encoder.
+    fn latent_dim(&self, modality: Modality) -> usize {
+        match modality {
+            Modality::Eeg => self.eeg.latent_dim(),
+            Modality::Audio => self.audio.latent_dim(),
+            Modality::Video => {
+                self.video.as_ref().map_or(encoders::LATENT_DIM, VideoEncoderConfig::latent_dim)
+            }
         }
     }
 }
@@ -162,6 +267,8 @@ pub struct Intermediates {
     pub eeg_latent: Option<Tensor>,
     /// `(B, 128)` (models that read audio, when some sample has it).
     pub audio_latent: Option<Tensor>,
+    /// `(B, 128)` (models that read video, when some sample has it).
+    pub video_latent: Option<Tensor>,
     /// `(B, 128)` (fused models).
     pub fused: Option<Tensor>,
     /// `(B, 5)`.
@@ -173,6 +280,9 @@ pub struct Intermediates {
     pub unimodal_logits: Vec<(Modality, Tensor, Option<Tensor>)>,
 }
 
+/// The latent of each encoded modality, in fusion order.
+type Latents = Vec<(Modality, Latent)>;
+
 /// An emotion model that owns its parameters (a [`VarMap`] whose names are the PyTorch `state_dict` names).
 pub struct EmotionModel {
     cfg: ModelConfig,
@@ -180,6 +290,7 @@ pub struct EmotionModel {
     device: Device,
     eeg: Option<EegEncoder>,
     audio: Option<AudioEncoder>,
+    video: Option<VideoEncoder>,
     fusion: Option<Fusion>,
     classifier: EmotionClassifier,
     heads: Vec<(Modality, candle_nn::Linear)>,
@@ -216,6 +327,12 @@ impl EmotionModel {
         } else {
             None
         };
+        let video = if modalities.contains(&Modality::Video) {
+            let vcfg = cfg.video.clone().unwrap_or_default();
+            Some(VideoEncoder::new(&vcfg, vb.pp("video_encoder"))?)
+        } else {
+            None
+        };
         let fusion = cfg.fusion.as_ref().map(|f| Fusion::new(f, vb.pp("fusion"))).transpose()?;
         let classifier = EmotionClassifier::new(&cfg.classifier, vb.pp("classifier"))?;
         // Named after every other tensor, so that they leave the others' initialisation unchanged.
@@ -223,7 +340,7 @@ impl EmotionModel {
             modalities
                 .iter()
                 .map(|&m| {
-                    let d = if m == Modality::Eeg { cfg.eeg.latent_dim() } else { cfg.audio.latent_dim() };
+                    let d = cfg.latent_dim(m);
                     Ok((
                         m,
                         candle_nn::linear(
@@ -238,7 +355,17 @@ impl EmotionModel {
             Vec::new()
         };
         encoders::init_pytorch_default(&varmap, seed)?;
-        Ok(Self { cfg: cfg.clone(), varmap, device: device.clone(), eeg, audio, fusion, classifier, heads })
+        Ok(Self {
+            cfg: cfg.clone(),
+            varmap,
+            device: device.clone(),
+            eeg,
+            audio,
+            video,
+            fusion,
+            classifier,
+            heads,
+        })
     }
 
     /// The configuration.
@@ -322,29 +449,44 @@ impl EmotionModel {
         presence: &Presence,
         train: bool,
     ) -> Result<Intermediates> {
-        let (eeg_latent, audio_latent, inspection) = self.encode_and_fuse(eeg, audio, presence, train)?;
+        self.forward_inputs(Inputs { eeg, audio, video: None }, presence, train)
+    }
+
+    /// [`EmotionModel::forward_present`] with every modality's input, video included.
+    ///
+    /// # Errors
+    /// As [`EmotionModel::forward_present`]; [`Error::Input`] when a modality the model reads is missing
+    /// although some sample has it.
+    pub fn forward_inputs(
+        &self,
+        inputs: Inputs<'_>,
+        presence: &Presence,
+        train: bool,
+    ) -> Result<Intermediates> {
+        let (latents, inspection) = self.encode_and_fuse(inputs, presence, train)?;
         let aux_loss = inspection.as_ref().and_then(|i| i.aux_loss.clone());
         let fused = inspection.map(|i| i.fused);
-        let head_input = match (&fused, &eeg_latent, &audio_latent) {
-            (Some(f), _, _) => f.clone(),
-            (None, Some(e), _) => e.tensor().clone(),
-            (None, None, Some(a)) => a.tensor().clone(),
-            (None, None, None) => return Err(Error::Input("the model encoded no modality".into())),
+        let latent = |m: Modality| latents.iter().find(|(x, _)| *x == m).map(|(_, l)| l.tensor().clone());
+        let head_input = match (&fused, latents.first()) {
+            (Some(f), _) => f.clone(),
+            (None, Some((_, l))) => l.tensor().clone(),
+            (None, None) => return Err(Error::Input("the model encoded no modality".into())),
         };
         let logits = self.classifier.forward_t(&head_input, train)?;
         let mut unimodal_logits = Vec::new();
         for (m, head) in &self.heads {
-            let (latent, mask) = match m {
-                Modality::Eeg => (&eeg_latent, &presence.eeg),
-                _ => (&audio_latent, &presence.audio),
-            };
-            if let Some(l) = latent {
-                unimodal_logits.push((*m, candle_core::Module::forward(head, l.tensor())?, mask.clone()));
+            if let Some(l) = latent(*m) {
+                unimodal_logits.push((
+                    *m,
+                    candle_core::Module::forward(head, &l)?,
+                    presence.get(*m).cloned(),
+                ));
             }
         }
         Ok(Intermediates {
-            eeg_latent: eeg_latent.map(Latent::into_tensor),
-            audio_latent: audio_latent.map(Latent::into_tensor),
+            eeg_latent: latent(Modality::Eeg),
+            audio_latent: latent(Modality::Audio),
+            video_latent: latent(Modality::Video),
             fused,
             logits,
             aux_loss,
@@ -363,7 +505,15 @@ impl EmotionModel {
         audio: Option<&Tensor>,
         presence: &Presence,
     ) -> Result<Option<Inspection>> {
-        Ok(self.encode_and_fuse(eeg, audio, presence, false)?.2)
+        self.inspect_inputs(Inputs { eeg, audio, video: None }, presence)
+    }
+
+    /// [`EmotionModel::inspect_fusion`] with every modality's input.
+    ///
+    /// # Errors
+    /// As [`EmotionModel::forward_inputs`].
+    pub fn inspect_inputs(&self, inputs: Inputs<'_>, presence: &Presence) -> Result<Option<Inspection>> {
+        Ok(self.encode_and_fuse(inputs, presence, false)?.1)
     }
 
     /// The modalities the model reads, in fusion order.
@@ -397,7 +547,15 @@ impl EmotionModel {
                 )?;
                 (l, Some(s))
             }
-            (Modality::Video, _) => return Err(missing()),
+            (Modality::Video, false) => (self.video.as_ref().ok_or_else(missing)?.encode(x, train)?, None),
+            (Modality::Video, true) => {
+                let (s, l) = self.video.as_ref().ok_or_else(missing)?.encode_sequence(
+                    x,
+                    self.cfg.video_rate,
+                    train,
+                )?;
+                (l, Some(s))
+            }
         })
     }
 
@@ -444,61 +602,64 @@ impl EmotionModel {
         Ok(Some(with(ModalityInput::new(modality, full).with_presence(present), sequence)))
     }
 
-    /// The EEG latent, the audio latent (each when the model reads that modality and some sample has it)
-    /// and the fusion's output (fused models).
+    /// The latent of every modality the model reads and some sample has, in fusion order, and the fusion's
+    /// output (fused models).
     fn encode_and_fuse(
         &self,
-        eeg: &Tensor,
-        audio: Option<&Tensor>,
+        inputs: Inputs<'_>,
         presence: &Presence,
         train: bool,
-    ) -> Result<(Option<Latent>, Option<Latent>, Option<Inspection>)> {
-        let need_audio = || Error::Input(format!("the {} model needs audio input", self.cfg.name()));
+    ) -> Result<(Latents, Option<Inspection>)> {
+        let need = |m: Modality| Error::Input(format!("the {} model needs {m} input", self.cfg.name()));
         let Some(fusion) = &self.fusion else {
-            return Ok(if self.eeg.is_some() {
-                (Some(self.encode_with(Modality::Eeg, eeg, false, train)?.0), None, None)
-            } else {
-                let audio = audio.ok_or_else(need_audio)?;
-                (None, Some(self.encode_with(Modality::Audio, audio, false, train)?.0), None)
-            });
+            let m = self.cfg.single;
+            let x = inputs.get(m).ok_or_else(|| need(m))?;
+            return Ok((vec![(m, self.encode_with(m, x, false, train)?.0)], None));
         };
-        let batch = eeg.dim(0)?;
-        let eeg_mask = mask_values(presence.eeg.as_ref(), batch, "EEG")?;
-        let audio_mask = mask_values(presence.audio.as_ref(), batch, "audio")?;
-        if let (Some(e), Some(a)) = (&eeg_mask, &audio_mask)
-            && let Some(i) = e.iter().zip(a).position(|(x, y)| *x == 0.0 && *y == 0.0)
-        {
+        let batch = inputs.eeg.dim(0)?;
+        let modalities = fusion.config().modalities.clone();
+        let masks = modalities
+            .iter()
+            .map(|&m| {
+                let what = if m == Modality::Eeg { "EEG" } else { m.as_str() };
+                mask_values(presence.get(m), batch, what)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if let Some(i) = (0..batch).find(|&i| masks.iter().all(|m| m.as_ref().is_some_and(|v| v[i] == 0.0))) {
             return Err(Error::Input(format!("sample {i} of the batch has no modality present")));
         }
         // The temporal mode, and the adaptive one (whose experts include it), read the sequences.
         let sequence = matches!(fusion.config().mode, FusionMode::Temporal | FusionMode::Adaptive);
-        let all = |m: &Option<Vec<f32>>| m.as_ref().is_none_or(|m| !m.contains(&0.0));
-        let audio_absent = audio_mask.as_ref().is_some_and(|m| !m.contains(&1.0));
-        let audio = match audio {
-            Some(a) => {
-                core_types::same_batch("MFCC input", batch, a)?;
-                Some(a)
-            }
-            None if audio_absent => None,
-            None => return Err(need_audio()),
-        };
-        if !sequence && all(&eeg_mask) && all(&audio_mask) {
+        let every = |m: &Option<Vec<f32>>| m.as_ref().is_none_or(|m| !m.contains(&0.0));
+        if !sequence && modalities == [Modality::Eeg, Modality::Audio] && masks.iter().all(every) {
             // Every sample has both: the two-modality path (the reference's numbers).
-            let e = self.encode_with(Modality::Eeg, eeg, false, train)?.0;
-            let a = self.encode_with(Modality::Audio, audio.ok_or_else(need_audio)?, false, train)?.0;
+            let e = self.encode_with(Modality::Eeg, inputs.eeg, false, train)?.0;
+            let audio = inputs.audio.ok_or_else(|| need(Modality::Audio))?;
+            core_types::same_batch("MFCC input", batch, audio)?;
+            let a = self.encode_with(Modality::Audio, audio, false, train)?.0;
             let inspection = fusion.forward_inspect(&e, &a, train)?;
-            return Ok((Some(e), Some(a), Some(inspection)));
+            return Ok((vec![(Modality::Eeg, e), (Modality::Audio, a)], Some(inspection)));
         }
-        let mut inputs = Vec::with_capacity(2);
-        let e = self.encode_present(Modality::Eeg, eeg, eeg_mask.as_deref(), sequence, train)?;
-        inputs.extend(e);
-        if let Some(a) = audio {
-            inputs.extend(self.encode_present(Modality::Audio, a, audio_mask.as_deref(), sequence, train)?);
+        let mut set = Vec::with_capacity(modalities.len());
+        for (&m, mask) in modalities.iter().zip(&masks) {
+            let absent = mask.as_ref().is_some_and(|v| !v.contains(&1.0));
+            let x = match inputs.get(m) {
+                Some(x) => {
+                    core_types::same_batch(
+                        if m == Modality::Audio { "MFCC input" } else { "video input" },
+                        batch,
+                        x,
+                    )?;
+                    x
+                }
+                None if absent => continue,
+                None => return Err(need(m)),
+            };
+            set.extend(self.encode_present(m, x, mask.as_deref(), sequence, train)?);
         }
-        let latent = |m: Modality| inputs.iter().find(|i| i.modality == m).map(|i| i.latent.clone());
-        let (e, a) = (latent(Modality::Eeg), latent(Modality::Audio));
-        let inspection = fusion.fuse_set(&inputs, train)?;
-        Ok((e, a, Some(inspection)))
+        let latents = set.iter().map(|i| (i.modality, i.latent.clone())).collect();
+        let inspection = fusion.fuse_set(&set, train)?;
+        Ok((latents, Some(inspection)))
     }
 
     /// Logits `(B, 5)`.

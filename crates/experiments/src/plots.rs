@@ -13,7 +13,11 @@ fn plot_error(path: &Path, e: impl std::fmt::Display) -> Error {
 }
 
 fn setting(r: &RunResult) -> String {
-    if r.modality == "eeg_audio" { format!("eeg_audio_{}", r.fusion_mode) } else { r.modality.clone() }
+    if r.modality.ends_with("_only") {
+        r.modality.clone()
+    } else {
+        format!("{}_{}", r.modality, r.fusion_mode)
+    }
 }
 
 fn settings(results: &Results) -> Vec<String> {

@@ -34,7 +34,7 @@ pub(crate) fn summarise(values: Vec<f32>) -> ScaleSummary {
 pub struct RunResult {
     /// The held-out subject (LOSO) or the subject trained and tested on.
     pub subject: u32,
-    /// `eeg_only` or `eeg_audio`.
+    /// `eeg_only`, `audio_only`, `video_only` or a fused set (`eeg_audio`, `eeg_audio_video`, …).
     pub modality: String,
     /// The fusion mode compared against (EEG-only runs carry the mode of their comparison, or `none`).
     pub fusion_mode: String,
@@ -64,6 +64,9 @@ pub struct RunResult {
     pub history: Vec<EpochLog>,
     /// Learned `eeg_scale` (fused models).
     pub eeg_scale: Option<ScaleSummary>,
+    /// Learned `video_scale` (fused models with video).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video_scale: Option<ScaleSummary>,
     /// Learned `audio_scale` (fused models).
     pub audio_scale: Option<ScaleSummary>,
     /// The saved model, when checkpoints are kept.
@@ -95,7 +98,7 @@ pub struct RunResult {
 /// Mean ± std of one setting across subjects (and folds).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SummaryRow {
-    /// `eeg_only` or `eeg_audio`.
+    /// `eeg_only`, `audio_only`, `video_only` or a fused set (`eeg_audio`, `eeg_audio_video`, …).
     pub modality: String,
     /// Fusion mode (EEG-only rows: `none`).
     pub fusion_mode: String,
@@ -212,7 +215,34 @@ pub fn table(results: &Results) -> String {
             r.train_seconds
         ));
     }
-    for (name, r) in [("EEG-only", eeg), ("Audio-only", audio)] {
+    let others: Vec<&SummaryRow> = results
+        .summary
+        .iter()
+        .filter(|r| !r.modality.ends_with("_only") && r.modality != "eeg_audio")
+        .collect();
+    if !others.is_empty() {
+        s.push_str(
+            "\n| modalities | mode | acc | best single given | Δ acc vs best single | macro-F1 | params | train s |\n|---|---|---:|---|---:|---:|---:|---:|\n",
+        );
+    }
+    for r in others {
+        let given = r.modality.split('_').filter_map(|m| single(&format!("{m}_only")));
+        let best = given.max_by(|a, b| a.accuracy_mean.total_cmp(&b.accuracy_mean));
+        s.push_str(&format!(
+            "| {} | {} | {:.3} ± {:.3} | {} | {} | {:.3} ± {:.3} | {} | {:.1} |\n",
+            r.modality,
+            r.fusion_mode,
+            r.accuracy_mean,
+            r.accuracy_std,
+            best.map_or("–".to_owned(), |b| format!("{} {:.3}", b.modality, b.accuracy_mean)),
+            best.map_or("–".to_owned(), |b| format!("{:+.3}", r.accuracy_mean - b.accuracy_mean)),
+            r.macro_f1_mean,
+            r.macro_f1_std,
+            r.parameters,
+            r.train_seconds
+        ));
+    }
+    for (name, r) in [("EEG-only", eeg), ("Audio-only", audio), ("Video-only", single("video_only"))] {
         if let Some(e) = r {
             s.push_str(&format!(
                 "\n{name}: accuracy {:.3} ± {:.3}, macro-F1 {:.3} ± {:.3}, loss {:.3}, {} parameters, {:.1} s training.",

@@ -104,7 +104,7 @@ pub struct ConditionResult {
 /// One row of the robustness table: a model under a condition, over subjects (and folds).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RobustnessRow {
-    /// `eeg_only`, `audio_only` or `eeg_audio`.
+    /// `eeg_only`, `audio_only`, `video_only` or a fused set (`eeg_audio`, `eeg_audio_video`, …).
     pub modality: String,
     /// The fusion mode (null for single-modality models).
     pub fusion_mode: Option<String>,
@@ -277,7 +277,7 @@ pub fn summarise(runs: &[crate::results::RunResult]) -> Vec<RobustnessRow> {
             let acc: Vec<f64> = cs.iter().map(|c| c.accuracy).collect();
             let f1: Vec<f64> = cs.iter().map(|c| c.macro_f1).collect();
             RobustnessRow {
-                fusion_mode: (modality == "eeg_audio").then_some(mode),
+                fusion_mode: (!modality.ends_with("_only")).then_some(mode),
                 modality,
                 condition,
                 windows: cs.iter().map(|c| c.windows).sum(),

@@ -73,8 +73,9 @@ fn inspect_fusion(model: &EmotionModel, set: &TensorSet) -> Result<FusionView> {
     type RouterSums = (Vec<f64>, Vec<Vec<f64>>, Vec<usize>);
     let mut router: Option<RouterSums> = None;
     for idx in ids.chunks(64) {
-        let (eeg, mfcc, labels) = set.batch(idx)?;
-        let Some(ins) = model.inspect_fusion(&eeg, mfcc.as_ref(), &set.presence(idx)?)? else {
+        let batch = set.batch(idx)?;
+        let labels = &batch.labels;
+        let Some(ins) = model.inspect_inputs(batch.inputs(), &batch.presence)? else {
             return Ok(FusionView::default());
         };
         if let Some(g) = ins.gates {
@@ -178,8 +179,23 @@ fn subject_dirs(cfg: &ExperimentConfig) -> Result<Vec<SubjectDir>> {
 /// # Errors
 /// Data errors naming the file; [`Error::Input`] when the subject has no speaking window with audio.
 pub fn load_samples(sd: &SubjectDir, cfg: &ExperimentConfig) -> Result<(Vec<Sample>, usize, usize)> {
+    if cfg.reads_video() && cfg.preprocess.video.is_none() {
+        return Err(Error::Input(
+            "the video models need the video sampling settings (preprocess.video)".into(),
+        ));
+    }
     let (pre, _) = eav::cache::preprocess_cached(sd, &cfg.preprocess, cfg.cache_dir.as_deref())?;
     let channels = pre.channels.len();
+    if cfg.reads_video()
+        && let Some(s) = pre.samples.iter().find(|s| s.video.is_none())
+    {
+        return Err(Error::Input(format!(
+            "subject {}: trial {} has no video clip in {} (the video models need one per trial)",
+            sd.id,
+            s.trial + 1,
+            sd.path.join("Video").display()
+        )));
+    }
     if !pre.samples.iter().any(|s| s.mfcc.is_some()) {
         return Err(Error::Input(format!("subject {}: no speaking windows with audio", sd.id)));
     }
@@ -331,10 +347,15 @@ fn run_split(
         )));
     }
     let frames = cfg.preprocess.mfcc_frames;
-    let norm = if cfg.standardise {
-        Normalisation::fit(samples, &split.train, channels, eeg_len, frames)
-    } else {
-        Normalisation::identity(channels)
+    let video_shape = cfg.preprocess.video.as_ref().map(|v| (v.per_window, v.height, v.width));
+    let norm = match (cfg.standardise, video_shape) {
+        (true, Some(shape)) => Normalisation::fit(samples, &split.train, channels, eeg_len, frames)
+            .with_video(samples, &split.train, shape),
+        (true, None) => Normalisation::fit(samples, &split.train, channels, eeg_len, frames),
+        (false, shape) => Normalisation {
+            video: shape.map(|shape| crate::data::VideoNorm { mean: 0.0, std: 1.0, shape }),
+            ..Normalisation::identity(channels)
+        },
     };
     let set = |idx: &[usize]| TensorSet::build(samples, idx, &norm, eeg_len, frames, device);
     // Every model is tested on the same speaking windows, whatever it trained on; the listening test
@@ -361,22 +382,32 @@ fn run_split(
     } else {
         None
     };
-    let mut settings: Vec<(ModelConfig, &str, String)> = Vec::new();
+    let mut settings: Vec<(ModelConfig, String, String)> = Vec::new();
     if cfg.eeg_only {
-        settings.push((ModelConfig::eeg_only(channels), "eeg_only", "none".into()));
+        settings.push((ModelConfig::eeg_only(channels), "eeg_only".into(), "none".into()));
     }
     if cfg.audio_only {
-        settings.push((ModelConfig::audio_only(channels), "audio_only", "none".into()));
+        settings.push((ModelConfig::audio_only(channels), "audio_only".into(), "none".into()));
     }
-    for &mode in &cfg.fusion_modes {
-        let mut fused = ModelConfig::fused(channels, mode);
-        fused.unimodal_loss = cfg.unimodal_loss;
-        settings.push((fused, "eeg_audio", mode.to_string()));
+    if cfg.video_only {
+        settings.push((ModelConfig::video_only(channels), "video_only".into(), "none".into()));
+    }
+    for set in cfg.fused_sets() {
+        for &mode in &cfg.fusion_modes {
+            let mut fused = ModelConfig::fused_over(channels, mode, &set);
+            fused.unimodal_loss = cfg.unimodal_loss;
+            settings.push((fused, crate::config::row_name(&set), mode.to_string()));
+        }
     }
     let mut out = Vec::new();
     for (model_cfg, modality, mode) in settings {
+        let modality = modality.as_str();
         let mut model_cfg = model_cfg.with_dropout(cfg.dropout).with_dropout_seed(cfg.seed);
         model_cfg.eeg_rate = cfg.preprocess.eeg_rate();
+        if let Some(v) = &cfg.preprocess.video {
+            // The clips' nominal 30 frames/s, sampled every `step`-th frame.
+            model_cfg.video_rate = 30.0 / v.step.max(1) as f64;
+        }
         let model = EmotionModel::new(&model_cfg, device, cfg.seed)?;
         let name = format!("subject {subject} {modality} {mode}");
         let state = cfg
@@ -411,8 +442,8 @@ fn run_split(
             }
             None => None,
         };
-        let scale = |f: fn(&fusion::Fusion) -> &candle_core::Tensor| -> Result<Option<ScaleSummary>> {
-            model.fusion().map(|fu| Ok(summarise(f(fu).to_vec1::<f32>()?))).transpose()
+        let scale = |m: Modality| -> Result<Option<ScaleSummary>> {
+            model.fusion().and_then(|fu| fu.scale(m)).map(|t| Ok(summarise(t.to_vec1::<f32>()?))).transpose()
         };
         out.push(RunResult {
             subject,
@@ -430,8 +461,9 @@ fn run_split(
             train_seconds: trained.seconds,
             windows: [train_set.len(), val_set.map_or(0, TensorSet::len), test.len()],
             history: trained.history,
-            eeg_scale: scale(fusion::Fusion::eeg_scale)?,
-            audio_scale: scale(fusion::Fusion::audio_scale)?,
+            eeg_scale: scale(Modality::Eeg)?,
+            audio_scale: scale(Modality::Audio)?,
+            video_scale: scale(Modality::Video)?,
             checkpoint,
             gate_mean,
             attention_e2a: attention.as_ref().map(|a| a.0.clone()),

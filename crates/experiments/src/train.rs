@@ -227,42 +227,51 @@ fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     rayon::scope(|_| f())
 }
 
-/// `presence` of a batch of `n` samples with each present modality of each sample dropped with
-/// probability `p`, never all of a sample's: when the draw drops every modality a sample has, one of them,
-/// chosen at random, stays. The generator is seeded from `key` alone, so a resumed run draws the same.
+/// `presence` of a batch of `n` samples with each present modality of each sample (among the model's
+/// `modalities`, in the order EEG, audio, video) dropped with probability `p`, never all of a sample's:
+/// when the draw drops every modality a sample has, one of them, chosen at random, stays. The generator
+/// is seeded from `key` alone, so a resumed run draws the same.
 fn drop_modalities(
     presence: &Presence,
+    modalities: &[core_types::Modality],
     n: usize,
     p: f64,
     key: [u64; 3],
     device: &candle_core::Device,
 ) -> Result<Presence> {
-    let values = |m: &Option<Tensor>| -> Result<Vec<f32>> {
-        Ok(match m {
+    use core_types::Modality;
+    const ORDER: [Modality; 3] = [Modality::Eeg, Modality::Audio, Modality::Video];
+    let values = |m: Modality| -> Result<Vec<f32>> {
+        Ok(match presence.get(m) {
+            _ if !modalities.contains(&m) => vec![0.0; n],
             Some(t) => t.to_dtype(candle_core::DType::F32)?.to_vec1()?,
             None => vec![1.0; n],
         })
     };
-    let (mut eeg, mut audio) = (values(&presence.eeg)?, values(&presence.audio)?);
+    let mut masks = ORDER.map(values).into_iter().collect::<Result<Vec<_>>>()?;
     let mut h = 0x9e37_79b9_7f4a_7c15_u64;
     for k in key {
         h = (h ^ k).wrapping_mul(0x0100_0000_01b3).rotate_left(29);
     }
     let mut rng = ChaCha8Rng::seed_from_u64(h);
     for i in 0..n {
-        let had = [eeg[i] == 1.0, audio[i] == 1.0];
-        let mut keep = had.map(|h| h && !rng.random_bool(p));
+        let had: Vec<bool> = masks.iter().map(|m| m[i] == 1.0).collect();
+        let mut keep: Vec<bool> = had.iter().map(|&h| h && !rng.random_bool(p)).collect();
         if had.iter().any(|h| *h) && !keep.iter().any(|k| *k) {
-            let present: Vec<usize> = (0..2).filter(|&m| had[m]).collect();
+            let present: Vec<usize> = (0..had.len()).filter(|&m| had[m]).collect();
             keep[present[rng.random_range(0..present.len())]] = true;
         }
-        eeg[i] = if keep[0] { 1.0 } else { 0.0 };
-        audio[i] = if keep[1] { 1.0 } else { 0.0 };
+        for (m, k) in masks.iter_mut().zip(&keep) {
+            m[i] = if *k { 1.0 } else { 0.0 };
+        }
     }
-    let mask = |v: Vec<f32>| -> Result<Option<Tensor>> {
-        Ok(if v.contains(&0.0) { Some(Tensor::from_vec(v, n, device)?) } else { None })
-    };
-    Ok(Presence { eeg: mask(eeg)?, audio: mask(audio)? })
+    let mut out = Presence::default();
+    for (m, v) in ORDER.into_iter().zip(masks) {
+        if modalities.contains(&m) && v.contains(&0.0) {
+            *out.get_mut(m) = Some(Tensor::from_vec(v, n, device)?);
+        }
+    }
+    Ok(out)
 }
 
 /// Mean cross-entropy over the samples whose `present` value is 1 (every sample when `None`); 0 when none.
@@ -301,12 +310,14 @@ fn train_step(
     dropout_key: [u64; 3],
 ) -> Result<(f64, Tensor, Tensor)> {
     let (grad_clip, modulation) = (cfg.grad_clip, cfg.gradient_modulation);
-    let (eeg, mfcc, y) = set.batch(idx)?;
-    let mut presence = set.presence(idx)?;
+    let batch = set.batch(idx)?;
+    let y = batch.labels.clone();
+    let mut presence = batch.presence.clone();
     if cfg.modality_dropout > 0.0 && model.fusion().is_some() {
-        presence = drop_modalities(&presence, idx.len(), cfg.modality_dropout, dropout_key, eeg.device())?;
+        let (p, key, dev) = (cfg.modality_dropout, dropout_key, batch.eeg.device());
+        presence = drop_modalities(&presence, &model.modalities(), idx.len(), p, key, dev)?;
     }
-    let out = model.forward_present(&eeg, mfcc.as_ref(), &presence, true)?;
+    let out = model.forward_inputs(batch.inputs(), &presence, true)?;
     let logits = out.logits;
     let mut loss = candle_nn::loss::cross_entropy(&logits, &y)?;
     if let Some(aux) = out.aux_loss {
@@ -565,9 +576,10 @@ pub fn evaluate(model: &EmotionModel, set: &TensorSet, batch: usize) -> Result<(
     let ids: Vec<u32> = (0..n).collect();
     let (mut pred, mut probs, mut loss_sum) = (Vec::new(), Vec::new(), 0.0);
     for idx in ids.chunks(batch.max(1)) {
-        let (eeg, mfcc, y) = set.batch(idx)?;
-        let logits = model.forward_present(&eeg, mfcc.as_ref(), &set.presence(idx)?, false)?.logits;
-        loss_sum += scalar(&candle_nn::loss::cross_entropy(&logits, &y)?)? * idx.len() as f64;
+        let batch = set.batch(idx)?;
+        let y = &batch.labels;
+        let logits = model.forward_inputs(batch.inputs(), &batch.presence, false)?.logits;
+        loss_sum += scalar(&candle_nn::loss::cross_entropy(&logits, y)?)? * idx.len() as f64;
         pred.extend(logits.argmax(D::Minus1)?.to_vec1::<u32>()?.into_iter().map(|p| p as usize));
         probs.extend(candle_nn::ops::softmax(&logits, D::Minus1)?.to_vec2::<f32>()?);
     }
@@ -596,8 +608,10 @@ mod tests {
         let dev = candle_core::Device::Cpu;
         let n = 4000;
         let audio: Vec<f32> = (0..n).map(|i| if i % 4 == 0 { 0.0 } else { 1.0 }).collect();
-        let presence = Presence { eeg: None, audio: Some(Tensor::from_vec(audio.clone(), n, &dev).unwrap()) };
-        let draw = |key| drop_modalities(&presence, n, 0.3, key, &dev).unwrap();
+        let presence =
+            Presence { audio: Some(Tensor::from_vec(audio.clone(), n, &dev).unwrap()), ..Default::default() };
+        let two = [core_types::Modality::Eeg, core_types::Modality::Audio];
+        let draw = |key| drop_modalities(&presence, &two, n, 0.3, key, &dev).unwrap();
         let vals = |p: &Presence| -> (Vec<f32>, Vec<f32>) {
             let v = |t: &Option<Tensor>| t.as_ref().map_or(vec![1.0; n], |t| t.to_vec1::<f32>().unwrap());
             (v(&p.eeg), v(&p.audio))
@@ -616,6 +630,15 @@ mod tests {
         assert!((dropped - 0.255).abs() < 0.03, "EEG dropped in {dropped}");
         // Where EEG alone was present, it always stays.
         assert!((0..n).filter(|&i| audio[i] == 0.0).all(|i| e[i] == 1.0));
+        assert!(draw([1, 2, 3]).video.is_none(), "a model without video gets no video mask");
+        // Three modalities: never all three dropped; the two-modality draws are not disturbed by
+        // modalities the model does not read.
+        let three = [core_types::Modality::Eeg, core_types::Modality::Audio, core_types::Modality::Video];
+        let p3 = drop_modalities(&presence, &three, n, 0.5, [9, 9, 9], &dev).unwrap();
+        let v = |t: &Option<Tensor>| t.as_ref().map_or(vec![1.0; n], |t| t.to_vec1::<f32>().unwrap());
+        let (e3, a3, v3) = (v(&p3.eeg), v(&p3.audio), v(&p3.video));
+        assert!((0..n).all(|i| e3[i] + a3[i] + v3[i] >= 1.0 && a3[i] <= audio[i]));
+        assert!(v3.contains(&0.0) && v3.contains(&1.0));
     }
 
     #[test]

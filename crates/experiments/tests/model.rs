@@ -8,7 +8,7 @@ use core_types::FusionMode;
 use experiments::{EmotionModel, Error, ModelConfig, Presence};
 
 fn audio_mask(p: &Tensor) -> Presence {
-    Presence { eeg: None, audio: Some(p.clone()) }
+    Presence { audio: Some(p.clone()), ..Default::default() }
 }
 
 /// The default reference set: the PyTorch reference's export with seed 1234, batch 2.
@@ -548,7 +548,8 @@ fn absent_eeg_samples_ignore_their_eeg_rows() {
         let model = EmotionModel::new(&ModelConfig::fused(4, mode).with_dropout(0.0), &dev, 5).unwrap();
         let eeg = Tensor::randn(0f32, 1.0, (3, 4, 200), &dev).unwrap();
         let audio = Tensor::randn(0f32, 1.0, (3, 13, 200), &dev).unwrap();
-        let mask = Presence { eeg: Some(Tensor::new(&[1f32, 1.0, 0.0], &dev).unwrap()), audio: None };
+        let mask =
+            Presence { eeg: Some(Tensor::new(&[1f32, 1.0, 0.0], &dev).unwrap()), ..Default::default() };
         let base = model.forward_present(&eeg, Some(&audio), &mask, false).unwrap().logits;
         let row = |i: usize, t: &Tensor| t.narrow(0, i, 1).unwrap();
         let noisy = ((row(2, &eeg) * 5.0).unwrap() - 2.0).unwrap();
@@ -559,6 +560,7 @@ fn absent_eeg_samples_ignore_their_eeg_rows() {
         let neither = Presence {
             eeg: Some(Tensor::new(&[1f32, 0.0, 1.0], &dev).unwrap()),
             audio: Some(Tensor::new(&[1f32, 0.0, 1.0], &dev).unwrap()),
+            video: None,
         };
         assert!(matches!(model.forward_present(&eeg, Some(&audio), &neither, false), Err(Error::Input(_))));
         let no_audio = audio_mask(&Tensor::zeros(3, DType::F32, &dev).unwrap());

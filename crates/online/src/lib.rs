@@ -654,6 +654,7 @@ impl Predictor {
             audio: (self.reads_audio && mfcc.is_none())
                 .then(|| Tensor::zeros(1, candle_core::DType::F32, device))
                 .transpose()?,
+            video: None,
         };
         let out =
             self.pool.install(|| self.model.forward_present(&eeg_t, mfcc.as_ref(), &presence, false))?;

@@ -151,6 +151,7 @@ fn offline(t: &Tree, model: &EmotionModel, trial: usize, ends: &[usize], with_au
     let presence = Presence {
         eeg: None,
         audio: mfcc.is_none().then(|| Tensor::zeros(b, candle_core::DType::F32, &Device::Cpu).unwrap()),
+        video: None,
     };
     let out = model.forward_present(&eeg, mfcc.as_ref(), &presence, false).unwrap();
     candle_nn::ops::softmax_last_dim(&out.logits).unwrap().to_vec2().unwrap()
