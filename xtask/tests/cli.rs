@@ -751,7 +751,7 @@ fn listening_windows_train_and_speaking_windows_test() {
     }
 }
 
-/// `baseline --modalities` trains exactly the named model; video is refused with a clear message.
+/// `baseline --modalities` trains exactly the named model, video ones included.
 #[test]
 fn baseline_modalities_pick_the_model() {
     let root = tmp("modalities-tree");
@@ -760,7 +760,19 @@ fn baseline_modalities_pick_the_model() {
     let run = |modalities: &str| {
         let out = tmp(&format!("modalities-{}", modalities.replace(',', "_")));
         let o = out.display().to_string();
-        let args = ["baseline", "--data-dir", &r, "--modalities", modalities, "--epochs", "1", "--out", &o];
+        let args = [
+            "baseline",
+            "--data-dir",
+            &r,
+            "--modalities",
+            modalities,
+            "--epochs",
+            "1",
+            "--video-size",
+            "16x16",
+            "--out",
+            &o,
+        ];
         let status = xtask(&args);
         assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
         let results = read_json(&out.join("results.json"));
@@ -790,9 +802,115 @@ fn baseline_modalities_pick_the_model() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot predict without audio"));
     assert_eq!(run("eeg").1, ["eeg_only/none"]);
     assert_eq!(run("eeg,audio").1, ["eeg_audio/concat"]);
-    let out = xtask(&["baseline", "--data-dir", &r, "--modalities", "video", "--epochs", "1"]);
+    assert_eq!(run("video").1, ["video_only/none"]);
+    assert_eq!(run("video,eeg").1, ["eeg_video/concat"]);
+    let out = xtask(&["baseline", "--data-dir", &r, "--video-size", "16", "--epochs", "1"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("video is not a model input"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("WIDTHxHEIGHT"));
+}
+
+/// Three modalities: `compare --modalities eeg,audio,video` trains every single-modality model and every
+/// fused set with EEG in every mode; the EEG and audio rows are the numbers of a run without video; the
+/// robustness matrix has `video_absent` exactly for the fused models with video; a checkpoint predicts
+/// with all three; a damaged clip stops the video models naming it, and the same subject still loads
+/// without video.
+#[test]
+fn three_modalities_compare_robustness_predict_and_bad_clips() {
+    let root = tmp("video3-tree");
+    let r = root.display().to_string();
+    assert!(xtask(&["synth", "--out", &r, "--subjects", "1", "--trials", "20"]).status.success());
+    let run = |modalities: &str, name: &str| {
+        let out = tmp(name);
+        let o = out.display().to_string();
+        let args = [
+            "compare",
+            "--data-dir",
+            &r,
+            "--modalities",
+            modalities,
+            "--fusion-mode",
+            "all",
+            "--epochs",
+            "1",
+            "--video-size",
+            "16x16",
+            "--out",
+            &o,
+        ];
+        let status = xtask(&args);
+        assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+        out
+    };
+    let three = run("eeg,audio,video", "video3-run");
+    let two = run("eeg,audio", "video3-run2");
+    let results = read_json(&three.join("results.json"));
+    let runs = results["runs"].as_array().unwrap();
+    let key = |r: &serde_json::Value| {
+        format!("{}/{}", r["modality"].as_str().unwrap(), r["fusion_mode"].as_str().unwrap())
+    };
+    let mut expected = vec!["eeg_only/none".to_owned(), "audio_only/none".into(), "video_only/none".into()];
+    for set in ["eeg_audio", "eeg_video", "eeg_audio_video"] {
+        for mode in ["concat", "cross_attention", "gated", "temporal", "adaptive"] {
+            expected.push(format!("{set}/{mode}"));
+        }
+    }
+    assert_eq!(runs.iter().map(key).collect::<Vec<_>>(), expected);
+    for r in runs {
+        assert!(r["accuracy"].as_f64().unwrap().is_finite(), "{}", key(r));
+    }
+    // Adding video changes nothing for the models that do not read it.
+    let before = read_json(&two.join("results.json"));
+    for old in before["runs"].as_array().unwrap() {
+        let new = runs.iter().find(|r| key(r) == key(old)).unwrap();
+        assert_eq!((&new["accuracy"], &new["loss"]), (&old["accuracy"], &old["loss"]), "{}", key(old));
+    }
+    // video_absent: exactly the fused models with video.
+    let rob = results["robustness"].as_array().unwrap();
+    for r in rob.iter().filter(|r| r["condition"] == "video_absent") {
+        assert!(r["modality"].as_str().unwrap().contains("video"), "{r}");
+    }
+    let with_video_absent = rob.iter().filter(|r| r["condition"] == "video_absent").count();
+    assert_eq!(with_video_absent, 10, "eeg_video and eeg_audio_video in five modes");
+    let report = std::fs::read_to_string(three.join("report.md")).unwrap();
+    assert!(report.contains("| eeg_audio_video | gated |") && report.contains("video_absent"), "{report}");
+    // A three-modality checkpoint predicts every window with all three.
+    let ckpt = three.join("checkpoints/subject1_fold0_eeg_audio_video_temporal.safetensors");
+    let preds = tmp("video3-predict");
+    let (c, p) = (ckpt.display().to_string(), preds.display().to_string());
+    let out = xtask(&["predict", "--checkpoint", &c, "--data-dir", &r, "--out", &p]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let csv = std::fs::read_to_string(preds.join("predictions.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert_eq!(rows.len(), 20 * 4, "every window: listening ones through EEG and video");
+    let used: Vec<&str> = rows.iter().filter_map(|r| r.split(',').nth(5)).collect();
+    assert_eq!(used.iter().filter(|m| **m == "eeg+audio+video").count(), 10 * 4, "speaking windows");
+    assert_eq!(used.iter().filter(|m| **m == "eeg+video").count(), 10 * 4, "listening windows");
+    // A truncated clip: the video models stop naming it; the subject loads without video.
+    let clip = std::fs::read_dir(root.join("subject1/Video")).unwrap().next().unwrap().unwrap().path();
+    let bytes = std::fs::read(&clip).unwrap();
+    std::fs::write(&clip, &bytes[..bytes.len() / 2]).unwrap();
+    let base = |m: &str| {
+        let out = tmp("video3-bad");
+        let o = out.display().to_string();
+        xtask(&[
+            "baseline",
+            "--data-dir",
+            &r,
+            "--modalities",
+            m,
+            "--epochs",
+            "1",
+            "--video-size",
+            "16x16",
+            "--out",
+            &o,
+        ])
+    };
+    let out = base("video");
+    assert!(!out.status.success());
+    let name = clip.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&name), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(base("eeg,audio").status.success());
 }
 
 /// Sweep axes: modality dropouts and trial sets multiply the fused jobs (single-modality jobs only by the

@@ -41,6 +41,8 @@ pub enum Condition {
     AudioAbsent,
     /// EEG masked out.
     EegAbsent,
+    /// Video masked out.
+    VideoAbsent,
     /// White noise in the speech at this SNR in dB.
     AudioSnr(i32),
     /// Half of the EEG channels zero.
@@ -51,10 +53,11 @@ pub enum Condition {
 
 impl Condition {
     /// Every condition, in report order.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Full,
         Self::AudioAbsent,
         Self::EegAbsent,
+        Self::VideoAbsent,
         Self::AudioSnr(20),
         Self::AudioSnr(10),
         Self::AudioSnr(0),
@@ -69,6 +72,7 @@ impl Condition {
             Self::Full => "full".into(),
             Self::AudioAbsent => "audio_absent".into(),
             Self::EegAbsent => "eeg_absent".into(),
+            Self::VideoAbsent => "video_absent".into(),
             Self::AudioSnr(db) => format!("audio_snr_{db}db"),
             Self::EegChannelsHalf => "eeg_channels_half".into(),
             Self::Listening => "listening".into(),
@@ -78,12 +82,18 @@ impl Condition {
     /// Whether the condition applies to a model reading `modalities`.
     #[must_use]
     pub fn applies(self, modalities: &[Modality]) -> bool {
-        let (eeg, audio) = (modalities.contains(&Modality::Eeg), modalities.contains(&Modality::Audio));
+        let has = |m| modalities.contains(&m);
+        let (eeg, audio, video) = (has(Modality::Eeg), has(Modality::Audio), has(Modality::Video));
+        let fused = modalities.len() >= 2;
         match self {
             Self::Full => true,
-            Self::AudioAbsent | Self::EegAbsent => eeg && audio,
+            Self::AudioAbsent => fused && audio,
+            Self::EegAbsent => fused && eeg,
+            Self::VideoAbsent => fused && video,
             Self::AudioSnr(_) => audio,
-            Self::EegChannelsHalf | Self::Listening => eeg,
+            Self::EegChannelsHalf => eeg,
+            // Listening windows have EEG and video, no audio.
+            Self::Listening => eeg || video,
         }
     }
 }
@@ -155,6 +165,7 @@ impl ConditionSets {
         let mut sets = vec![
             (Condition::AudioAbsent, full.without(Modality::Audio)?),
             (Condition::EegAbsent, full.without(Modality::Eeg)?),
+            (Condition::VideoAbsent, full.without(Modality::Video)?),
         ];
         // Noisy speech: each test trial's file read once and its noisy windows turned into MFCCs in one
         // call (one MFCC plan per trial); each window's noise drawn from (seed, subject, trial, window, SNR).
