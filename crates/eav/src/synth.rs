@@ -1,6 +1,6 @@
 //! A synthetic EAV tree in the released layout and formats (MAT level 5 EEG and labels, 16-bit WAV audio,
 //! H.264 MP4 video), with class information of known strength, so everything runs without the download.
-//! The video's blob flickers at a rate set by the class (see [`write_clip`]); no model reads video yet.
+//! The video's blob flickers at a rate set by the class (see [`write_clip`]); `--modalities …,video` reads it.
 //!
 //! Class structure: the EEG carries the class as the frequency of a rhythm over the posterior channels
 //! (6, 10 or 20 Hz) and the speech as the pitch of a voiced, syllable-modulated tone (120, 180 or 260 Hz).

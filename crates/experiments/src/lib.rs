@@ -2,8 +2,9 @@
 //! evaluation ([`metrics`], [`stats`]), comparisons ([`config`] → [`run`] → [`results`] → [`report`]),
 //! sweeps ([`sweep`]) and plots ([`plots`]). Every file is written through [`write_atomic`].
 //!
-//! [`EmotionModel`] is the EEG-only model (classifier on the EEG latent) or the EEG+audio model (encoders,
-//! [`fusion::Fusion`], classifier). Tensor names equal the PyTorch reference's `state_dict` names, so
+//! [`EmotionModel`] is a single-modality model (classifier on the EEG, audio or video latent) or a fused one
+//! over a set of them (encoders, [`fusion::Fusion`], classifier); [`EmotionModel::forward_inputs`] takes
+//! every modality's batch with per-sample presence masks. Tensor names equal the PyTorch reference's `state_dict` names, so
 //! [`EmotionModel::save`] and [`EmotionModel::load`] move weights to and from PyTorch.
 //!
 //! # Example
@@ -17,6 +18,16 @@
 //! let mfcc = Tensor::randn(0f32, 1.0, (2, 13, 500), &Device::Cpu)?;
 //! let logits = model.forward(&eeg, Some(&mfcc), false)?;
 //! assert_eq!(logits.dims(), &[2, 5]);
+//!
+//! // Three modalities: 25 luma frames of 32×32 per window, the second window without speech.
+//! use core_types::Modality::{Audio, Eeg, Video};
+//! use experiments::{Inputs, Presence};
+//! let three = EmotionModel::new(&ModelConfig::fused_over(30, FusionMode::Temporal, &[Eeg, Audio, Video]), &Device::Cpu, 7)?;
+//! let video = Tensor::randn(0f32, 1.0, (2, 25, 32, 32), &Device::Cpu)?;
+//! let presence = Presence { audio: Some(Tensor::new(&[1f32, 0.0], &Device::Cpu)?), ..Presence::default() };
+//! let inputs = Inputs { eeg: &eeg, audio: Some(&mfcc), video: Some(&video) };
+//! let out = three.forward_inputs(inputs, &presence, false)?;
+//! assert_eq!(out.logits.dims(), &[2, 5]);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
@@ -50,4 +61,4 @@ pub mod train;
 
 pub use atomic::write as write_atomic;
 pub use error::{Error, Result};
-pub use model::{EmotionModel, Intermediates, ModelConfig, Presence, is_running_stat};
+pub use model::{EmotionModel, Inputs, Intermediates, ModelConfig, Presence, is_running_stat};

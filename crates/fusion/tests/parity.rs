@@ -34,11 +34,15 @@ fn every_mode_with_absent_modalities_matches_pytorch() {
     cases.sort();
     assert!(cases.len() >= 6, "reference cases: {cases:?}");
     let mut modes = BTreeSet::new();
+    let mut three = BTreeSet::new();
     for case in cases {
         let name = case.file_stem().unwrap().to_string_lossy().into_owned();
         let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&case).unwrap()).unwrap();
         let cfg: FusionConfig = serde_json::from_value(meta["config"].clone()).unwrap();
         modes.insert(cfg.mode);
+        if cfg.modalities.len() == 3 {
+            three.insert(cfg.mode);
+        }
         let varmap = VarMap::new();
         let fusion = Fusion::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu)).unwrap();
         let weights = candle_core::safetensors::load(
@@ -100,4 +104,5 @@ fn every_mode_with_absent_modalities_matches_pytorch() {
         }
     }
     assert_eq!(modes.len(), 5, "every mode has a reference case: {modes:?}");
+    assert_eq!(three.len(), 5, "every mode has a three-modality case: {three:?}");
 }

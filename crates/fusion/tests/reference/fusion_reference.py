@@ -285,6 +285,9 @@ CASES = {
     "gated3_masked": (config("gated", ["eeg", "audio", "video"]), [[1, 0, 1], [1, 1, 0], [0, 0, 1]]),
     "cross_attention3_masked": (config("cross_attention", ["eeg", "audio", "video"]), [[1, 0, 1], [1, 1, 0], [0, 1, 1]]),
     "adaptive_masked": (config("adaptive", ["eeg", "audio"]), [[1, 1, 0], [1, 0, 1]]),
+    # Appended after the others: their draws, and so their files, stay as they were.
+    "temporal3_masked": (config("temporal", ["eeg", "audio", "video"]), [[1, 0, 1], [1, 1, 0], [0, 1, 1]]),
+    "adaptive3_masked": (config("adaptive", ["eeg", "audio", "video"]), [[1, 0, 1], [1, 1, 0], [0, 0, 1]]),
 }
 
 
