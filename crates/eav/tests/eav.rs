@@ -1140,6 +1140,24 @@ fn video_windows_are_preprocessed_cached_and_bad_clips_named() {
     let again =
         eav::dataset::preprocess(&eav::subject::load_subject(&sd).unwrap(), &Default::default()).unwrap();
     assert_eq!(again, plain);
+    // Every other kind of bad clip: an error naming it.
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../video/tests/data");
+    let bad: [(&str, Option<&str>); 5] = [
+        ("zero bytes", None),
+        ("4:2:2", Some("yuv422.mp4")),
+        ("10-bit", Some("high10.mp4")),
+        ("MPEG-4 part 2", Some("mpeg4.mp4")),
+        ("no video track", Some("audio_only.mp4")),
+    ];
+    for (what, file) in bad {
+        match file {
+            Some(f) => std::fs::copy(data.join(f), &clip).map(|_| ()).unwrap(),
+            None => std::fs::write(&clip, b"").unwrap(),
+        }
+        let err = eav::dataset::preprocess(&eav::subject::load_subject(&sd).unwrap(), &pre).unwrap_err();
+        assert!(matches!(err, eav::Error::Video { .. }), "{what}: {err}");
+        assert!(err.to_string().contains(&*clip.file_name().unwrap().to_string_lossy()), "{what}: {err}");
+    }
     // Sampling that gives fewer windows than the EEG: a dataset error.
     let short = eav::dataset::PreprocessConfig {
         video: Some(video::Sampling { frames: 300, ..sampling }),
