@@ -277,11 +277,17 @@ impl Predictor {
     /// # Errors
     /// [`Error::Rate`] when the EEG rate is not the one the preprocessing decimates from (500 Hz);
     /// [`Error::Channels`] when the checkpoint's channel selection does not fit the source's channels;
-    /// [`Error::Config`] for a hop or skew that is not a multiple of 10 ms, or preprocessing whose EEG
-    /// or MFCC windows are not 100 Hz.
+    /// [`Error::Config`] for a model that reads video, a hop or skew that is not a multiple of 10 ms, or
+    /// preprocessing whose EEG or MFCC windows are not 100 Hz.
     pub fn new(model: EmotionModel, meta: CheckpointMeta, source: Source, cfg: StreamConfig) -> Result<Self> {
         let pre: &PreprocessConfig = &meta.preprocess;
         pre.validate().map_err(Error::Config)?;
+        if model.modalities().contains(&Modality::Video) {
+            return Err(Error::Config(format!(
+                "the {} model reads video; streaming takes EEG and audio only",
+                model.config().name()
+            )));
+        }
         if (source.eeg_rate - eav::subject::EEG_RATE).abs() > 1e-9 {
             return Err(Error::Rate {
                 stream: "eeg",

@@ -340,6 +340,12 @@ fn a_source_that_does_not_fit_is_refused() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("/nonexistent/m.json"), "{err}");
+    // A model that reads video: refused when the stream is made, not at the first hop.
+    let cfg = ModelConfig::video_only(30);
+    let model = EmotionModel::new(&cfg, &Device::Cpu, 1).unwrap();
+    let meta = CheckpointMeta::new(&cfg, &t.pre, &t.norm);
+    let err = Predictor::new(model, meta, Source::eav(16_000), StreamConfig::default()).unwrap_err();
+    assert!(matches!(&err, Error::Config(m) if m.contains("video")), "{err}");
 }
 
 /// A gap in the EEG restarts its filters (an event says so) and the next prediction comes a full window
