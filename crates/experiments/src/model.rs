@@ -645,11 +645,12 @@ impl EmotionModel {
             let absent = mask.as_ref().is_some_and(|v| !v.contains(&1.0));
             let x = match inputs.get(m) {
                 Some(x) => {
-                    core_types::same_batch(
-                        if m == Modality::Audio { "MFCC input" } else { "video input" },
-                        batch,
-                        x,
-                    )?;
+                    let what = match m {
+                        Modality::Eeg => "EEG input",
+                        Modality::Audio => "MFCC input",
+                        Modality::Video => "video input",
+                    };
+                    core_types::same_batch(what, batch, x)?;
                     x
                 }
                 None if absent => continue,

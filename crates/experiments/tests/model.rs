@@ -636,3 +636,88 @@ fn unimodal_heads_leave_the_fused_model_as_it_was() {
     assert_eq!((*m, logits.dims()), (core_types::Modality::Audio, &[3usize, 5][..]));
     assert!(mask.is_some(), "the audio head's loss sees the audio presence");
 }
+
+/// Three modalities in every fused mode: each sample's logits depend only on the modalities it has (the
+/// rows of an absent one can hold anything), a sample with one modality gives finite logits and finite
+/// gradients in training, a sample with none is an error, and the video-only model reads its video alone.
+#[test]
+fn three_modalities_mask_absent_rows_in_every_mode() {
+    use core_types::Modality::{Audio, Eeg, Video};
+    use experiments::Inputs;
+    let dev = Device::Cpu;
+    let eeg = Tensor::randn(0f32, 1.0, (4, 4, 200), &dev).unwrap();
+    let audio = Tensor::randn(0f32, 1.0, (4, 13, 200), &dev).unwrap();
+    let video = Tensor::randn(0f32, 1.0, (4, 10, 16, 16), &dev).unwrap();
+    let mask = |v: [f32; 4]| Some(Tensor::new(&v, &dev).unwrap());
+    // Sample 0 has all three, 1 EEG alone, 2 audio alone, 3 video alone.
+    let presence = Presence {
+        eeg: mask([1.0, 1.0, 0.0, 0.0]),
+        audio: mask([1.0, 0.0, 1.0, 0.0]),
+        video: mask([1.0, 0.0, 0.0, 1.0]),
+    };
+    let scramble = |t: &Tensor, keep: &[usize]| -> Tensor {
+        let rows: Vec<Tensor> = (0..4)
+            .map(|i| {
+                let r = t.narrow(0, i, 1).unwrap();
+                if keep.contains(&i) { r } else { ((r * 3.0).unwrap() + 1.0).unwrap() }
+            })
+            .collect();
+        Tensor::cat(&rows, 0).unwrap()
+    };
+    for &mode in FusionMode::ALL {
+        let cfg = ModelConfig::fused_over(4, mode, &[Eeg, Audio, Video]).with_dropout(0.0);
+        assert_eq!(cfg.modalities(), [Eeg, Audio, Video]);
+        let model = EmotionModel::new(&cfg, &dev, 3).unwrap();
+        let inputs = Inputs { eeg: &eeg, audio: Some(&audio), video: Some(&video) };
+        let base = model.forward_inputs(inputs, &presence, false).unwrap();
+        assert_eq!(base.video_latent.as_ref().unwrap().dims(), &[4, 128]);
+        // Rows of absent modalities changed: nothing moves.
+        let (e2, a2, v2) = (scramble(&eeg, &[0, 1]), scramble(&audio, &[0, 2]), scramble(&video, &[0, 3]));
+        let moved = Inputs { eeg: &e2, audio: Some(&a2), video: Some(&v2) };
+        let d = max_abs_diff(&base.logits, &model.forward_inputs(moved, &presence, false).unwrap().logits);
+        assert!(d < 1e-5, "{mode}: absent rows moved the logits by {d}");
+        // Training with single-modality samples: finite logits and gradients.
+        let out = model.forward_inputs(inputs, &presence, true).unwrap();
+        let labels = Tensor::new(&[0u32, 1, 2, 3], &dev).unwrap();
+        let grads = candle_nn::loss::cross_entropy(&out.logits, &labels).unwrap().backward().unwrap();
+        let mut video_grads = 0;
+        for (name, var) in model.parameters() {
+            if let Some(g) = grads.get(var.as_tensor()) {
+                assert!(max_abs(g).is_finite(), "{mode}: gradient of {name}");
+                video_grads += usize::from(name.starts_with("video_encoder."));
+            }
+        }
+        assert!(video_grads > 0, "{mode}: the video encoder gets gradients");
+        // No modality at all in a sample; video missing where a sample has it.
+        let none = Presence { video: mask([1.0, 0.0, 0.0, 0.0]), ..presence.clone() };
+        assert!(matches!(model.forward_inputs(inputs, &none, false), Err(Error::Input(_))));
+        let no_video = Inputs { video: None, ..inputs };
+        assert!(matches!(model.forward_inputs(no_video, &presence, false), Err(Error::Input(_))));
+    }
+    let cfg = ModelConfig::video_only(4).with_dropout(0.0);
+    assert_eq!(cfg.name(), "video_only");
+    let model = EmotionModel::new(&cfg, &dev, 1).unwrap();
+    assert!(
+        model
+            .parameters()
+            .iter()
+            .all(|(n, _)| n.starts_with("video_encoder.") || n.starts_with("classifier."))
+    );
+    let a = model.forward_inputs(
+        Inputs { eeg: &eeg, audio: None, video: Some(&video) },
+        &Presence::default(),
+        false,
+    );
+    let b = model.forward_inputs(
+        Inputs { eeg: &scramble(&eeg, &[]), audio: Some(&audio), video: Some(&video) },
+        &Presence::default(),
+        false,
+    );
+    assert!(max_abs_diff(&a.unwrap().logits, &b.unwrap().logits) == 0.0);
+    assert!(model.forward(&eeg, Some(&audio), false).is_err(), "the video-only model needs video");
+    // The config round-trips; a model without video writes no video settings.
+    let json = serde_json::to_value(&cfg).unwrap();
+    assert_eq!(serde_json::from_value::<ModelConfig>(json).unwrap(), cfg);
+    let plain = serde_json::to_string(&ModelConfig::fused(4, FusionMode::Concat)).unwrap();
+    assert!(!plain.contains("video"), "{plain}");
+}
