@@ -802,8 +802,20 @@ fn baseline_modalities_pick_the_model() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot predict without audio"));
     assert_eq!(run("eeg").1, ["eeg_only/none"]);
     assert_eq!(run("eeg,audio").1, ["eeg_audio/concat"]);
-    assert_eq!(run("video").1, ["video_only/none"]);
+    let (video_run, runs) = run("video");
+    assert_eq!(runs, ["video_only/none"]);
     assert_eq!(run("video,eeg").1, ["eeg_video/concat"]);
+    // The video-only model predicts the windows with a clip: a trial whose clip is gone is left out, not
+    // predicted from placeholder frames.
+    let clip = std::fs::read_dir(root.join("subject1/Video")).unwrap().next().unwrap().unwrap().path();
+    std::fs::remove_file(&clip).unwrap();
+    let c = video_run.join("checkpoints/subject1_fold0_video_only_none.safetensors").display().to_string();
+    let out = xtask(&["predict", "--checkpoint", &c, "--data-dir", &r, "--out", &p]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let csv = std::fs::read_to_string(preds.join("predictions.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert_eq!(rows.len(), 19 * 4, "every window but those of the trial without its clip");
+    assert!(rows.iter().all(|r| r.split(',').nth(5) == Some("video")));
     let out = xtask(&["baseline", "--data-dir", &r, "--video-size", "16", "--epochs", "1"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("WIDTHxHEIGHT"));

@@ -124,8 +124,9 @@ pub struct Prediction {
 }
 
 /// Class probabilities for every window of the chosen subjects that the model can read: every window for
-/// EEG-only and fused models (a fused model reads a window without audio, or every window with `no_audio`,
-/// through its EEG alone), the windows with audio for the audio-only model.
+/// models that read EEG (a fused model reads a window without audio, or every window with `no_audio`,
+/// through its other modalities), the windows with audio for the audio-only model and those with a clip
+/// for the video-only model.
 ///
 /// # Errors
 /// Data errors naming the file; [`Error::Input`] when the data's channels do not fit the model, or
@@ -160,8 +161,11 @@ pub fn predict(
                 meta.model.eeg.in_channels
             )));
         }
-        let idx: Vec<usize> =
-            (0..pre.samples.len()).filter(|&i| reads_eeg || pre.samples[i].mfcc.is_some()).collect();
+        // A window the model can read: one with a modality it reads (EEG is always recorded).
+        let readable = |s: &eav::dataset::Sample| {
+            reads_eeg || (use_audio && s.mfcc.is_some()) || (reads_video && s.video.is_some())
+        };
+        let idx: Vec<usize> = (0..pre.samples.len()).filter(|&i| readable(&pre.samples[i])).collect();
         if idx.is_empty() {
             continue;
         }
@@ -171,6 +175,9 @@ pub fn predict(
             // No window has audio: a fused model reads them all through the EEG (windows without audio
             // among others are already masked).
             set = set.without(core_types::Modality::Audio)?;
+        }
+        if reads_video && set.video.is_none() {
+            set = set.without(core_types::Modality::Video)?;
         }
         let (_, probs) = evaluate(model, &set, 64)?;
         let mut routers: Vec<Option<Vec<f32>>> = vec![None; idx.len()];
