@@ -885,6 +885,13 @@ fn three_modalities_compare_robustness_predict_and_bad_clips() {
     assert_eq!(with_video_absent, 10, "eeg_video and eeg_audio_video in five modes");
     let report = std::fs::read_to_string(three.join("report.md")).unwrap();
     assert!(report.contains("| eeg_audio_video | gated |") && report.contains("video_absent"), "{report}");
+    assert!(report.contains("video_scale mean ± std") && report.contains("| eeg_video concat (subject 1) |"));
+    for svg in
+        ["scales_eeg_audio_video_concat.svg", "scales_eeg_video_gated.svg", "gates_eeg_audio_video_gated.svg"]
+    {
+        let text = std::fs::read_to_string(three.join(svg)).unwrap();
+        assert!(text.contains("video"), "{svg} names the video curve");
+    }
     // A three-modality checkpoint predicts every window with all three.
     let ckpt = three.join("checkpoints/subject1_fold0_eeg_audio_video_temporal.safetensors");
     let preds = tmp("video3-predict");

@@ -256,10 +256,13 @@ fn heatmap(
     root.present().map_err(|e| plot_error(path, e))
 }
 
-/// The learned `eeg_scale` and `audio_scale` of one fused setting, mean over subjects, per latent channel.
-fn scales(path: &Path, title: &str, eeg: &[f64], audio: &[f64]) -> Result<()> {
-    let lo = eeg.iter().chain(audio).copied().fold(f64::INFINITY, f64::min).min(0.0);
-    let hi = eeg.iter().chain(audio).copied().fold(f64::NEG_INFINITY, f64::max).max(1.5);
+/// Per-channel curves of one fused setting (the learned `{modality}_scale`s, or the mean gate values), one
+/// line per modality.
+fn scales(path: &Path, title: &str, series: &[(String, &[f64])]) -> Result<()> {
+    let all = || series.iter().flat_map(|(_, v)| v.iter().copied());
+    let lo = all().fold(f64::INFINITY, f64::min).min(0.0);
+    let hi = all().fold(f64::NEG_INFINITY, f64::max).max(1.5);
+    let len = series.iter().map(|(_, v)| v.len()).max().unwrap_or(1);
     let root = SVGBackend::new(path, (720, 380)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| plot_error(path, e))?;
     let mut chart = ChartBuilder::on(&root)
@@ -267,7 +270,7 @@ fn scales(path: &Path, title: &str, eeg: &[f64], audio: &[f64]) -> Result<()> {
         .margin(12)
         .x_label_area_size(32)
         .y_label_area_size(48)
-        .build_cartesian_2d(0f64..eeg.len().max(audio.len()) as f64, lo..hi)
+        .build_cartesian_2d(0f64..len as f64, lo..hi)
         .map_err(|e| plot_error(path, e))?;
     chart
         .configure_mesh()
@@ -275,14 +278,14 @@ fn scales(path: &Path, title: &str, eeg: &[f64], audio: &[f64]) -> Result<()> {
         .y_desc("scale")
         .draw()
         .map_err(|e| plot_error(path, e))?;
-    for (name, v, color) in [("eeg_scale", eeg, BLUE), ("audio_scale", audio, RED)] {
+    for ((name, v), color) in series.iter().zip([BLUE, RED, GREEN].into_iter().cycle()) {
         chart
             .draw_series(LineSeries::new(
                 v.iter().enumerate().map(|(i, &s)| (i as f64, s)),
                 color.stroke_width(1),
             ))
             .map_err(|e| plot_error(path, e))?
-            .label(name)
+            .label(name.as_str())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
     }
     legend_and_present(&mut chart, &root, path)
@@ -323,18 +326,32 @@ pub fn write_plots(dir: &Path, results: &Results) -> Result<Vec<PathBuf>> {
                 (0..len).map(|i| vs.iter().map(|v| f64::from(v[i])).sum::<f64>() / vs.len() as f64).collect(),
             )
         };
-        if let (Some(e), Some(a)) = (
-            mean(|r| r.eeg_scale.as_ref().map(|s| &s.values)),
-            mean(|r| r.audio_scale.as_ref().map(|s| &s.values)),
-        ) {
+        let learned: Vec<(String, Vec<f64>)> = [
+            ("eeg_scale", mean(|r| r.eeg_scale.as_ref().map(|s| &s.values))),
+            ("audio_scale", mean(|r| r.audio_scale.as_ref().map(|s| &s.values))),
+            ("video_scale", mean(|r| r.video_scale.as_ref().map(|s| &s.values))),
+        ]
+        .into_iter()
+        .filter_map(|(n, v)| v.map(|v| (n.to_owned(), v)))
+        .collect();
+        if learned.len() >= 2 {
+            let series: Vec<(String, &[f64])> =
+                learned.iter().map(|(n, v)| (n.clone(), v.as_slice())).collect();
             let p = dir.join(format!("scales_{name}.svg"));
-            scales(&p, &format!("{name}: learned per-channel scales (mean over subjects)"), &e, &a)?;
+            scales(&p, &format!("{name}: learned per-channel scales (mean over subjects)"), &series)?;
             files.push(p);
         }
         if let Some(g) = mean(|r| r.gate_mean.as_ref()) {
-            let half = g.len() / 2;
+            // One block of gate values per fused modality, in the order of the setting's name.
+            let modalities: Vec<&str> = runs.first().map_or(vec![], |r| r.modality.split('_').collect());
+            let k = modalities.len().max(1);
+            let series: Vec<(String, &[f64])> = g
+                .chunks(g.len().div_ceil(k).max(1))
+                .zip(modalities.iter().chain(std::iter::repeat(&"")))
+                .map(|(v, m)| (format!("{m} gate"), v))
+                .collect();
             let p = dir.join(format!("gates_{name}.svg"));
-            scales(&p, &format!("{name}: mean gate value per input (test windows)"), &g[..half], &g[half..])?;
+            scales(&p, &format!("{name}: mean gate value per input (test windows)"), &series)?;
             files.push(p);
         }
         let by_class: Vec<&Vec<Vec<f64>>> = runs.iter().filter_map(|r| r.router_by_class.as_ref()).collect();

@@ -17,6 +17,53 @@ pub fn write_config(dir: &Path, cfg: &ExperimentConfig) -> Result<()> {
     write(&dir.join("config.json"), &serde_json::to_vec_pretty(cfg).unwrap_or_default())
 }
 
+/// The learned per-channel scales of every fused run: mean ± std and the ten largest channels, per modality.
+fn scales_table(results: &Results) -> String {
+    fn scales(r: &crate::results::RunResult) -> [(&'static str, Option<&ScaleSummary>); 3] {
+        [("eeg", r.eeg_scale.as_ref()), ("audio", r.audio_scale.as_ref()), ("video", r.video_scale.as_ref())]
+    }
+    let fused: Vec<&crate::results::RunResult> =
+        results.runs.iter().filter(|r| scales(r).iter().any(|(_, s)| s.is_some())).collect();
+    // Columns for the modalities some run fuses (EEG and audio in a run without video).
+    let shown: Vec<&str> = ["eeg", "audio", "video"]
+        .into_iter()
+        .filter(|m| fused.iter().any(|r| scales(r).iter().any(|(n, s)| n == m && s.is_some())))
+        .collect();
+    let mut md = String::from(
+        "\n## Learned per-channel scales (mean over subjects of each run's summary)\n\n| mode |",
+    );
+    for m in &shown {
+        md.push_str(&format!(" {m}_scale mean ± std |"));
+    }
+    for m in &shown {
+        md.push_str(&format!(" top {}-latent channels |", if *m == "eeg" { "EEG" } else { m }));
+    }
+    md.push_str(&format!("\n|---|{}\n", "---|".repeat(2 * shown.len())));
+    for r in fused {
+        let all = scales(r);
+        let get = |m: &str| all.iter().find(|(n, _)| *n == m).and_then(|(_, s)| *s);
+        let label = if r.modality == "eeg_audio" {
+            r.fusion_mode.clone()
+        } else {
+            format!("{} {}", r.modality, r.fusion_mode)
+        };
+        md.push_str(&format!("| {label} (subject {}) |", r.subject));
+        for m in &shown {
+            md.push_str(&match get(m) {
+                Some(s) => format!(" {:.3} ± {:.3} |", s.mean, s.std),
+                None => " – |".to_owned(),
+            });
+        }
+        for m in &shown {
+            let top =
+                get(m).map(|s| s.top10.iter().map(|(i, _)| i.to_string()).collect::<Vec<_>>().join(" "));
+            md.push_str(&format!(" {} |", top.unwrap_or_else(|| "–".to_owned())));
+        }
+        md.push('\n');
+    }
+    md
+}
+
 /// The robustness section: accuracy of each model under each condition that applies to it, and its
 /// relative robustness (mean accuracy over the perturbed conditions over `full`).
 fn robustness_table(results: &Results) -> String {
@@ -107,25 +154,7 @@ pub fn write_results(dir: &Path, cfg: &ExperimentConfig, results: &Results) -> R
     ));
     md.push_str(&table(results));
     md.push_str(&robustness_table(results));
-    md.push_str("\n## Learned per-channel scales (mean over subjects of each run's summary)\n\n| mode | eeg_scale mean ± std | audio_scale mean ± std | top EEG-latent channels | top audio-latent channels |\n|---|---|---|---|---|\n");
-    for r in results.runs.iter().filter(|r| r.eeg_scale.is_some()) {
-        let (e, a) = (r.eeg_scale.as_ref(), r.audio_scale.as_ref());
-        let top = |s: Option<&ScaleSummary>| {
-            s.map(|s| s.top10.iter().map(|(i, _)| i.to_string()).collect::<Vec<_>>().join(" "))
-                .unwrap_or_default()
-        };
-        md.push_str(&format!(
-            "| {} (subject {}) | {:.3} ± {:.3} | {:.3} ± {:.3} | {} | {} |\n",
-            r.fusion_mode,
-            r.subject,
-            e.map_or(f64::NAN, |s| s.mean),
-            e.map_or(f64::NAN, |s| s.std),
-            a.map_or(f64::NAN, |s| s.mean),
-            a.map_or(f64::NAN, |s| s.std),
-            top(e),
-            top(a)
-        ));
-    }
+    md.push_str(&scales_table(results));
     let attention: Vec<&crate::results::RunResult> =
         results.runs.iter().filter(|r| r.attention_entropy.is_some()).collect();
     if !attention.is_empty() {
