@@ -14,9 +14,10 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::kernels;
 
-/// Shape of one convolution: `(in_channels → out_channels)`, kernel, stride and zero padding.
+/// Shape of one convolution: `(in_channels → out_channels)`, kernel, stride and zero padding; for
+/// [`crate::Conv2d`], a square kernel with the same stride and padding on both axes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Conv1dConfig {
+pub struct ConvConfig {
     /// Input channels.
     pub in_channels: usize,
     /// Output channels.
@@ -25,20 +26,23 @@ pub struct Conv1dConfig {
     pub kernel: usize,
     /// Stride.
     pub stride: usize,
-    /// Zeros added on both ends of the time axis.
+    /// Zeros added on both ends of every convolved axis.
     pub padding: usize,
 }
 
-impl Conv1dConfig {
-    /// Output length for an input of length `len`, or `None` when the input is shorter than the kernel.
+/// The shape of a [`Conv1d`].
+pub type Conv1dConfig = ConvConfig;
+
+impl ConvConfig {
+    /// Output length along an axis of length `len`, or `None` when the axis is shorter than the kernel.
     #[must_use]
     pub fn out_len(&self, len: usize) -> Option<usize> {
         (len + 2 * self.padding).checked_sub(self.kernel).map(|n| n / self.stride + 1)
     }
 
-    fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         if self.in_channels == 0 || self.out_channels == 0 || self.kernel == 0 || self.stride == 0 {
-            return Err(Error::Config(format!("conv1d sizes must be ≥ 1: {self:?}")));
+            return Err(Error::Config(format!("convolution sizes must be ≥ 1: {self:?}")));
         }
         Ok(())
     }

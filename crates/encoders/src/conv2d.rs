@@ -10,41 +10,12 @@
 
 use candle_core::{Device, Module, Tensor};
 use candle_nn::VarBuilder;
-use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::kernels;
 
-/// Shape of one 2-D convolution: `(in_channels → out_channels)`, a square kernel, and the same stride and
-/// zero padding on both axes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Conv2dConfig {
-    /// Input channels.
-    pub in_channels: usize,
-    /// Output channels.
-    pub out_channels: usize,
-    /// Kernel height and width.
-    pub kernel: usize,
-    /// Stride on both axes.
-    pub stride: usize,
-    /// Zeros added on all four sides.
-    pub padding: usize,
-}
-
-impl Conv2dConfig {
-    /// Output size along an axis of `len`, or `None` when the axis is shorter than the kernel.
-    #[must_use]
-    pub fn out_len(&self, len: usize) -> Option<usize> {
-        (len + 2 * self.padding).checked_sub(self.kernel).map(|n| n / self.stride + 1)
-    }
-
-    fn validate(&self) -> Result<()> {
-        if self.in_channels == 0 || self.out_channels == 0 || self.kernel == 0 || self.stride == 0 {
-            return Err(Error::Config(format!("conv2d sizes must be ≥ 1: {self:?}")));
-        }
-        Ok(())
-    }
-}
+/// The shape of a [`Conv2d`]: square kernel, the same stride and zero padding on both axes.
+pub type Conv2dConfig = crate::conv::ConvConfig;
 
 /// A 2-D convolution with bias. Weight `(out, in, kernel, kernel)`, bias `(out)` (PyTorch's `Conv2d`
 /// layout and names `weight`, `bias`).

@@ -29,7 +29,7 @@ pub struct ConvSpec {
     pub padding: usize,
 }
 
-const fn spec(out_channels: usize, kernel: usize, stride: usize, padding: usize) -> ConvSpec {
+pub(crate) const fn spec(out_channels: usize, kernel: usize, stride: usize, padding: usize) -> ConvSpec {
     ConvSpec { out_channels, kernel, stride, padding }
 }
 
@@ -84,6 +84,12 @@ impl EncoderConfig {
                 c
             })
             .collect()
+    }
+
+    /// The shortest input every block accepts.
+    #[must_use]
+    pub fn min_len(&self) -> usize {
+        (1..usize::MAX).find(|&l| self.out_len(l).is_some()).unwrap_or(usize::MAX)
     }
 
     /// The time length after every block, or `None` if some block gets an input shorter than its kernel.
@@ -217,8 +223,7 @@ impl ConvEncoder {
     pub(crate) fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let (_, _, len) = x.dims3()?;
         if self.cfg.out_len(len).is_none() {
-            let min = (1..=len.max(1) * 64).find(|&l| self.cfg.out_len(l).is_some()).unwrap_or(usize::MAX);
-            return Err(Error::TooShort { layer: "encoder".into(), len, min });
+            return Err(Error::TooShort { layer: "encoder".into(), len, min: self.cfg.min_len() });
         }
         let mut h = x.clone();
         for b in &self.blocks {

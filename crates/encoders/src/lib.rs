@@ -44,7 +44,7 @@ mod linear;
 mod video;
 
 pub use classifier::{ClassifierConfig, EmotionClassifier};
-pub use conv::{Conv1d, Conv1dConfig};
+pub use conv::{Conv1d, Conv1dConfig, ConvConfig};
 pub use conv2d::{Conv2d, Conv2dConfig};
 pub use dropout::Dropout;
 pub use encoder::{AudioEncoder, BN_EPS, BN_MOMENTUM, ConvSpec, EegEncoder, EncoderConfig, LATENT_DIM};

@@ -4,16 +4,16 @@ use candle_core::{D, ModuleT, Tensor};
 use candle_nn::{BatchNorm, BatchNormConfig, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use crate::conv2d::{Conv2d, Conv2dConfig};
-use crate::encoder::{BN_EPS, BN_MOMENTUM, ConvEncoder, ConvSpec, EncoderConfig, LATENT_DIM};
+use crate::conv2d::Conv2d;
+use crate::encoder::{BN_EPS, BN_MOMENTUM, ConvEncoder, EncoderConfig, LATENT_DIM, spec};
 use crate::error::{Error, Result};
 
 /// The video encoder: the per-frame 2-D blocks (one luma input channel) and the temporal encoder over
 /// the frames, whose `in_channels` must equal the last frame block's output channels.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VideoEncoderConfig {
-    /// Per-frame `Conv2d → BatchNorm2d → ReLU` blocks, first to last (square kernels).
-    pub frame_blocks: Vec<ConvSpec>,
+    /// Per-frame `Conv2d → BatchNorm2d → ReLU` blocks (square kernels) over one input channel (luma).
+    pub frames: EncoderConfig,
     /// `Conv1d → BatchNorm1d → ReLU` blocks over the frames' pooled features.
     pub temporal: EncoderConfig,
 }
@@ -22,9 +22,11 @@ impl Default for VideoEncoderConfig {
     /// Frames: (16, k3, s2, p1), (32, 3, 2, 1), (64, 3, 2, 1), then the spatial mean; over time:
     /// (128, k3, s1, p1): a 64×64 frame becomes 8×8 after the frame blocks, 25 frames stay 25 steps.
     fn default() -> Self {
-        let spec = |out_channels, kernel, stride, padding| ConvSpec { out_channels, kernel, stride, padding };
         Self {
-            frame_blocks: vec![spec(16, 3, 2, 1), spec(32, 3, 2, 1), spec(64, 3, 2, 1)],
+            frames: EncoderConfig {
+                in_channels: 1,
+                blocks: vec![spec(16, 3, 2, 1), spec(32, 3, 2, 1), spec(64, 3, 2, 1)],
+            },
             temporal: EncoderConfig { in_channels: 64, blocks: vec![spec(LATENT_DIM, 3, 1, 1)] },
         }
     }
@@ -37,42 +39,21 @@ impl VideoEncoderConfig {
         self.temporal.latent_dim()
     }
 
-    /// The 2-D conv configs, input channels chained from one (luma).
-    #[must_use]
-    pub fn convs(&self) -> Vec<Conv2dConfig> {
-        let mut cin = 1;
-        self.frame_blocks
-            .iter()
-            .map(|b| {
-                let c = Conv2dConfig {
-                    in_channels: cin,
-                    out_channels: b.out_channels,
-                    kernel: b.kernel,
-                    stride: b.stride,
-                    padding: b.padding,
-                };
-                cin = b.out_channels;
-                c
-            })
-            .collect()
-    }
-
     fn validate(&self) -> Result<()> {
-        let Some(last) = self.frame_blocks.last() else {
-            return Err(Error::Config("the video encoder needs at least one frame block".into()));
-        };
-        if self.temporal.in_channels != last.out_channels {
+        if self.frames.blocks.is_empty() || self.frames.in_channels != 1 {
+            return Err(Error::Config(format!(
+                "the video encoder's frame blocks read one channel (luma) through at least one block: {:?}",
+                self.frames
+            )));
+        }
+        if self.temporal.in_channels != self.frames.latent_dim() {
             return Err(Error::Config(format!(
                 "the temporal encoder reads {} channels, the last frame block gives {}",
-                self.temporal.in_channels, last.out_channels
+                self.temporal.in_channels,
+                self.frames.latent_dim()
             )));
         }
         Ok(())
-    }
-
-    /// The smallest frame side every frame block accepts.
-    fn min_side(&self) -> usize {
-        (1..=4096).find(|&s| self.convs().iter().try_fold(s, |l, c| c.out_len(l)).is_some()).unwrap_or(4096)
     }
 }
 
@@ -120,6 +101,7 @@ impl VideoEncoder {
         cfg.validate()?;
         let bn_cfg = BatchNormConfig { eps: BN_EPS, remove_mean: true, affine: true, momentum: BN_MOMENTUM };
         let frames = cfg
+            .frames
             .convs()
             .iter()
             .enumerate()
@@ -146,7 +128,7 @@ impl VideoEncoder {
         let x = core_types::VideoBatch::new(x.clone(), None, None, None)?;
         let (batch, frames) = (x.batch(), x.frames());
         let (h, w) = x.frame_size();
-        let min = self.cfg.min_side();
+        let min = self.cfg.frames.min_len();
         if h.min(w) < min {
             return Err(Error::TooShort { layer: "video frame blocks".into(), len: h.min(w), min });
         }
@@ -199,6 +181,7 @@ impl ModuleT for VideoEncoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::encoder::ConvSpec;
     use candle_core::{DType, Device, Var};
     use candle_nn::VarMap;
 
@@ -206,10 +189,13 @@ mod tests {
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, dtype, &Device::Cpu);
         let cfg = VideoEncoderConfig {
-            frame_blocks: vec![
-                ConvSpec { out_channels: 3, kernel: 3, stride: 2, padding: 1 },
-                ConvSpec { out_channels: 4, kernel: 3, stride: 2, padding: 1 },
-            ],
+            frames: EncoderConfig {
+                in_channels: 1,
+                blocks: vec![
+                    ConvSpec { out_channels: 3, kernel: 3, stride: 2, padding: 1 },
+                    ConvSpec { out_channels: 4, kernel: 3, stride: 2, padding: 1 },
+                ],
+            },
             temporal: EncoderConfig {
                 in_channels: 4,
                 blocks: vec![ConvSpec { out_channels: 5, kernel: 3, stride: 1, padding: 1 }],
