@@ -77,6 +77,11 @@ pub struct Training {
     /// trained with its own cross-entropy); 0 is the design's plain training.
     #[arg(long, default_value_t = experiments::config::DEFAULT_UNIMODAL_LOSS)]
     pub unimodal_loss: f64,
+    /// Fused models with unimodal heads: choose the output mix (how much the prediction trusts the fused
+    /// classifier and each unimodal head) on out-of-fold predictions over this many folds of the training
+    /// trials, then train on every training window. 0: the fused classifier alone (the design's model).
+    #[arg(long, default_value_t = experiments::config::DEFAULT_LATE_FUSION_FOLDS)]
+    pub late_fusion_folds: usize,
     /// Fused models with unimodal heads: on-the-fly gradient modulation with this α (0: off).
     #[arg(long, default_value_t = 0.0)]
     pub gradient_modulation: f64,
@@ -98,6 +103,7 @@ impl Training {
         cfg.trials = self.trials;
         cfg.train.modality_dropout = self.modality_dropout;
         cfg.unimodal_loss = self.unimodal_loss;
+        cfg.late_fusion_folds = self.late_fusion_folds;
         cfg.train.gradient_modulation = self.gradient_modulation;
         cfg.preprocess.causal = self.causal;
     }
@@ -119,6 +125,7 @@ impl Training {
             ("--trials", self.trials.to_string()),
             ("--modality-dropout", self.modality_dropout.to_string()),
             ("--unimodal-loss", self.unimodal_loss.to_string()),
+            ("--late-fusion-folds", self.late_fusion_folds.to_string()),
             ("--gradient-modulation", self.gradient_modulation.to_string()),
         ]
         .into_iter()

@@ -153,6 +153,31 @@ pub fn loso(samples: &[Sample], held_out: u32, val_fraction: f64) -> Split {
     split
 }
 
+/// Deals the windows `indices` of `samples` (a training part) into `k` folds, keeping each trial's windows
+/// together: within each subject and class, trial `j` in recording order goes to fold `j mod k`, so every
+/// fold holds trials of every class that has at least `k` of them. Deterministic.
+#[must_use]
+pub fn trial_folds(samples: &[Sample], indices: &[usize], k: usize) -> Vec<Vec<usize>> {
+    let mut windows = Groups::new();
+    let mut classes = Groups::new();
+    for &i in indices {
+        let s = &samples[i];
+        let w = windows.entry((s.subject, s.trial)).or_default();
+        if w.is_empty() {
+            classes.entry((s.subject, s.emotion.index())).or_default().push(s.trial);
+        }
+        w.push(i);
+    }
+    let mut folds = vec![Vec::new(); k.max(1)];
+    for (&(subject, _), trials) in &mut classes {
+        trials.sort_unstable();
+        for (j, t) in trials.iter().enumerate() {
+            collect(&windows, subject, std::slice::from_ref(t), &mut folds[j % k.max(1)]);
+        }
+    }
+    folds
+}
+
 /// Per-channel mean and standard deviation of EEG windows, fitted on training windows only.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Standardizer {

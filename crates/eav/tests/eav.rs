@@ -513,7 +513,7 @@ mod dataset {
     use eav::Error;
     use eav::dataset::{Channels, PreprocessConfig, preprocess};
     use eav::mat::{MatData, write_mat};
-    use eav::split::{Protocol, Standardizer, kfold, loso, official};
+    use eav::split::{Protocol, Standardizer, kfold, loso, official, trial_folds};
     use eav::subject::{discover, load_subject};
     use eav::synth::{SynthConfig, emotion_of_trial, write_synthetic};
     use std::collections::HashSet;
@@ -760,6 +760,20 @@ mod dataset {
             });
             assert!(same_class_train.into_iter().all(|&i| samples[i].trial < samples[t].trial));
         }
+        // Folds of the training part: whole trials, every window once, every class in every fold.
+        let folds = trial_folds(&samples, &s.train, 3);
+        let mut all: Vec<usize> = folds.concat();
+        all.sort_unstable();
+        let mut train = s.train.clone();
+        train.sort_unstable();
+        assert_eq!(all, train);
+        for f in 0..3 {
+            let rest: Vec<usize> = (0..3).filter(|&g| g != f).flat_map(|g| folds[g].clone()).collect();
+            check(&eav::split::Split { train: rest, val: folds[f].clone(), test: s.test.clone() }, true);
+            // 3 training trials per class and subject: one of each in every fold.
+            assert_eq!(folds[f].len(), 2 * 5 * 4, "fold {f}");
+        }
+        assert_eq!(trial_folds(&samples, &s.train, 1), vec![s.train.clone()]);
         let with_val = official(&samples, 0.7, 0.34);
         check(&with_val, true);
         assert!(!with_val.val.is_empty());

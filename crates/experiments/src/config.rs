@@ -49,6 +49,15 @@ pub struct ExperimentConfig {
     /// design's plain training. A config without the field (older runs) means 0.
     #[serde(default)]
     pub unimodal_loss: f64,
+    /// Fused models with unimodal heads: the number of folds of the cross-fitted choice of the output mix
+    /// ([`crate::mix`]). The training trials are dealt into this many folds (whole trials, every class in
+    /// each); a model trained without each fold predicts it, the mix is chosen on those out-of-fold
+    /// predictions, and the model trained from the same seed on every training window predicts with it.
+    /// With a validation split (`val_fraction` > 0) the mix is chosen on the validation windows instead,
+    /// without extra training. 0 (and configs without the field): the fused classifier alone, the
+    /// design's model.
+    #[serde(default)]
+    pub late_fusion_folds: usize,
     /// Seed of weights, dropout and shuffling.
     pub seed: u64,
     /// `cpu` or `cuda`.
@@ -92,6 +101,7 @@ impl ExperimentConfig {
             train: TrainConfig::default(),
             dropout: 0.3,
             unimodal_loss: DEFAULT_UNIMODAL_LOSS,
+            late_fusion_folds: DEFAULT_LATE_FUSION_FOLDS,
             seed: 42,
             device: "cpu".into(),
             checkpoint_dir: None,
@@ -138,6 +148,9 @@ pub fn row_name(modalities: &[Modality]) -> String {
 /// to their best single modality on the synthetic trees where one modality misleads or carries nothing
 /// (measured in `docs/results.md`).
 pub const DEFAULT_UNIMODAL_LOSS: f64 = 3.0;
+
+/// The default folds of the fused models' output-mix choice ([`ExperimentConfig::late_fusion_folds`]).
+pub const DEFAULT_LATE_FUSION_FOLDS: usize = 3;
 
 /// Which trials' windows a run trains on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]

@@ -160,7 +160,8 @@ impl TensorSet {
         Ok(Self {
             eeg: Tensor::from_vec(eeg, (n, channels, eeg_len), device)?,
             mfcc: if with_audio { Some(Tensor::from_vec(mfcc, (n, 13, mfcc_frames), device)?) } else { None },
-            audio_present: if with_audio && !every {
+            // A set without any audio (listening windows only) marks every window's audio absent.
+            audio_present: if !every {
                 let p: Vec<f32> =
                     indices.iter().map(|&i| if samples[i].mfcc.is_some() { 1.0 } else { 0.0 }).collect();
                 Some(Tensor::from_vec(p, n, device)?)

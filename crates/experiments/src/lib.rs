@@ -1,6 +1,6 @@
 //! Emotion models built from the workspace's layers, their checkpoints, training ([`train`], [`optim`]),
 //! evaluation ([`metrics`], [`stats`]), comparisons ([`config`] → [`run`] → [`results`] → [`report`]),
-//! sweeps ([`sweep`]) and plots ([`plots`]). Every file is written through [`write_atomic`].
+//! sweeps ([`sweep`]), plots ([`plots`]) and the held-out choice of a fused model's output mix ([`mix`]). Every file is written through [`write_atomic`].
 //!
 //! [`EmotionModel`] is a single-modality model (classifier on the EEG, audio or video latent) or a fused one
 //! over a set of them (encoders, [`fusion::Fusion`], classifier); [`EmotionModel::forward_inputs`] takes
@@ -48,6 +48,7 @@ pub mod config;
 pub mod data;
 mod error;
 pub mod metrics;
+pub mod mix;
 mod model;
 pub mod optim;
 pub mod plots;
@@ -61,4 +62,4 @@ pub mod train;
 
 pub use atomic::write as write_atomic;
 pub use error::{Error, Result};
-pub use model::{EmotionModel, Inputs, Intermediates, ModelConfig, Presence, is_running_stat};
+pub use model::{EmotionModel, Inputs, Intermediates, ModelConfig, OutputMix, Presence, is_running_stat};

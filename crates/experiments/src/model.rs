@@ -50,6 +50,95 @@ pub struct ModelConfig {
     /// video sequence.
     #[serde(default = "five", skip_serializing_if = "is_five")]
     pub video_rate: f64,
+    /// Fused models with unimodal heads: in evaluation, the prediction mixes the fused classifier's and
+    /// the heads' class probabilities with these weights (chosen on held-out windows, see
+    /// [`crate::mix`]). `None`: the fused classifier alone (the design's model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_mix: Option<OutputMix>,
+}
+
+/// How a fused model with unimodal heads predicts in evaluation: a weighted mixture of class
+/// probabilities, `p = (w_f·p_fused + Σ_m w_m·present_m·p_m) / (w_f + Σ_m w_m·present_m)`, where `p_m` is
+/// the unimodal head of modality `m` and `present_m` its presence in the sample. A head whose modality a
+/// sample lacks leaves the mixture; a sample with no weighted output present gets the fused classifier's
+/// probabilities. Training is unchanged (the fused loss plus the unimodal losses).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutputMix {
+    /// Weight of the fused classifier.
+    pub fused: f64,
+    /// Weight of each modality's unimodal head.
+    pub heads: Vec<(Modality, f64)>,
+}
+
+impl OutputMix {
+    /// The fused classifier alone.
+    #[must_use]
+    pub fn fused_only() -> Self {
+        Self { fused: 1.0, heads: Vec::new() }
+    }
+
+    /// The weight of `modality`'s head (0 when not listed).
+    #[must_use]
+    pub fn head(&self, modality: Modality) -> f64 {
+        self.heads.iter().find(|(m, _)| *m == modality).map_or(0.0, |(_, w)| *w)
+    }
+
+    /// `fused=0.2 eeg=0.8 audio=0.0`.
+    #[must_use]
+    pub fn describe(&self) -> String {
+        let mut s = format!("fused={:.1}", self.fused);
+        for (m, w) in &self.heads {
+            s.push_str(&format!(" {m}={w:.1}"));
+        }
+        s
+    }
+
+    /// Checks the weights against a model's modalities and heads.
+    fn check(&self, modalities: &[Modality], has_heads: bool) -> Result<()> {
+        let weights = std::iter::once(self.fused).chain(self.heads.iter().map(|(_, w)| *w));
+        if weights.clone().any(|w| !w.is_finite() || w < 0.0) || weights.sum::<f64>() <= 0.0 {
+            return Err(Error::Input(format!(
+                "output mix weights must be finite, non-negative and not all 0: {}",
+                self.describe()
+            )));
+        }
+        if let Some((m, _)) = self.heads.iter().find(|(m, w)| *w > 0.0 && !modalities.contains(m)) {
+            return Err(Error::Input(format!("the output mix weights a {m} head the model does not have")));
+        }
+        if !has_heads && self.heads.iter().any(|(_, w)| *w > 0.0) {
+            return Err(Error::Input(
+                "the output mix weights unimodal heads, but the model has none (unimodal_loss 0)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The mixture's log-probabilities `(B, 5)` from the fused classifier's logits and the heads' logits
+    /// with their presence.
+    fn apply(&self, fused: &Tensor, heads: &[(Modality, Tensor, Option<Tensor>)]) -> Result<Tensor> {
+        let p_fused = candle_nn::ops::softmax(fused, candle_core::D::Minus1)?;
+        let b = p_fused.dim(0)?;
+        let mut num = p_fused.affine(self.fused, 0.0)?;
+        let mut den = Tensor::full(self.fused as f32, (b, 1), fused.device())?.to_dtype(fused.dtype())?;
+        for (m, logits, present) in heads {
+            let w = self.head(*m);
+            if w == 0.0 {
+                continue;
+            }
+            let p = candle_nn::ops::softmax(logits, candle_core::D::Minus1)?;
+            let mask = match present {
+                Some(t) => t.to_dtype(p.dtype())?.reshape((b, 1))?.affine(w, 0.0)?,
+                None => Tensor::full(w as f32, (b, 1), p.device())?.to_dtype(p.dtype())?,
+            };
+            num = (num + p.broadcast_mul(&mask)?)?;
+            den = (den + mask)?;
+        }
+        // Where no weighted output is present, the fused classifier's probabilities (the tiny weight
+        // changes nothing elsewhere beyond rounding).
+        const FALLBACK: f64 = 1e-9;
+        let p = (num + p_fused.affine(FALLBACK, 0.0)?)?.broadcast_div(&den.affine(1.0, FALLBACK)?)?;
+        Ok(p.clamp(1e-30, 1.0)?.log()?)
+    }
 }
 
 fn hundred() -> f64 {
@@ -168,6 +257,7 @@ impl ModelConfig {
             audio_rate: hundred(),
             video: None,
             video_rate: five(),
+            output_mix: None,
         }
     }
 
@@ -271,8 +361,11 @@ pub struct Intermediates {
     pub video_latent: Option<Tensor>,
     /// `(B, 128)` (fused models).
     pub fused: Option<Tensor>,
-    /// `(B, 5)`.
+    /// `(B, 5)`: the model's prediction (in evaluation with an [`OutputMix`], the mixture's
+    /// log-probabilities).
     pub logits: Tensor,
+    /// `(B, 5)`: the classifier's logits (equal to `logits` unless an output mix applies).
+    pub classifier_logits: Tensor,
     /// A penalty to add to the training loss (the adaptive router's balance term, when configured).
     pub aux_loss: Option<Tensor>,
     /// The unimodal heads' logits `(B, 5)` with the modality's presence `(B)` (`None`: every sample), for
@@ -340,21 +433,17 @@ impl EmotionModel {
             modalities
                 .iter()
                 .map(|&m| {
-                    let d = cfg.latent_dim(m);
-                    Ok((
-                        m,
-                        candle_nn::linear(
-                            d,
-                            core_types::Emotion::COUNT,
-                            vb.pp("unimodal_heads").pp(m.as_str()),
-                        )?,
-                    ))
+                    let vb = vb.pp("unimodal_heads").pp(m.as_str());
+                    Ok((m, candle_nn::linear(cfg.latent_dim(m), core_types::Emotion::COUNT, vb)?))
                 })
                 .collect::<Result<Vec<_>>>()?
         } else {
             Vec::new()
         };
         encoders::init_pytorch_default(&varmap, seed)?;
+        if let Some(mix) = &cfg.output_mix {
+            mix.check(&modalities, !heads.is_empty())?;
+        }
         Ok(Self {
             cfg: cfg.clone(),
             varmap,
@@ -372,6 +461,18 @@ impl EmotionModel {
     #[must_use]
     pub fn config(&self) -> &ModelConfig {
         &self.cfg
+    }
+
+    /// Sets (or with `None` removes) the output mix of evaluation.
+    ///
+    /// # Errors
+    /// [`Error::Input`] for weights that are negative, all 0, or on heads the model lacks.
+    pub fn set_output_mix(&mut self, mix: Option<OutputMix>) -> Result<()> {
+        if let Some(m) = &mix {
+            m.check(&self.cfg.modalities(), !self.heads.is_empty())?;
+        }
+        self.cfg.output_mix = mix;
+        Ok(())
     }
 
     /// The device the parameters live on.
@@ -483,12 +584,18 @@ impl EmotionModel {
                 ));
             }
         }
+        let classifier_logits = logits.clone();
+        let logits = match &self.cfg.output_mix {
+            Some(mix) if !train && fused.is_some() => mix.apply(&logits, &unimodal_logits)?,
+            _ => logits,
+        };
         Ok(Intermediates {
             eeg_latent: latent(Modality::Eeg),
             audio_latent: latent(Modality::Audio),
             video_latent: latent(Modality::Video),
             fused,
             logits,
+            classifier_logits,
             aux_loss,
             unimodal_logits,
         })

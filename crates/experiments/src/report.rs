@@ -108,6 +108,38 @@ fn robustness_table(results: &Results) -> String {
     md
 }
 
+/// The late-fusion section: each fused model's output mix and the test accuracy of each of its outputs
+/// alone beside the mixture's.
+fn mix_table(results: &Results) -> String {
+    let mixed: Vec<&crate::results::RunResult> =
+        results.runs.iter().filter(|r| r.output_mix.is_some()).collect();
+    if mixed.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from(
+        "\n## Late fusion: output mix and each output alone (test windows)\n\nThe prediction mixes the class probabilities of the fused classifier and of each unimodal head with weights chosen on out-of-fold predictions of the training trials (or on the validation windows). `fused` is the fused classifier alone, `eeg`, `audio`, `video` the unimodal heads alone.\n\n| model | subject | fold | weights | mixture | fused | eeg | audio | video |\n|---|---:|---:|---|---:|---:|---:|---:|---:|\n",
+    );
+    for r in mixed {
+        let acc = |k: &str| {
+            r.output_accuracy.as_ref().and_then(|a| a.get(k)).map_or("–".to_owned(), |v| format!("{v:.3}"))
+        };
+        md.push_str(&format!(
+            "| {} {} | {} | {} | {} | {:.3} | {} | {} | {} | {} |\n",
+            r.modality,
+            r.fusion_mode,
+            r.subject,
+            r.fold,
+            r.output_mix.as_ref().map(crate::model::OutputMix::describe).unwrap_or_default(),
+            r.accuracy,
+            acc("fused"),
+            acc("eeg"),
+            acc("audio"),
+            acc("video"),
+        ));
+    }
+    md
+}
+
 /// Writes `results.json`, `results.csv` and `report.md` into `dir`.
 ///
 /// # Errors
@@ -149,11 +181,19 @@ pub fn write_results(dir: &Path, cfg: &ExperimentConfig, results: &Results) -> R
         cfg.train.lr
     );
     md.push_str(&format!(
-        "Training windows: {} trials; modality dropout {}.\n\n",
-        cfg.trials, cfg.train.modality_dropout
+        "Training windows: {} trials; modality dropout {}; unimodal loss weight {}; late fusion {}.\n\n",
+        cfg.trials,
+        cfg.train.modality_dropout,
+        cfg.unimodal_loss,
+        if cfg.late_fusion_folds > 1 && cfg.unimodal_loss > 0.0 {
+            format!("over {} folds", cfg.late_fusion_folds)
+        } else {
+            "off".to_owned()
+        }
     ));
     md.push_str(&table(results));
     md.push_str(&robustness_table(results));
+    md.push_str(&mix_table(results));
     md.push_str(&scales_table(results));
     let attention: Vec<&crate::results::RunResult> =
         results.runs.iter().filter(|r| r.attention_entropy.is_some()).collect();

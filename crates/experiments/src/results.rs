@@ -56,7 +56,7 @@ pub struct RunResult {
     pub recall: Vec<f64>,
     /// Trained scalars.
     pub parameters: usize,
-    /// Training wall time.
+    /// Training wall time (with late fusion, the out-of-fold models' training included).
     pub train_seconds: f64,
     /// Windows used: train, validation, test.
     pub windows: [usize; 3],
@@ -91,6 +91,14 @@ pub struct RunResult {
     /// `fusion::ADAPTIVE_EXPERTS` order (adaptive; a class without test windows has zeros).
     #[serde(default)]
     pub router_by_class: Option<Vec<Vec<f64>>>,
+    /// The weights with which the fused model's prediction mixes its outputs (late fusion; fused models
+    /// with unimodal heads and `late_fusion` > 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_mix: Option<crate::model::OutputMix>,
+    /// Test accuracy of each output alone: `fused` (the fused classifier) and each modality's unimodal
+    /// head (fused models with an output mix).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_accuracy: Option<std::collections::BTreeMap<String, f64>>,
     /// Accuracy under every robustness condition that applies to the model (`full` first).
     #[serde(default)]
     pub robustness: Vec<crate::robustness::ConditionResult>,

@@ -14,6 +14,7 @@ use crate::config::{ExperimentConfig, Trials, device};
 use crate::data::{Normalisation, TensorSet};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::mix::OutputProbs;
 use crate::model::{EmotionModel, ModelConfig};
 use crate::results::{Results, RunResult, ScaleSummary, Skipped, summarise, summarise_runs};
 use crate::robustness::{ConditionSets, SplitData};
@@ -228,6 +229,12 @@ pub fn run_with(
     progress: &dyn Progress,
     finished: &mut dyn FnMut(&Results) -> Result<()>,
 ) -> Result<Results> {
+    if cfg.late_fusion_folds == 1 {
+        return Err(Error::Input(
+            "late fusion needs at least 2 folds to predict every training trial out of fold (0 turns it off)"
+                .into(),
+        ));
+    }
     let device = device(&cfg.device)?;
     let dirs = subject_dirs(cfg)?;
     let mut results = Results {
@@ -408,12 +415,13 @@ fn run_split(
             // The clips' nominal 30 frames/s, sampled every `step`-th frame.
             model_cfg.video_rate = 30.0 / v.step.max(1) as f64;
         }
-        let model = EmotionModel::new(&model_cfg, device, cfg.seed)?;
         let name = format!("subject {subject} {modality} {mode}");
-        let state = cfg
-            .state_dir
-            .as_ref()
-            .map(|d| d.join(format!("subject{subject}_fold{fold}_{modality}_{mode}.state.safetensors")));
+        let state_file = |suffix: &str| {
+            cfg.state_dir.as_ref().map(|d| {
+                d.join(format!("subject{subject}_fold{fold}_{modality}_{mode}{suffix}.state.safetensors"))
+            })
+        };
+        let state = state_file("");
         if let Some(d) = &cfg.state_dir {
             std::fs::create_dir_all(d).map_err(|source| Error::Io { path: d.clone(), source })?;
         }
@@ -421,10 +429,34 @@ fn run_split(
             (Some((t, v)), "audio_only") => (t, v.as_ref()),
             _ => (&train_set, val_set.as_ref()),
         };
+        let late = model_cfg.fusion.is_some() && model_cfg.unimodal_loss > 0.0 && cfg.late_fusion_folds > 1;
+        let mut mix_seconds = 0.0;
+        if late && val_set.is_none() {
+            let start = std::time::Instant::now();
+            let folds = eav::split::trial_folds(samples, &split.train, cfg.late_fusion_folds);
+            let probes = Probes { cfg, device, name: &name, progress, state_file: &state_file };
+            model_cfg.output_mix = probes.out_of_fold_mix(&model_cfg, folds, &set)?;
+            mix_seconds = start.elapsed().as_secs_f64();
+            if let Some(mix) = &model_cfg.output_mix {
+                tracing::info!(subject, fold, modality, mode = %mode, mix = %mix.describe(), "output mix chosen");
+            } else {
+                tracing::warn!(subject, fold, modality, mode = %mode, "one training trial per class: no output mix (the fused classifier predicts alone)");
+            }
+        }
+        let mut model = EmotionModel::new(&model_cfg, device, cfg.seed)?;
         let trained =
             train(&model, train_set, val_set, &cfg.train, cfg.seed, state.as_deref(), &mut |log| {
                 progress.epoch(&name, log)
             })?;
+        if late && let Some(val) = val_set {
+            model.set_output_mix(Some(OutputProbs::collect(&model, val)?.choose()))?;
+        }
+        let model_cfg = model.config().clone();
+        let outputs = if model_cfg.output_mix.is_some() {
+            Some(OutputProbs::collect(&model, test_set)?.accuracies())
+        } else {
+            None
+        };
         let (m, robustness): (Metrics, _) = conditions.evaluate(&model)?;
         tracing::info!(subject, fold, modality, mode = %mode, accuracy = m.accuracy, macro_f1 = m.macro_f1, seconds = trained.seconds, "tested");
         let FusionView { gates: gate_mean, attention, entropy, router } = inspect_fusion(&model, test_set)?;
@@ -458,7 +490,7 @@ fn run_split(
             precision: m.precision,
             recall: m.recall,
             parameters: model.num_parameters(),
-            train_seconds: trained.seconds,
+            train_seconds: trained.seconds + mix_seconds,
             windows: [train_set.len(), val_set.map_or(0, TensorSet::len), test.len()],
             history: trained.history,
             eeg_scale: scale(Modality::Eeg)?,
@@ -474,8 +506,62 @@ fn run_split(
             }),
             router_by_class: router.map(|(_, by_class)| by_class),
             blend_weights,
+            output_mix: model_cfg.output_mix.clone(),
+            output_accuracy: outputs,
             robustness,
         });
     }
     Ok(out)
+}
+
+/// What the extra models of a cross-fitted output-mix choice need.
+struct Probes<'a> {
+    cfg: &'a ExperimentConfig,
+    device: &'a Device,
+    name: &'a str,
+    progress: &'a dyn Progress,
+    state_file: &'a dyn Fn(&str) -> Option<PathBuf>,
+}
+
+impl Probes<'_> {
+    /// The output mix chosen on out-of-fold predictions: for each non-empty fold of `folds`, a model
+    /// trained on the other folds predicts it ([`crate::mix`]). `None` with fewer than two non-empty
+    /// folds (a class with fewer training trials than folds leaves some folds without it; folds left
+    /// empty are dropped).
+    fn out_of_fold_mix(
+        &self,
+        model_cfg: &ModelConfig,
+        folds: Vec<Vec<usize>>,
+        set: &dyn Fn(&[usize]) -> Result<TensorSet>,
+    ) -> Result<Option<crate::model::OutputMix>> {
+        let folds: Vec<Vec<usize>> = folds.into_iter().filter(|f| !f.is_empty()).collect();
+        let k = folds.len();
+        if k < 2 {
+            return Ok(None);
+        }
+        let mut out_of_fold: Option<OutputProbs> = None;
+        for (f, held) in folds.iter().enumerate() {
+            let fit: Vec<usize> = folds
+                .iter()
+                .enumerate()
+                .filter(|(g, _)| *g != f)
+                .flat_map(|(_, w)| w.iter().copied())
+                .collect();
+            let probe = EmotionModel::new(model_cfg, self.device, self.cfg.seed)?;
+            let probe_name = format!("{} (fold {}/{k} of the output mix)", self.name, f + 1);
+            let state = (self.state_file)(&format!("_mixfold{f}"));
+            train(&probe, &set(&fit)?, None, &self.cfg.train, self.cfg.seed, state.as_deref(), &mut |log| {
+                self.progress.epoch(&probe_name, log);
+            })?;
+            let probs = OutputProbs::collect(&probe, &set(held)?)?;
+            match &mut out_of_fold {
+                Some(all) => all.append(probs),
+                None => out_of_fold = Some(probs),
+            }
+        }
+        Ok(out_of_fold.map(|oof| {
+            tracing::info!(name = self.name, accuracy = ?oof.accuracies(), nll = ?oof.nlls(), "out-of-fold outputs");
+            oof.choose()
+        }))
+    }
 }

@@ -379,6 +379,15 @@ mod runs {
         assert!(acc(&r, "audio_only", "full") <= 0.35, "the decoy carries no class");
         assert!(fused >= eeg - 0.05, "fused {fused} vs EEG-only {eeg}");
         assert!(absent >= eeg - 0.1, "fused without audio {absent} vs EEG-only {eeg}");
+        // Late fusion gives the decoy's head no more weight than the EEG's.
+        for r in r.runs.iter().filter(|r| r.modality == "eeg_audio") {
+            let mix = r.output_mix.as_ref().unwrap();
+            assert!(
+                mix.head(core_types::Modality::Audio) < mix.head(core_types::Modality::Eeg),
+                "{}",
+                mix.describe()
+            );
+        }
         cfg.unimodal_loss = 0.0;
         cfg.eeg_only = false;
         cfg.audio_only = false;
@@ -433,6 +442,62 @@ mod runs {
         let rel = experiments::robustness::relative(&r.robustness);
         assert_eq!(rel.len(), 3);
         assert!(rel.iter().all(|(_, v)| v.is_finite()));
+    }
+
+    /// Late fusion: the output mix is chosen on out-of-fold predictions (one extra model per fold,
+    /// trained without it), or on the validation windows without extra training; the model that is
+    /// tested is the one trained on every training window, so its fused classifier scores exactly what
+    /// the model without late fusion scores; one fold is an error.
+    #[test]
+    fn late_fusion_chooses_the_mix_out_of_fold_and_tests_the_full_model() {
+        use std::sync::Mutex;
+        struct Settings(Mutex<Vec<String>>);
+        impl experiments::run::Progress for Settings {
+            fn epoch(&self, setting: &str, _log: &experiments::train::EpochLog) {
+                let mut s = self.0.lock().unwrap();
+                if !s.iter().any(|x| x == setting) {
+                    s.push(setting.to_owned());
+                }
+            }
+        }
+        let (_scratch, root) =
+            tree("late", &SynthConfig { subjects: 1, trials: 40, ..SynthConfig::default() });
+        let mut cfg = ExperimentConfig::new(root, vec![FusionMode::Concat]);
+        cfg.train.epochs = 3;
+        (cfg.eeg_only, cfg.audio_only) = (false, false);
+        let seen = Settings(Mutex::new(Vec::new()));
+        let mixed = run(&cfg, &seen).unwrap();
+        assert_eq!(
+            *seen.0.lock().unwrap(),
+            [
+                "subject 1 eeg_audio concat (fold 1/3 of the output mix)",
+                "subject 1 eeg_audio concat (fold 2/3 of the output mix)",
+                "subject 1 eeg_audio concat (fold 3/3 of the output mix)",
+                "subject 1 eeg_audio concat",
+            ]
+        );
+        let r = &mixed.runs[0];
+        let mix = r.output_mix.as_ref().expect("a mix");
+        let total = mix.fused + mix.heads.iter().map(|(_, w)| w).sum::<f64>();
+        assert!((total - 1.0).abs() < 1e-9, "{}", mix.describe());
+        let outputs = r.output_accuracy.as_ref().unwrap();
+        assert_eq!(outputs.keys().collect::<Vec<_>>(), ["audio", "eeg", "fused"]);
+        cfg.late_fusion_folds = 0;
+        let plain = run(&cfg, &Quiet).unwrap();
+        assert!(plain.runs[0].output_mix.is_none() && plain.runs[0].output_accuracy.is_none());
+        assert_eq!(
+            plain.runs[0].accuracy, outputs["fused"],
+            "the tested model is the one trained on everything"
+        );
+        // With a validation split the mix comes from its windows, without extra models.
+        cfg.late_fusion_folds = 3;
+        cfg.val_fraction = 0.34;
+        let seen = Settings(Mutex::new(Vec::new()));
+        let val = run(&cfg, &seen).unwrap();
+        assert_eq!(*seen.0.lock().unwrap(), ["subject 1 eeg_audio concat"]);
+        assert!(val.runs[0].output_mix.is_some());
+        cfg.late_fusion_folds = 1;
+        assert!(run(&cfg, &Quiet).unwrap_err().to_string().contains("2 folds"));
     }
 
     /// The same config (also read back from its `config.json`) gives the same numbers.
@@ -635,6 +700,85 @@ fn unimodal_heads_leave_the_fused_model_as_it_was() {
     let (m, logits, mask) = &c.unimodal_logits[1];
     assert_eq!((*m, logits.dims()), (core_types::Modality::Audio, &[3usize, 5][..]));
     assert!(mask.is_some(), "the audio head's loss sees the audio presence");
+}
+
+/// The output mix: in evaluation the prediction is the weighted mixture of the fused classifier's and
+/// the heads' probabilities, with a head leaving the mixture of samples that lack its modality; training
+/// mode and the classifier's own logits are untouched; weights the model cannot use are errors, and the
+/// mix survives a checkpoint.
+#[test]
+fn output_mix_mixes_the_present_outputs_in_evaluation() {
+    use core_types::Modality::{Audio, Eeg, Video};
+    use experiments::OutputMix;
+    use experiments::checkpoint::{CheckpointMeta, load, save};
+    let dev = Device::Cpu;
+    let mix = OutputMix { fused: 0.2, heads: vec![(Eeg, 0.5), (Audio, 0.3)] };
+    let cfg = ModelConfig {
+        unimodal_loss: 1.0,
+        output_mix: Some(mix.clone()),
+        ..ModelConfig::fused(4, FusionMode::Concat)
+    };
+    let model = EmotionModel::new(&cfg, &dev, 3).unwrap();
+    let eeg = Tensor::randn(0f32, 1.0, (3, 4, 200), &dev).unwrap();
+    let audio = Tensor::randn(0f32, 1.0, (3, 13, 200), &dev).unwrap();
+    let present = audio_mask(&Tensor::new(&[1f32, 0.0, 1.0], &dev).unwrap());
+    let out = model.forward_present(&eeg, Some(&audio), &present, false).unwrap();
+    let softmax = |t: &Tensor| candle_nn::ops::softmax(t, 1).unwrap().to_vec2::<f32>().unwrap();
+    let (pf, pe, pa) = (
+        softmax(&out.classifier_logits),
+        softmax(&out.unimodal_logits[0].1),
+        softmax(&out.unimodal_logits[1].1),
+    );
+    let got = softmax(&out.logits);
+    for i in 0..3 {
+        let a = if i == 1 { 0.0 } else { 0.3 };
+        for c in 0..5 {
+            let want = (0.2 * pf[i][c] + 0.5 * pe[i][c] + a * pa[i][c]) / (0.7 + a);
+            assert!((got[i][c] - want).abs() < 1e-6, "sample {i} class {c}: {} vs {want}", got[i][c]);
+        }
+    }
+    let plain = ModelConfig { output_mix: None, ..cfg.clone() };
+    let plain =
+        EmotionModel::new(&plain, &dev, 3).unwrap().forward_present(&eeg, Some(&audio), &present, false);
+    assert_eq!(max_abs_diff(&plain.unwrap().logits, &out.classifier_logits), 0.0);
+    let train = model.forward_present(&eeg, Some(&audio), &present, true).unwrap();
+    assert_eq!(
+        max_abs_diff(&train.logits, &train.classifier_logits),
+        0.0,
+        "training predicts with the classifier"
+    );
+    // With every weighted output absent, the fused classifier speaks.
+    let only_audio = OutputMix { fused: 0.0, heads: vec![(Audio, 1.0)] };
+    let mut m2 = EmotionModel::new(&cfg, &dev, 3).unwrap();
+    m2.set_output_mix(Some(only_audio)).unwrap();
+    let o2 = m2.forward_present(&eeg, Some(&audio), &present, false).unwrap();
+    let got = softmax(&o2.logits);
+    assert!((0..5).all(|c| (got[1][c] - pf[1][c]).abs() < 1e-6 && (got[0][c] - pa[0][c]).abs() < 1e-6));
+    // Weights the model cannot use.
+    for bad in [
+        OutputMix { fused: 0.0, heads: vec![(Eeg, 0.0)] },
+        OutputMix { fused: -0.5, heads: vec![(Eeg, 1.0)] },
+        OutputMix { fused: 0.5, heads: vec![(Video, 0.5)] },
+    ] {
+        assert!(matches!(m2.set_output_mix(Some(bad.clone())), Err(Error::Input(_))), "{bad:?}");
+    }
+    let no_heads = ModelConfig { unimodal_loss: 0.0, ..cfg.clone() };
+    assert!(matches!(EmotionModel::new(&no_heads, &dev, 3), Err(Error::Input(_))));
+    // A checkpoint keeps the mix, and the loaded model predicts the same.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mixed.safetensors");
+    let meta = CheckpointMeta::new(
+        model.config(),
+        &Default::default(),
+        &experiments::data::Normalisation::identity(4),
+    );
+    save(&path, &model, &meta).unwrap();
+    let (loaded, meta) = load(&path, &dev).unwrap();
+    assert_eq!(meta.model.output_mix, Some(mix));
+    let again = loaded.forward_present(&eeg, Some(&audio), &present, false).unwrap();
+    // (The training-mode pass above moved the running statistics: compare with the model as saved.)
+    let now = model.forward_present(&eeg, Some(&audio), &present, false).unwrap();
+    assert_eq!(max_abs_diff(&again.logits, &now.logits), 0.0);
 }
 
 /// Three modalities in every fused mode: each sample's logits depend only on the modalities it has (the

@@ -1,0 +1,282 @@
+//! Late fusion that cannot fall far below its best single output: a fused model with unimodal heads
+//! predicts with a mixture of its fused classifier's and its heads' class probabilities
+//! ([`OutputMix`]), the weights chosen on windows the model did not train on.
+//!
+//! Why held-out windows: a modality can fit the training windows perfectly and still say nothing about
+//! new trials (a voice whose pitch is unique to each trial lets a model memorise every training trial).
+//! On the training windows such a modality looks as good as an informative one; only trials the model
+//! has not seen tell them apart. [`OutputProbs::choose`] picks, on such windows, the weights of a grid
+//! over the simplex (steps of 0.1) with the lowest mean negative log-likelihood of the mixture.
+
+use candle_core::D;
+use core_types::{Emotion, Modality};
+
+use crate::data::TensorSet;
+use crate::error::{Error, Result};
+use crate::model::{EmotionModel, OutputMix};
+
+/// Grid steps per unit weight when choosing a mix (0.1 apart).
+pub const MIX_STEPS: usize = 10;
+
+/// One output's class probabilities over a set of windows, and where it is present.
+#[derive(Debug, Clone)]
+struct Output {
+    /// `None`: the fused classifier; else the modality's unimodal head.
+    modality: Option<Modality>,
+    probs: Vec<[f64; Emotion::COUNT]>,
+    present: Vec<bool>,
+}
+
+/// The class probabilities of a fused model's outputs (the fused classifier and each unimodal head) on a
+/// set of windows, in evaluation mode, with the true labels.
+#[derive(Debug, Clone)]
+pub struct OutputProbs {
+    labels: Vec<usize>,
+    outputs: Vec<Output>,
+}
+
+fn probs(logits: &candle_core::Tensor) -> Result<Vec<[f64; Emotion::COUNT]>> {
+    let p: Vec<Vec<f32>> = candle_nn::ops::softmax(logits, D::Minus1)?.to_vec2()?;
+    Ok(p.into_iter()
+        .map(|row| {
+            let mut out = [0.0; Emotion::COUNT];
+            for (o, v) in out.iter_mut().zip(row) {
+                *o = f64::from(v);
+            }
+            out
+        })
+        .collect())
+}
+
+impl OutputProbs {
+    /// Runs `model` (fused, with unimodal heads) over `set` in evaluation mode.
+    ///
+    /// # Errors
+    /// [`Error::Input`] for a model without fusion or without unimodal heads; candle errors.
+    pub fn collect(model: &EmotionModel, set: &TensorSet) -> Result<Self> {
+        if model.fusion().is_none() || model.config().unimodal_loss <= 0.0 {
+            return Err(Error::Input(format!(
+                "an output mix needs a fused model with unimodal heads (the {} model has none)",
+                model.config().name()
+            )));
+        }
+        let modalities = model.modalities();
+        let mut outputs: Vec<Output> = std::iter::once(None)
+            .chain(modalities.iter().copied().map(Some))
+            .map(|modality| Output { modality, probs: Vec::new(), present: Vec::new() })
+            .collect();
+        let ids: Vec<u32> = (0..u32::try_from(set.len()).unwrap_or(u32::MAX)).collect();
+        for idx in ids.chunks(64) {
+            let batch = set.batch(idx)?;
+            let out = model.forward_inputs(batch.inputs(), &batch.presence, false)?;
+            outputs[0].probs.extend(probs(&out.classifier_logits)?);
+            outputs[0].present.extend(std::iter::repeat_n(true, idx.len()));
+            for o in &mut outputs[1..] {
+                let m = o.modality.unwrap_or(Modality::Eeg);
+                match out.unimodal_logits.iter().find(|(x, _, _)| *x == m) {
+                    Some((_, logits, present)) => {
+                        o.probs.extend(probs(logits)?);
+                        match present {
+                            Some(p) => o.present.extend(
+                                p.to_dtype(candle_core::DType::F32)?
+                                    .to_vec1::<f32>()?
+                                    .iter()
+                                    .map(|v| *v == 1.0),
+                            ),
+                            None => o.present.extend(std::iter::repeat_n(true, idx.len())),
+                        }
+                    }
+                    // No sample of the batch has the modality.
+                    None => {
+                        o.probs.extend(std::iter::repeat_n([0.0; Emotion::COUNT], idx.len()));
+                        o.present.extend(std::iter::repeat_n(false, idx.len()));
+                    }
+                }
+            }
+        }
+        Ok(Self { labels: set.label_vec.clone(), outputs })
+    }
+
+    /// Adds the windows of `other` (the same model kind's outputs on other windows).
+    pub fn append(&mut self, other: Self) {
+        self.labels.extend(other.labels);
+        for (o, x) in self.outputs.iter_mut().zip(other.outputs) {
+            o.probs.extend(x.probs);
+            o.present.extend(x.present);
+        }
+    }
+
+    /// The mixture's probability of the true class of window `i` under `weights` (fused first, then
+    /// the heads in the model's modality order), as [`OutputMix`] defines it.
+    fn true_class_prob(&self, weights: &[f64], i: usize) -> f64 {
+        let (mut num, mut den) = (0.0, 0.0);
+        for (o, &w) in self.outputs.iter().zip(weights) {
+            if w > 0.0 && o.present[i] {
+                num += w * o.probs[i][self.labels[i]];
+                den += w;
+            }
+        }
+        if den > 0.0 { num / den } else { self.outputs[0].probs[i][self.labels[i]] }
+    }
+
+    /// Mean negative log-likelihood of the mixture with `weights`.
+    fn nll(&self, weights: &[f64]) -> f64 {
+        let n = self.labels.len().max(1) as f64;
+        (0..self.labels.len()).map(|i| -self.true_class_prob(weights, i).max(1e-30).ln()).sum::<f64>() / n
+    }
+
+    /// The weights on the grid of [`MIX_STEPS`] steps with the lowest mean negative log-likelihood; ties
+    /// go to the weights met first, which start from the fused classifier alone and move weight to the
+    /// heads in the model's modality order.
+    #[must_use]
+    pub fn choose(&self) -> OutputMix {
+        let k = self.outputs.len();
+        let mut best: Option<(f64, Vec<usize>)> = None;
+        let mut grid = vec![0usize; k];
+        compositions(MIX_STEPS, &mut grid, 0, &mut |w| {
+            let weights: Vec<f64> = w.iter().map(|&s| s as f64 / MIX_STEPS as f64).collect();
+            let nll = self.nll(&weights);
+            if best.as_ref().is_none_or(|(b, _)| nll < b - 1e-12) {
+                best = Some((nll, w.to_vec()));
+            }
+        });
+        let w = best.map_or_else(|| vec![MIX_STEPS], |(_, w)| w);
+        self.mix(&w.iter().map(|&s| s as f64 / MIX_STEPS as f64).collect::<Vec<_>>())
+    }
+
+    fn mix(&self, weights: &[f64]) -> OutputMix {
+        OutputMix {
+            fused: weights[0],
+            heads: self.outputs[1..]
+                .iter()
+                .zip(&weights[1..])
+                .filter_map(|(o, &w)| o.modality.map(|m| (m, w)))
+                .collect(),
+        }
+    }
+
+    /// The mean negative log-likelihood of each output alone, in the order of [`OutputProbs::accuracies`].
+    #[must_use]
+    pub fn nlls(&self) -> Vec<f64> {
+        (0..self.outputs.len())
+            .map(|k| {
+                self.nll(&(0..self.outputs.len()).map(|j| f64::from(u8::from(j == k))).collect::<Vec<_>>())
+            })
+            .collect()
+    }
+
+    /// The accuracy of each output alone on the windows where it is present: `fused` and each
+    /// modality's head.
+    #[must_use]
+    pub fn accuracies(&self) -> std::collections::BTreeMap<String, f64> {
+        self.outputs
+            .iter()
+            .map(|o| {
+                let name = o.modality.map_or_else(|| "fused".to_owned(), |m| m.to_string());
+                let (mut right, mut n) = (0usize, 0usize);
+                for (i, p) in o.probs.iter().enumerate().filter(|(i, _)| o.present[*i]) {
+                    n += 1;
+                    let pred = (0..Emotion::COUNT).max_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap_or(0);
+                    right += usize::from(pred == self.labels[i]);
+                }
+                (name, if n > 0 { right as f64 / n as f64 } else { f64::NAN })
+            })
+            .collect()
+    }
+}
+
+/// Calls `f` with every way of writing `total` as `grid.len()` non-negative parts, the first part
+/// largest first.
+fn compositions(total: usize, grid: &mut [usize], at: usize, f: &mut dyn FnMut(&[usize])) {
+    if at + 1 == grid.len() {
+        grid[at] = total;
+        f(grid);
+        return;
+    }
+    for v in (0..=total).rev() {
+        grid[at] = v;
+        compositions(total - v, grid, at + 1, f);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one_hot(c: usize, sure: f64) -> [f64; Emotion::COUNT] {
+        let mut p = [(1.0 - sure) / 4.0; Emotion::COUNT];
+        p[c] = sure;
+        p
+    }
+
+    /// Three outputs on 20 windows: a fused classifier right on half, an EEG head right on all, an audio
+    /// head confidently wrong. The choice puts the weight on the EEG head, never on the audio head.
+    #[test]
+    fn the_choice_follows_the_held_out_evidence() {
+        let labels: Vec<usize> = (0..20).map(|i| i % 5).collect();
+        let fused =
+            labels.iter().enumerate().map(|(i, &c)| one_hot(if i % 2 == 0 { c } else { (c + 1) % 5 }, 0.6));
+        let eeg = labels.iter().map(|&c| one_hot(c, 0.7));
+        let audio = labels.iter().map(|&c| one_hot((c + 2) % 5, 0.99));
+        let out = |m, p: Vec<_>| Output { modality: m, probs: p, present: vec![true; 20] };
+        let probs = OutputProbs {
+            labels: labels.clone(),
+            outputs: vec![
+                out(None, fused.collect()),
+                out(Some(Modality::Eeg), eeg.collect()),
+                out(Some(Modality::Audio), audio.collect()),
+            ],
+        };
+        let mix = probs.choose();
+        assert_eq!(mix.head(Modality::Audio), 0.0, "{}", mix.describe());
+        assert!(mix.head(Modality::Eeg) >= 0.5, "{}", mix.describe());
+        let acc = probs.accuracies();
+        assert_eq!((acc["fused"], acc["eeg"], acc["audio"]), (0.5, 1.0, 0.0));
+        // The chosen weights are no worse than any single output.
+        let chosen: Vec<f64> = [mix.fused, mix.head(Modality::Eeg), mix.head(Modality::Audio)].to_vec();
+        for single in [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]] {
+            assert!(probs.nll(&chosen) <= probs.nll(&single) + 1e-12);
+        }
+        // With equal evidence the fused classifier keeps the weight.
+        let same = OutputProbs {
+            labels: labels.clone(),
+            outputs: vec![
+                out(None, labels.iter().map(|&c| one_hot(c, 0.7)).collect()),
+                out(Some(Modality::Eeg), labels.iter().map(|&c| one_hot(c, 0.7)).collect()),
+            ],
+        };
+        assert_eq!(same.choose(), OutputMix { fused: 1.0, heads: vec![(Modality::Eeg, 0.0)] });
+    }
+
+    /// An absent head leaves the mixture of the windows that lack its modality; with nothing weighted
+    /// present, the fused classifier speaks.
+    #[test]
+    fn absent_heads_leave_the_mixture() {
+        let probs = OutputProbs {
+            labels: vec![0, 0],
+            outputs: vec![
+                Output { modality: None, probs: vec![one_hot(0, 0.2); 2], present: vec![true; 2] },
+                Output {
+                    modality: Some(Modality::Audio),
+                    probs: vec![one_hot(0, 0.9); 2],
+                    present: vec![true, false],
+                },
+            ],
+        };
+        assert!((probs.true_class_prob(&[0.5, 0.5], 0) - 0.55).abs() < 1e-12);
+        assert!((probs.true_class_prob(&[0.5, 0.5], 1) - 0.2).abs() < 1e-12);
+        assert!((probs.true_class_prob(&[0.0, 1.0], 1) - 0.2).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_grid_covers_the_simplex_once() {
+        let mut seen = Vec::new();
+        compositions(10, &mut [0; 3], 0, &mut |w| seen.push(w.to_vec()));
+        assert_eq!(seen.len(), 66);
+        assert_eq!(seen[0], vec![10, 0, 0]);
+        assert!(seen.iter().all(|w| w.iter().sum::<usize>() == 10));
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), 66);
+    }
+}
