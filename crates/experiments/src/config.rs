@@ -51,7 +51,7 @@ pub struct ExperimentConfig {
     pub unimodal_loss: f64,
     /// Fused models with unimodal heads: the number of folds of the cross-fitted choice of the output mix
     /// ([`crate::mix`]). The training trials are dealt into this many folds (whole trials, every class in
-    /// each); a model trained without each fold predicts it, the mix is chosen on those out-of-fold
+    /// each); a model trained without each fold (for as many optimisation steps as the full model) predicts it, the mix is chosen on those out-of-fold
     /// predictions, and the model trained from the same seed on every training window predicts with it.
     /// With a validation split (`val_fraction` > 0) the mix is chosen on the validation windows instead,
     /// without extra training. 0 (and configs without the field): the fused classifier alone, the

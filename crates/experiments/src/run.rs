@@ -540,6 +540,7 @@ impl Probes<'_> {
             return Ok(None);
         }
         let mut out_of_fold: Option<OutputProbs> = None;
+        let total: usize = folds.iter().map(Vec::len).sum();
         for (f, held) in folds.iter().enumerate() {
             let fit: Vec<usize> = folds
                 .iter()
@@ -550,7 +551,12 @@ impl Probes<'_> {
             let probe = EmotionModel::new(model_cfg, self.device, self.cfg.seed)?;
             let probe_name = format!("{} (fold {}/{k} of the output mix)", self.name, f + 1);
             let state = (self.state_file)(&format!("_mixfold{f}"));
-            train(&probe, &set(&fit)?, None, &self.cfg.train, self.cfg.seed, state.as_deref(), &mut |log| {
+            // As many optimisation steps as the model trained on every window takes (more epochs over
+            // fewer windows), so that a slow-learning output is not judged undertrained.
+            let mut train_cfg = self.cfg.train.clone();
+            train_cfg.epochs =
+                (self.cfg.train.epochs as f64 * total as f64 / fit.len().max(1) as f64).round() as usize;
+            train(&probe, &set(&fit)?, None, &train_cfg, self.cfg.seed, state.as_deref(), &mut |log| {
                 self.progress.epoch(&probe_name, log);
             })?;
             let probs = OutputProbs::collect(&probe, &set(held)?)?;

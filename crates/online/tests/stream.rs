@@ -59,6 +59,10 @@ fn models() -> Vec<ModelConfig> {
 
 /// A checkpoint of model `k` of [`models`] (untrained, seeded) with the tree's normalisation.
 fn checkpoint(t: &Tree, k: usize) -> PathBuf {
+    // Tests run in parallel: one writes a checkpoint while the others wait, so none reads the weights
+    // before their side file exists.
+    static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = WRITING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let path = t.root.join(format!("model{k}.safetensors"));
     if !path.exists() {
         let cfg = models()[k].clone();
