@@ -428,7 +428,8 @@ impl EmotionModel {
         };
         let fusion = cfg.fusion.as_ref().map(|f| Fusion::new(f, vb.pp("fusion"))).transpose()?;
         let classifier = EmotionClassifier::new(&cfg.classifier, vb.pp("classifier"))?;
-        // Named after every other tensor, so that they leave the others' initialisation unchanged.
+        // Named to sort after the classifier, EEG, audio and fusion tensors, so that they leave those
+        // tensors' initialisation unchanged (`video_encoder` sorts after them: video models differ).
         let heads = if cfg.fusion.is_some() && cfg.unimodal_loss > 0.0 {
             modalities
                 .iter()
