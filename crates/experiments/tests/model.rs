@@ -482,6 +482,10 @@ mod runs {
         assert!((total - 1.0).abs() < 1e-9, "{}", mix.describe());
         let outputs = r.output_accuracy.as_ref().unwrap();
         assert_eq!(outputs.keys().collect::<Vec<_>>(), ["audio", "eeg", "fused"]);
+        let dir = tempfile::tempdir().unwrap();
+        experiments::report::write_results(dir.path(), &cfg, &mixed).unwrap();
+        let report = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+        assert!(report.contains("late fusion over 3 folds") && report.contains(&mix.describe()), "{report}");
         cfg.late_fusion_folds = 0;
         let plain = run(&cfg, &Quiet).unwrap();
         assert!(plain.runs[0].output_mix.is_none() && plain.runs[0].output_accuracy.is_none());
