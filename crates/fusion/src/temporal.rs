@@ -19,8 +19,8 @@ use crate::attention::MultiHeadAttention;
 use crate::error::Result;
 
 /// Layer normalisation over the last axis, `γ ⊙ (x − mean) / √(var + ε) + β` with the biased variance,
-/// as PyTorch's `nn.LayerNorm`, built from elementary ops so that every gradient is recorded (candle 0.11's
-/// fused `layer_norm` records none). Tensors `weight` (γ, initialised at 1) and `bias` (β, at 0).
+/// as PyTorch's `nn.LayerNorm`, with its own backward pass (candle 0.11's fused `layer_norm` records no
+/// gradient): one CPU op, or candle's elementary ops on other devices. Tensors `weight` (γ, initialised at 1) and `bias` (β, at 0).
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
     weight: Tensor,
@@ -45,12 +45,26 @@ impl LayerNorm {
     }
 }
 
-impl Module for LayerNorm {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+impl LayerNorm {
+    /// The layer norm from candle's elementary ops (other devices and dtypes; tests compare it with the CPU
+    /// op).
+    pub(crate) fn forward_generic(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
         let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
         let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?;
         normed.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+    }
+}
+
+impl Module for LayerNorm {
+    /// On the CPU in f32/f64: one op with its own backward pass ([`crate::layer_norm_op`]); elsewhere
+    /// [`LayerNorm::forward_generic`].
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if encoders::cpu_op::supported(x) && x.dtype() == self.weight.dtype() {
+            let op = crate::layer_norm_op::LayerNormOp { eps: self.eps };
+            return x.contiguous()?.apply_op3(&self.weight, &self.bias, op);
+        }
+        self.forward_generic(x)
     }
 }
 
@@ -303,6 +317,43 @@ mod tests {
                     let numeric = (bump(1e-6) - bump(-1e-6)) / 2e-6;
                     prop_assert!((a - numeric).abs() < 1e-6 * numeric.abs().max(1.0), "{} [{}]: {} vs {}", what, i, a, numeric);
                 }
+            }
+        }
+    }
+
+    /// The CPU op gives what the elementary ops give, in f32 on a `(B, T, D)` input: outputs and all three
+    /// gradients, over more rows than one parallel block.
+    #[test]
+    fn layer_norm_op_equals_the_elementary_ops() {
+        let dev = Device::Cpu;
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+        let ln = LayerNorm::new(24, vb).unwrap();
+        for (i, var) in varmap.all_vars().iter().enumerate() {
+            var.set(&Tensor::new(values(24, 3 + i as u64), &dev).unwrap().to_dtype(DType::F32).unwrap())
+                .unwrap();
+        }
+        let x = Tensor::from_vec(values(3 * 50 * 24, 11), (3, 50, 24), &dev).unwrap();
+        let x = Var::from_tensor(&(x.to_dtype(DType::F32).unwrap() * 4.0).unwrap()).unwrap();
+        let r = Tensor::from_vec(values(3 * 50 * 24, 5), (3, 50, 24), &dev)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+        let run = |generic: bool| {
+            let y =
+                if generic { ln.forward_generic(x.as_tensor()) } else { ln.forward(x.as_tensor()) }.unwrap();
+            let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let mut out = vec![y.flatten_all().unwrap().to_vec1::<f32>().unwrap()];
+            for t in [x.as_tensor(), &ln.weight, &ln.bias] {
+                out.push(g.get(t).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            }
+            out
+        };
+        let (op, generic) = (run(false), run(true));
+        for (what, (a, b)) in ["y", "dx", "dγ", "dβ"].iter().zip(op.iter().zip(&generic)) {
+            let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for (u, v) in a.iter().zip(b) {
+                assert!((u - v).abs() <= 1e-5 * scale.max(1.0), "{what}: {u} vs {v}");
             }
         }
     }
