@@ -45,6 +45,12 @@ struct ModelFigures {
 
 #[derive(Serialize)]
 struct Figures {
+    /// The CPU the figures are from (`model name`, family and model of `/proc/cpuinfo`).
+    cpu: String,
+    /// Kernel → the instruction set it chose at run time on this CPU.
+    isa: std::collections::BTreeMap<&'static str, &'static str>,
+    /// Threads of the numeric kernels (`RAYON_NUM_THREADS`, which `--threads` sets).
+    threads: usize,
     results: Vec<ModelFigures>,
     /// Seconds of 16 kHz audio turned into project-config MFCCs per second of wall time (median), computed
     /// in f32 as librosa computes for float32 input (the reference's librosa figure).
@@ -55,6 +61,35 @@ struct Figures {
     mfcc_f64_x_realtime: f64,
     /// As `mfcc_60s_ms`, computed in f64.
     mfcc_f64_60s_ms: f64,
+}
+
+/// `"AMD EPYC (family 25, model 17)"` from `/proc/cpuinfo`; `"unknown"` where there is none.
+fn cpu_model() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |key: &str| {
+        info.lines().find_map(|l| {
+            l.split_once(':').filter(|(k, _)| k.trim() == key).map(|(_, v)| v.trim().to_owned())
+        })
+    };
+    match (field("model name"), field("cpu family"), field("model")) {
+        (Some(name), Some(family), Some(model)) => format!("{name} (family {family}, model {model})"),
+        (Some(name), _, _) => name,
+        _ => "unknown".to_owned(),
+    }
+}
+
+/// Each CPU kernel's run-time choice of instruction set.
+fn instruction_sets() -> std::collections::BTreeMap<&'static str, &'static str> {
+    [
+        (
+            "matmul (gemm: convolutions, linear layers, attention products)",
+            encoders::matmul_instruction_set(),
+        ),
+        ("mfcc", mfcc::instruction_set()),
+        ("attention softmax (temporal)", fusion::softmax_instruction_set()),
+    ]
+    .into_iter()
+    .collect()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -176,6 +211,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             .map(String::from)
             .collect(),
     };
+    let (cpu, isa) = (cpu_model(), instruction_sets());
+    let threads = rayon::current_num_threads();
+    say!("CPU: {cpu}; {threads} threads; instruction sets: {isa:?}");
     let mut results = Vec::new();
     for name in &names {
         let f = bench_model(name)?;
@@ -196,6 +234,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "MFCC (project config, 60 s of 16 kHz audio): f32 {ms32:.2} ms, {x32:.0}× real time; f64 {ms64:.2} ms, {x64:.0}× real time"
     );
     let fig = Figures {
+        cpu,
+        isa,
+        threads,
         results,
         mfcc_x_realtime: x32,
         mfcc_60s_ms: ms32,

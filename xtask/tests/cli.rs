@@ -160,6 +160,24 @@ fn a_closed_standard_output_is_not_an_error() {
     assert!(std::fs::metadata(&out_file).unwrap().len() > 0);
 }
 
+/// `bench --json` says which CPU, how many threads and which instruction set each kernel chose.
+#[test]
+fn bench_json_names_the_cpu_threads_and_instruction_sets() {
+    let scratch = tmp("bench");
+    let file = scratch.join("bench.json");
+    let f = file.display().to_string();
+    let out = xtask(&["bench", "--mfcc-only", "--repeats", "1", "--threads", "1", "--json", &f]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let fig: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert!(!fig["cpu"].as_str().unwrap().is_empty());
+    assert_eq!(fig["threads"], 1);
+    let isa = fig["isa"].as_object().unwrap();
+    assert_eq!(isa.len(), 3, "{isa:?}");
+    let known = ["fma", "scalar", "neon", "avx2", "x86-64-v3", "baseline"];
+    assert!(isa.values().all(|v| known.contains(&v.as_str().unwrap())), "{isa:?}");
+    assert!(fig["mfcc_x_realtime"].as_f64().unwrap() > 0.0);
+}
+
 #[test]
 fn mfcc_writes_the_documented_json() {
     let scratch = tmp("mfcc");

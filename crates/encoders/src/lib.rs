@@ -50,5 +50,6 @@ pub use dropout::Dropout;
 pub use encoder::{AudioEncoder, BN_EPS, BN_MOMENTUM, ConvSpec, EegEncoder, EncoderConfig, LATENT_DIM};
 pub use error::{Error, Result};
 pub use init::init_pytorch_default;
+pub use kernels::matmul_instruction_set;
 pub use linear::{Linear, linear};
 pub use video::{VideoEncoder, VideoEncoderConfig};

@@ -164,6 +164,17 @@ impl SoftmaxRow for f32 {
     }
 }
 
+/// The instruction set of the f32 softmax on this CPU, as `pulp` chooses it: `"x86-64-v3"` (AVX2, FMA)
+/// or `"baseline"`.
+#[must_use]
+pub fn softmax_instruction_set() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    if !matches!(pulp::Arch::new(), pulp::Arch::Scalar) {
+        return "x86-64-v3";
+    }
+    "baseline"
+}
+
 /// [`SoftmaxRow`] for f32 as a `pulp` operation.
 struct SoftmaxF32<'a> {
     rows: &'a mut [f32],

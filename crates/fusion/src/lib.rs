@@ -47,6 +47,7 @@ mod layer_norm_op;
 mod tables;
 mod temporal;
 
+pub use attention_op::softmax_instruction_set;
 pub use error::{Error, Result};
 pub use fusion::{ADAPTIVE_EXPERTS, AttentionMap, Fusion, FusionConfig, Inspection, ModalityInput};
 pub use temporal::{LayerNorm, time_encoding};

@@ -43,3 +43,4 @@ pub use config::MfccConfig;
 pub use error::{Error, Result};
 pub use float::{Float, Sample};
 pub use planner::{AMIN, Features, Mfcc};
+pub use simd::instruction_set;

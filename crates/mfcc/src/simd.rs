@@ -17,6 +17,17 @@ pub(crate) trait Pass {
     fn run(self) -> Self::Output;
 }
 
+/// The instruction set [`with_best_features`] runs on this CPU: `"avx2"` or `"baseline"` (x86-64's SSE2,
+/// or the target's own baseline elsewhere).
+#[must_use]
+pub fn instruction_set() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        return "avx2";
+    }
+    "baseline"
+}
+
 /// `pass.run()`, compiled for AVX2 when the CPU has it.
 #[inline]
 pub(crate) fn with_best_features<P: Pass>(pass: P) -> P::Output {

@@ -76,6 +76,22 @@ fn isize_of(v: usize) -> isize {
     isize::try_from(v).expect("a slice index fits in isize")
 }
 
+/// The micro-kernels `gemm` 0.19 chooses on this CPU (at run time, as the crate does): `"fma"` (AVX2 and
+/// FMA, 8 f32 lanes) or `"scalar"`; its AVX-512 kernels are not built (the `x86-v4` feature is off, see
+/// `docs/benchmarks.md`). Candle's own matrix products use the same crate and the same choice.
+#[must_use]
+pub fn matmul_instruction_set() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("fma") {
+        return "fma";
+    }
+    #[cfg(target_arch = "aarch64")]
+    if std::arch::is_aarch64_feature_detected!("neon") {
+        return "neon";
+    }
+    "scalar"
+}
+
 /// `dst = lhs × rhs`, or `dst += lhs × rhs` when `accumulate`; on the calling thread.
 ///
 /// # Panics

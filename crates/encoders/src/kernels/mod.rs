@@ -23,7 +23,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor, WithDType
 use crate::cpu_op::{contiguous, cpu_storage, dispatch_float as dispatch, tensor_from};
 
 pub use conv::{Conv2dGeom, ConvGeom};
-pub use gemm::{View, ViewMut, matmul};
+pub use gemm::{View, ViewMut, matmul, matmul_instruction_set};
 pub use linear::LinearGeom;
 
 mod sealed {
