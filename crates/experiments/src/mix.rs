@@ -13,6 +13,7 @@ use core_types::{Emotion, Modality};
 
 use crate::data::TensorSet;
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 use crate::model::{EmotionModel, OutputMix};
 
 /// Grid steps per unit weight when choosing a mix (0.1 apart).
@@ -173,13 +174,22 @@ impl OutputProbs {
             .iter()
             .map(|o| {
                 let name = o.modality.map_or_else(|| "fused".to_owned(), |m| m.to_string());
-                let (mut right, mut n) = (0usize, 0usize);
-                for (i, p) in o.probs.iter().enumerate().filter(|(i, _)| o.present[*i]) {
-                    n += 1;
-                    let pred = (0..Emotion::COUNT).max_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap_or(0);
-                    right += usize::from(pred == self.labels[i]);
-                }
-                (name, if n > 0 { right as f64 / n as f64 } else { f64::NAN })
+                let (truth, pred): (Vec<usize>, Vec<usize>) = o
+                    .probs
+                    .iter()
+                    .zip(&self.labels)
+                    .zip(&o.present)
+                    .filter(|(_, present)| **present)
+                    .map(|((p, &t), _)| {
+                        (t, (0..Emotion::COUNT).max_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap_or(0))
+                    })
+                    .unzip();
+                let accuracy = if truth.is_empty() {
+                    f64::NAN
+                } else {
+                    Metrics::from_predictions(&truth, &pred, Emotion::COUNT).accuracy
+                };
+                (name, accuracy)
             })
             .collect()
     }
