@@ -6,7 +6,8 @@
 #
 # Exit status: 0 built; 3 the toolkit could not be fetched (no network to PyPI: nothing was checked);
 # anything else a failure (the build itself, a broken cache). Cold: about 13 minutes on 2 cores (the
-# toolkit, 0.35 GB, and candle's CUDA kernels); with the cache: under a minute. Cache: about 2.2 GB.
+# toolkit, 0.35 GB, and candle's CUDA kernels); with the cache: a minute or two (our own crates and the
+# link of xtask). Cache: about 5 GB.
 #
 # The cache outlives the clone, so a later run (CI on a fresh clone) neither downloads nor rebuilds the
 # dependencies again.
@@ -50,8 +51,42 @@ export PATH="$cuda/bin:$PATH" CUDA_ROOT="$cuda" CUDA_PATH="$cuda" CUDA_TOOLKIT_R
 export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-80}" CUDARC_CUDA_VERSION="${CUDARC_CUDA_VERSION:-13040}"
 say "$(nvcc --version | tail -1)"
 # Every library crate (emofuse-experiments depends on all the others) with CUDA kernels compiled to PTX.
-# Linking a binary also needs cuBLAS, cuRAND, NVRTC and the driver's stub library (further wheels, about
-# 0.6 GB): not fetched yet.
 CARGO_TARGET_DIR="$cache/target" cargo build --locked -p emofuse-experiments --lib --features cuda ||
   fail "cargo build --features cuda"
 say "built every library crate with --features cuda (compute capability $CUDA_COMPUTE_CAP)"
+
+# The `xtask` binary, linked. candle 0.11 links cudarc dynamically against the driver (libcuda.so.1),
+# cuBLAS, cuBLASLt, cuRAND and NVRTC; the real CUDA runtime comes with the wheels above. The other five
+# are link stubs, as NVIDIA's own `lib/stubs/libcuda.so`: a shared library with the real library's soname
+# that defines every function cudarc references, as empty functions (no wheels of 0.6 GB for symbols
+# alone). The binary records the sonames, so on a machine with the driver and CUDA 13 the real libraries
+# are loaded; here it must still start and run on the CPU with the stubs in place.
+stubs="$cache/cuda-stubs"
+rm -rf "$stubs" && mkdir -p "$stubs/run"
+ln -s "$cuda/lib/libcudart.so.13" "$stubs/libcudart.so"
+symbols=$(nm -u --format=just-symbols "$cache"/target/debug/deps/libcudarc-*.rlib 2>/dev/null | sort -u) ||
+  fail "no cudarc library to read symbols from"
+for pair in cuda:1 cublas:13 cublasLt:13 curand:10 nvrtc:13; do
+  lib=${pair%%:*} so=${pair##*:}
+  # The library each symbol belongs to, by its prefix (`cuda…` is the runtime's, not stubbed).
+  awk -v lib="$lib" '{
+    if ($0 ~ /^nvrtc/) l = "nvrtc"; else if ($0 ~ /^curand/) l = "curand";
+    else if ($0 ~ /^cublasLt/) l = "cublasLt"; else if ($0 ~ /^cublas/) l = "cublas";
+    else if ($0 ~ /^cuda/) l = "cudart"; else if ($0 ~ /^cu[A-Z]/) l = "cuda"; else l = "";
+    if (l == lib) print "void " $0 "(void) {}";
+  }' <<<"$symbols" > "$stubs/$lib.c"
+  [ -s "$stubs/$lib.c" ] || fail "cudarc references no $lib function: has candle's CUDA linking changed?"
+  cc -shared -fPIC -Wl,-soname,"lib$lib.so.$so" -o "$stubs/lib$lib.so" "$stubs/$lib.c" ||
+    fail "building the $lib link stub"
+  ln -s "../lib$lib.so" "$stubs/run/lib$lib.so.$so"
+done
+CARGO_TARGET_DIR="$cache/target" cargo rustc --locked -p xtask --bin xtask --features cuda -- \
+  -L "native=$stubs" || fail "linking xtask with --features cuda"
+bin="$cache/target/debug/xtask"
+needed=$(readelf -d "$bin" | grep NEEDED)
+for so in libcuda.so.1 libcublas.so.13 libcudart.so.13; do
+  grep -q "\[$so\]" <<<"$needed" || fail "xtask does not load $so: $needed"
+done
+LD_LIBRARY_PATH="$stubs/run:$cuda/lib" "$bin" bench --mfcc-only --repeats 1 >/dev/null ||
+  fail "the cuda build of xtask does not run on the CPU"
+say "linked xtask with --features cuda (needs $(grep -o 'lib[A-Za-z]*\.so\.[0-9]*' <<<"$needed" | grep -E 'cu|nvrtc' | tr '\n' ' ')at run time) and ran it on the CPU"
