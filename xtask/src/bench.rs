@@ -65,12 +65,7 @@ struct Figures {
 
 /// `"AMD EPYC (family 25, model 17)"` from `/proc/cpuinfo`; `"unknown"` where there is none.
 fn cpu_model() -> String {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let field = |key: &str| {
-        info.lines().find_map(|l| {
-            l.split_once(':').filter(|(k, _)| k.trim() == key).map(|(_, v)| v.trim().to_owned())
-        })
-    };
+    let field = crate::inspect::cpu_field;
     match (field("model name"), field("cpu family"), field("model")) {
         (Some(name), Some(family), Some(model)) => format!("{name} (family {family}, model {model})"),
         (Some(name), _, _) => name,

@@ -44,6 +44,14 @@ struct Report {
     peak_memory_mib: Option<f64>,
 }
 
+/// A field of the first processor in `/proc/cpuinfo` (`"model name"`, `"cpu family"`, …); `None` where
+/// there is no such file or field.
+pub fn cpu_field(key: &str) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    info.lines()
+        .find_map(|l| l.split_once(':').filter(|(k, _)| k.trim() == key).map(|(_, v)| v.trim().to_owned()))
+}
+
 /// Peak resident memory of this process (Linux), in MiB.
 pub fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;

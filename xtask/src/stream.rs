@@ -107,19 +107,6 @@ fn test_trials(s: &Subject) -> Vec<bool> {
     test
 }
 
-/// The CPU's model name from `/proc/cpuinfo` (empty elsewhere).
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_owned())
-        })
-        .unwrap_or_default()
-}
-
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -199,7 +186,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         if n == 0 { f64::NAN } else { ok as f64 / n as f64 }
     };
     let summary = Summary {
-        cpu: cpu_model(),
+        cpu: crate::inspect::cpu_field("model name").unwrap_or_default(),
         checkpoint: args.checkpoint.clone(),
         model: p.meta().model.name().to_owned(),
         trained_causal: p.trained_causal(),
