@@ -97,22 +97,21 @@ impl CustomOp3 for LayerNormOp {
                 .zip(dy.par_chunks(BLOCK * dim))
                 .map(|((dxb, xb), dyb)| {
                     let (mut dg, mut db) = (vec![0.0; dim], vec![0.0; dim]);
-                    let mut xhat = vec![0.0; dim];
+                    let (mut xhat, mut gy) = (vec![0.0; dim], vec![0.0; dim]);
                     for ((dxr, xr), dyr) in dxb.chunks_exact_mut(dim).zip(xb.chunks_exact(dim)).zip(dyb.chunks_exact(dim)) {
                         let (mean, rstd) = moments(xr, self.eps);
                         let (mut a, mut c) = (0.0, 0.0);
                         for k in 0..dim {
                             xhat[k] = (xr[k].to_f64() - mean) * rstd;
-                            let gy = dyr[k].to_f64() * g[k].to_f64();
-                            a += gy;
-                            c += gy * xhat[k];
+                            gy[k] = dyr[k].to_f64() * g[k].to_f64();
+                            a += gy[k];
+                            c += gy[k] * xhat[k];
                             dg[k] += dyr[k].to_f64() * xhat[k];
                             db[k] += dyr[k].to_f64();
                         }
                         let (a, c) = (a / dim as f64, c / dim as f64);
                         for k in 0..dim {
-                            let gy = dyr[k].to_f64() * g[k].to_f64();
-                            dxr[k] = T::from_f64(rstd * (gy - a - xhat[k] * c));
+                            dxr[k] = T::from_f64(rstd * (gy[k] - a - xhat[k] * c));
                         }
                     }
                     (dg, db)
