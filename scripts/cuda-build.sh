@@ -3,6 +3,11 @@
 # come as PyPI wheels (pinned below), unpacked once into a cached folder. Fails loudly on any error.
 #
 #   bash scripts/cuda-build.sh    # toolkit and build cached in ~/.cache/emofuse (EMOFUSE_CUDA_CACHE)
+#   CUDA_COMPUTE_CAP=90 EMOFUSE_CUDA_PROFILE=release bash scripts/cuda-build.sh   # an H100/H200 binary
+#
+# The toolkit is CUDA 13.0, the oldest of its major version, on purpose: the kernels are embedded as PTX,
+# and a driver refuses PTX from a newer toolkit than its own (CUDA_ERROR_UNSUPPORTED_PTX_VERSION), so
+# 13.0's PTX loads on every CUDA 13 driver (580 and later).
 #
 # Exit status: 0 built; 3 the toolkit could not be fetched (no network to PyPI: nothing was checked);
 # anything else a failure (the build itself, a broken cache). Cold: about 13 minutes on 2 cores (the
@@ -18,13 +23,13 @@ say() { echo "cuda-build: $*"; }
 fail() { echo "cuda-build: FAILED: $*" >&2; exit 1; }
 unavailable() { echo "cuda-build: toolkit unavailable: $*" >&2; exit 3; }
 
-# CUDA 13.5 wheels: nvcc (driver, cudafe++, ptxas, nvlink), crt headers, NVVM (cicc), runtime headers, CCCL.
+# CUDA 13.0 wheels: nvcc (driver, cudafe++, ptxas, nvlink), crt headers, NVVM (cicc), runtime headers, CCCL.
 wheels=(
-  nvidia-cuda-nvcc==13.5.37
-  nvidia-cuda-crt==13.5.37
-  nvidia-nvvm==13.5.37
-  nvidia-cuda-runtime==13.5.37
-  nvidia-cuda-cccl==13.3.5.0.6
+  nvidia-cuda-nvcc==13.0.88
+  nvidia-cuda-crt==13.0.88
+  nvidia-nvvm==13.0.88
+  nvidia-cuda-runtime==13.0.96
+  nvidia-cuda-cccl==13.0.85
 )
 cache="${EMOFUSE_CUDA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/emofuse}"
 dir="$cache/cuda-toolkit"
@@ -46,12 +51,14 @@ fi
 cuda="$dir/nvidia/cu13"
 [ -x "$cuda/bin/nvcc" ] || fail "no nvcc in $cuda/bin"
 export PATH="$cuda/bin:$PATH" CUDA_ROOT="$cuda" CUDA_PATH="$cuda" CUDA_TOOLKIT_ROOT_DIR="$cuda"
-# No GPU to query: name the target (Ampere, sm_80) and the toolkit version cudarc 0.19 knows (13.5 is not
-# in its list; 13.4's API is what the build uses).
-export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-80}" CUDARC_CUDA_VERSION="${CUDARC_CUDA_VERSION:-13040}"
-say "$(nvcc --version | tail -1)"
+# No GPU to query: name the target (Ampere, sm_80, unless CUDA_COMPUTE_CAP says otherwise) and the
+# toolkit's API version for cudarc.
+export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-80}" CUDARC_CUDA_VERSION="${CUDARC_CUDA_VERSION:-13000}"
+profile="${EMOFUSE_CUDA_PROFILE:-dev}"
+case "$profile" in dev) outdir=debug ;; release) outdir=release ;; *) fail "EMOFUSE_CUDA_PROFILE is dev or release, not $profile" ;; esac
+say "$(nvcc --version | tail -1); compute capability $CUDA_COMPUTE_CAP; profile $profile"
 # Every library crate (emofuse-experiments depends on all the others) with CUDA kernels compiled to PTX.
-CARGO_TARGET_DIR="$cache/target" cargo build --locked -p emofuse-experiments --lib --features cuda ||
+CARGO_TARGET_DIR="$cache/target" cargo build --locked --profile "$profile" -p emofuse-experiments --lib --features cuda ||
   fail "cargo build --features cuda"
 say "built every library crate with --features cuda (compute capability $CUDA_COMPUTE_CAP)"
 
@@ -64,7 +71,7 @@ say "built every library crate with --features cuda (compute capability $CUDA_CO
 stubs="$cache/cuda-stubs"
 rm -rf "$stubs" && mkdir -p "$stubs/run"
 ln -s "$cuda/lib/libcudart.so.13" "$stubs/libcudart.so"
-symbols=$(nm -u --format=just-symbols "$cache"/target/debug/deps/libcudarc-*.rlib 2>/dev/null | sort -u) ||
+symbols=$(nm -u --format=just-symbols "$cache"/target/$outdir/deps/libcudarc-*.rlib 2>/dev/null | sort -u) ||
   fail "no cudarc library to read symbols from"
 for pair in cuda:1 cublas:13 cublasLt:13 curand:10 nvrtc:13; do
   lib=${pair%%:*} so=${pair##*:}
@@ -80,9 +87,9 @@ for pair in cuda:1 cublas:13 cublasLt:13 curand:10 nvrtc:13; do
     fail "building the $lib link stub"
   ln -s "../lib$lib.so" "$stubs/run/lib$lib.so.$so"
 done
-CARGO_TARGET_DIR="$cache/target" cargo rustc --locked -p xtask --bin xtask --features cuda -- \
+CARGO_TARGET_DIR="$cache/target" cargo rustc --locked --profile "$profile" -p xtask --bin xtask --features cuda -- \
   -L "native=$stubs" || fail "linking xtask with --features cuda"
-bin="$cache/target/debug/xtask"
+bin="$cache/target/$outdir/xtask"
 needed=$(readelf -d "$bin" | grep NEEDED)
 for so in libcuda.so.1 libcublas.so.13 libcudart.so.13; do
   grep -q "\[$so\]" <<<"$needed" || fail "xtask does not load $so: $needed"

@@ -30,6 +30,10 @@ pub struct Args {
     /// Skip the model benchmarks (MFCC only).
     #[arg(long)]
     mfcc_only: bool,
+    /// Where the models run: `cpu`, or `cuda` in a build with `--features cuda` (the MFCC figures are
+    /// the CPU's either way).
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 #[derive(Serialize)]
@@ -51,6 +55,8 @@ struct Figures {
     isa: std::collections::BTreeMap<&'static str, &'static str>,
     /// Threads of the numeric kernels (`RAYON_NUM_THREADS`, which `--threads` sets).
     threads: usize,
+    /// Where the models ran (`cpu`, `cuda`).
+    device: String,
     results: Vec<ModelFigures>,
     /// Seconds of 16 kHz audio turned into project-config MFCCs per second of wall time (median), computed
     /// in f32 as librosa computes for float32 input (the reference's librosa figure).
@@ -141,9 +147,9 @@ fn model_config(name: &str) -> anyhow::Result<ModelConfig> {
     })
 }
 
-fn bench_model(name: &str) -> anyhow::Result<ModelFigures> {
+fn bench_model(name: &str, dev: &Device) -> anyhow::Result<ModelFigures> {
     const N: usize = 512;
-    let dev = Device::Cpu;
+    let dev = dev.clone();
     let cfg = model_config(name)?;
     let model = EmotionModel::new(&cfg, &dev, 0)?;
     let eeg = Tensor::randn(0f32, 1.0, (N, 28, 512), &dev)?;
@@ -161,6 +167,7 @@ fn bench_model(name: &str) -> anyhow::Result<ModelFigures> {
             let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
             opt.step(&loss.backward()?)?;
         }
+        dev.synchronize()?; // a GPU queues the work: the epoch ends when it is done
         epoch_rates.push(N as f64 / t.elapsed().as_secs_f64());
     }
     let train = median(epoch_rates[1..].to_vec());
@@ -208,10 +215,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     };
     let (cpu, isa) = (cpu_model(), instruction_sets());
     let threads = rayon::current_num_threads();
-    say!("CPU: {cpu}; {threads} threads; instruction sets: {isa:?}");
+    let dev = experiments::config::device(&args.device)?;
+    say!("CPU: {cpu}; {threads} threads; instruction sets: {isa:?}; models on {}", args.device);
     let mut results = Vec::new();
     for name in &names {
-        let f = bench_model(name)?;
+        let f = bench_model(name, &dev)?;
         say!(
             "{:<16} train {:>7.0} samples/s   infer {:>7.0} samples/s   batch-1 latency p50 {:.2} ms p99 {:.2} ms   peak RSS {:.0} MiB",
             f.config,
@@ -232,6 +240,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         cpu,
         isa,
         threads,
+        device: args.device.clone(),
         results,
         mfcc_x_realtime: x32,
         mfcc_60s_ms: ms32,

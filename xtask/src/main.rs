@@ -13,6 +13,7 @@ macro_rules! say {
 
 mod bench;
 mod compare;
+mod device_check;
 mod inspect;
 mod mat_cmd;
 mod mfcc_cmd;
@@ -74,6 +75,9 @@ enum Command {
     Video(video_cmd::Args),
     /// Throughput figures (MFCC × real time), as a table or JSON.
     Bench(bench::Args),
+    /// Whether a device computes what the CPU kernels compute: logits and every gradient of each model
+    /// kind on one batch (`--device cuda`; `cpu` checks the candle-op paths a GPU runs).
+    DeviceCheck(device_check::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -114,6 +118,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Mfcc(args) => mfcc_cmd::run(&args),
         Command::Mat(args) => mat_cmd::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::DeviceCheck(args) => device_check::run(&args),
         Command::Video(args) => video_cmd::run(&args),
     }
 }

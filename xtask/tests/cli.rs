@@ -171,6 +171,7 @@ fn bench_json_names_the_cpu_threads_and_instruction_sets() {
     let fig: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
     assert!(!fig["cpu"].as_str().unwrap().is_empty());
     assert_eq!(fig["threads"], 1);
+    assert_eq!(fig["device"], "cpu");
     let isa = fig["isa"].as_object().unwrap();
     assert_eq!(isa.len(), 3, "{isa:?}");
     let known = ["fma", "scalar", "neon", "avx2", "x86-64-v3", "baseline"];
@@ -1152,4 +1153,51 @@ fn video_reads_clip_headers_and_inspect_reports_bad_clips() {
     assert!(has("003_Trial_03_Listening_Sadness.mp4: empty file"), "{problems:?}");
     assert!(has("3 clips for 10 trials"), "{problems:?}");
     assert_eq!(report["subjects"][0]["usable"], true, "video problems do not stop EEG and audio runs");
+}
+
+#[test]
+fn device_check_compares_the_candle_op_paths_with_the_cpu_kernels() {
+    let dir = tmp("device-check");
+    let report = dir.join("check.json");
+    let out = xtask(&["device-check", "--device", "cpu", "--batch", "4", "--json", report.to_str().unwrap()]);
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let v = read_json(&report);
+    assert_eq!(v["pass"], true);
+    let rows = v["rows"].as_array().unwrap();
+    let models: Vec<String> = rows
+        .iter()
+        .map(|r| format!("{} {}", r["model"].as_str().unwrap(), r["modalities"].as_str().unwrap()))
+        .collect();
+    for m in [
+        "eeg_only eeg",
+        "audio_only audio",
+        "video_only video",
+        "concat eeg+audio",
+        "temporal eeg+audio+video",
+    ] {
+        assert!(models.contains(&m.to_owned()), "{m} missing from {models:?}");
+    }
+    for r in rows {
+        // The two paths share no kernel: equal to float rounding, but not bit for bit.
+        for key in ["logits_train", "logits_eval", "gradient"] {
+            let d = r[key].as_f64().unwrap();
+            assert!(d < 1e-4, "{} {key}: {d}", r["model"]);
+        }
+        assert!(
+            r["gradient"].as_f64().unwrap() > 0.0,
+            "{}: the two paths gave identical gradients",
+            r["model"]
+        );
+        let (a, b) = (r["loss_cpu"].as_f64().unwrap(), r["loss_device"].as_f64().unwrap());
+        assert!((a - b).abs() < 1e-6 * a, "{}: loss {a} vs {b}", r["model"]);
+    }
+    // A tolerance no two paths meet fails with a non-zero exit that names the models.
+    let out = xtask(&["device-check", "--device", "cpu", "--batch", "4", "--tolerance", "1e-12"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("eeg_only"));
+    // Too small a batch, and a device this build lacks: typed errors, no panic.
+    let out = xtask(&["device-check", "--batch", "2"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--batch must be at least 4"));
+    let out = xtask(&["device-check", "--device", "tpu"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("unknown device"));
 }

@@ -7,13 +7,36 @@
 /// `matmul(dst, accumulate, lhs, rhs)` over strided [`View`]s of slices, in the [`Real`] types.
 pub use crate::kernels::{Real, View, ViewMut, matmul};
 pub use candle_core::CpuStorage;
+use std::cell::Cell;
+
 use candle_core::backend::BackendStorage;
 use candle_core::{DType, Layout, Storage, StorageRef, Tensor, WithDType, bail};
 
-/// Whether CPU kernels can run on `t` (CPU, f32 or f64).
+/// Whether CPU kernels can run on `t` (CPU, f32 or f64), unless this thread is inside
+/// [`with_generic_ops`].
 #[must_use]
 pub fn supported(t: &Tensor) -> bool {
-    t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
+    t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64) && !GENERIC.with(Cell::get)
+}
+
+thread_local! {
+    static GENERIC: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with every CPU kernel of this crate and of `fusion` turned off on this thread: layers take the
+/// candle-op paths that run on the other devices (a GPU), here on the CPU. Forward passes built inside `f`
+/// record those ops, so their backward passes are the candle ops' too. The kernels are back on when `f`
+/// returns or panics. Cross-checks use it: `cargo xtask device-check --device cpu` compares the two paths
+/// of a whole model.
+pub fn with_generic_ops<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            GENERIC.with(|g| g.set(self.0));
+        }
+    }
+    let _restore = Restore(GENERIC.with(|g| g.replace(true)));
+    f()
 }
 
 /// The CPU storage behind a tensor's storage guard.
@@ -83,3 +106,26 @@ macro_rules! __dispatch_float {
 /// [`CpuStorage`] (f32 or f64); for any other type, returns an error from the enclosing function (which
 /// returns `candle_core::Result`).
 pub use crate::__dispatch_float as dispatch_float;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn generic_ops_turn_the_kernels_off_on_this_thread_only_and_come_back() {
+        let t = Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap();
+        assert!(supported(&t));
+        assert!(!supported(&t.to_dtype(DType::BF16).unwrap()));
+        with_generic_ops(|| {
+            assert!(!supported(&t));
+            // Another thread keeps its kernels.
+            std::thread::scope(|s| s.spawn(|| assert!(supported(&t))).join().unwrap());
+            with_generic_ops(|| assert!(!supported(&t)));
+            assert!(!supported(&t), "the inner call restored the outer state");
+        });
+        assert!(supported(&t));
+        let panicked = std::panic::catch_unwind(|| with_generic_ops(|| panic!("inside"))).is_err();
+        assert!(panicked && supported(&t), "a panic inside leaves the kernels on");
+    }
+}

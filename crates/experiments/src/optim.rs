@@ -23,7 +23,7 @@ impl Moments {
     fn zeros(var: &Var) -> Result<Self> {
         let t = var.as_tensor();
         let n = t.elem_count();
-        Ok(match (t.device().is_cpu(), t.dtype()) {
+        Ok(match (encoders::cpu_op::supported(t), t.dtype()) {
             (true, DType::F32) => Self::F32(vec![0.0; n], vec![0.0; n]),
             (true, DType::F64) => Self::F64(vec![0.0; n], vec![0.0; n]),
             _ => {
