@@ -1179,9 +1179,9 @@ fn device_check_compares_the_candle_op_paths_with_the_cpu_kernels() {
     }
     for r in rows {
         // The two paths share no kernel: equal to float rounding, but not bit for bit.
-        for key in ["logits_train", "logits_eval", "gradient"] {
+        for (key, bound) in [("logits_train", 1e-5), ("logits_eval", 1e-5), ("gradient", 1e-4)] {
             let d = r[key].as_f64().unwrap();
-            assert!(d < 1e-4, "{} {key}: {d}", r["model"]);
+            assert!(d < bound, "{} {key}: {d}", r["model"]);
         }
         assert!(
             r["gradient"].as_f64().unwrap() > 0.0,
