@@ -57,20 +57,26 @@ EOF
 )
   [ -n "$wheels" ] && export LD_LIBRARY_PATH="$wheels:${LD_LIBRARY_PATH:-}"
 fi
+# The driver's library, where a container mounts it outside the loader's path.
+if [[ "$(missing)" == *libcuda.so.1* ]]; then
+  for d in /usr/local/nvidia/lib64 /usr/local/nvidia/lib /usr/lib/x86_64-linux-gnu /usr/lib64 /usr/local/cuda/compat; do
+    [ -e "$d/libcuda.so.1" ] && { export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:-}:$d"; break; }
+  done
+fi
 [ -z "$(missing)" ] || fail "the loader cannot find: $(missing | tr '\n' ' ')"
 say "libraries: $(ldd "$bin" | grep -E 'libcu|nvrtc' | awk '{print $1 " → " $3}' | tr '\n' ' ')"
 
 out="${1:-$(mktemp -d)}"
 mkdir -p "$out"
-say "1. device check (GPU against the CPU kernels)"
+say "1. device check (GPU against the CPU kernels) [${SECONDS} s]"
 "$bin" device-check --device cuda --json "$out/device-check.json" || fail "device check"
 
-say "2. throughput (bench), GPU then CPU"
+say "2. throughput (bench), GPU then CPU [${SECONDS} s]"
 for device in cuda cpu; do
   "$bin" bench --device "$device" --repeats 3 --json "$out/bench-$device.json" 2>&1 || fail "bench --device $device"
 done
 
-say "3. the default comparison on both"
+say "3. the default comparison on both [${SECONDS} s]"
 for device in cpu cuda; do
   start=$(date +%s)
   "$bin" compare --fusion-mode all --epochs 5 --device "$device" --out "$out/$device" >/dev/null ||
