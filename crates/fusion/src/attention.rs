@@ -58,7 +58,8 @@ impl MultiHeadAttention {
         Ok((self.out_proj.forward(&ctx)?, weights))
     }
 
-    /// [`Self::forward`] (the weights only when `keep_weights`) with rotary time codes: within each head, feature pairs `(2f, 2f + 1)` of the
+    /// [`Self::forward`] (the weights only when `keep_weights`; held for a backward pass only when
+    /// `train`) with rotary time codes: within each head, feature pairs `(2f, 2f + 1)` of the
     /// projected queries and keys are rotated by the angle `2π·t / Pf` of their step's time `t` in seconds
     /// (periods `Pf` geometric from 0.1 s to 20 s), so that the scores depend on the time *between* a query
     /// step and a key step, on one clock whatever the two sequences' step rates.
@@ -69,12 +70,13 @@ impl MultiHeadAttention {
         q_times: &[f64],
         k_times: &[f64],
         keep_weights: bool,
+        train: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
         let q = rotate(&self.project(query, 0)?, q_times, self.heads)?;
         let k = rotate(&self.project(context, 1)?, k_times, self.heads)?;
         let v = self.project(context, 2)?;
         let (ctx, weights) = if encoders::cpu_op::supported(&q) {
-            crate::attention_op::attend_long(&q, &k, &v, self.heads, keep_weights)?
+            crate::attention_op::attend_long(&q, &k, &v, self.heads, keep_weights, train)?
         } else {
             let (ctx, w) = self.forward_generic(&q, &k, &v)?;
             (ctx, Some(w))
@@ -225,7 +227,7 @@ mod tests {
     }
 
     fn op_long(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Tensor {
-        crate::attention_op::attend_long(q, k, v, heads, false).unwrap().0
+        crate::attention_op::attend_long(q, k, v, heads, false, true).unwrap().0
     }
 
     fn generic(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Tensor {
@@ -256,13 +258,13 @@ mod tests {
         let (q, k) = (random(&[2, 3, 8], 1), random(&[2, 5, 8], 2));
         let (tq, tk) = ([0.1, 0.5, 0.9], [0.0, 0.3, 0.6, 0.9, 1.2]);
         let shift = |t: &[f64], d: f64| t.iter().map(|x| x + d).collect::<Vec<_>>();
-        let (a, wa) = mha.forward_timed(&q, &k, &tq, &tk, true).unwrap();
+        let (a, wa) = mha.forward_timed(&q, &k, &tq, &tk, true, false).unwrap();
         let wa = wa.unwrap();
-        let (b, wb) = mha.forward_timed(&q, &k, &shift(&tq, 1.7), &shift(&tk, 1.7), true).unwrap();
+        let (b, wb) = mha.forward_timed(&q, &k, &shift(&tq, 1.7), &shift(&tk, 1.7), true, false).unwrap();
         let wb = wb.unwrap();
         let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
         assert!(d < 1e-9, "{d}");
-        let (_, wc) = mha.forward_timed(&q, &k, &tq, &shift(&tk, 0.2), true).unwrap();
+        let (_, wc) = mha.forward_timed(&q, &k, &tq, &shift(&tk, 0.2), true, false).unwrap();
         let wc = wc.unwrap();
         let moved = (wa.clone() - wc).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
         assert!(moved > 1e-6, "moving the keys in time changes the weights");

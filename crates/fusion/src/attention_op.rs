@@ -48,6 +48,26 @@ impl AttentionOp {
         Self { heads, weights: Arc::default(), products }
     }
 
+    /// The context `(B, Tq, E)` and the weights `(B, H, Tq, Tk)` of contiguous `q`, `k`, `v`.
+    fn run<T: Real + SoftmaxRow>(&self, d: &Dims, q: &[T], k: &[T], v: &[T]) -> (Vec<T>, Vec<T>) {
+        let mut ctx = vec![T::from_f64(0.0); d.batch * d.tq * d.embed];
+        let mut p = vec![T::from_f64(0.0); d.batch * d.heads * d.tq * d.tk];
+        // Samples are independent: one per task, the same arithmetic whatever the thread count.
+        ctx.par_chunks_exact_mut(d.tq * d.embed)
+            .zip(p.par_chunks_exact_mut(d.heads * d.tq * d.tk))
+            .enumerate()
+            .for_each(|(b, (c, pb))| {
+                let kv = b * d.tk * d.embed..(b + 1) * d.tk * d.embed;
+                let qb = &q[b * d.tq * d.embed..(b + 1) * d.tq * d.embed];
+                if self.products {
+                    forward_sample_products(d, qb, &k[kv.clone()], &v[kv], c, pb);
+                } else {
+                    forward_sample(d, qb, &k[kv.clone()], &v[kv], c, pb);
+                }
+            });
+        (ctx, p)
+    }
+
     /// A handle to the weights the forward pass will compute.
     pub(crate) fn weights_handle(&self) -> Weights {
         Arc::clone(&self.weights)
@@ -355,18 +375,7 @@ impl CustomOp3 for AttentionOp {
         let d = self.dims(l1, l2, l3)?;
         dispatch!(s1, T => {
             let (q, k, v) = (contiguous::<T>(s1, l1, "attention query")?, contiguous::<T>(s2, l2, "attention key")?, contiguous::<T>(s3, l3, "attention value")?);
-            let mut ctx = vec![T::from_f64(0.0); d.batch * d.tq * d.embed];
-            let mut p = vec![T::from_f64(0.0); d.batch * d.heads * d.tq * d.tk];
-            // Samples are independent: one per task, the same arithmetic whatever the thread count.
-            ctx.par_chunks_exact_mut(d.tq * d.embed).zip(p.par_chunks_exact_mut(d.heads * d.tq * d.tk)).enumerate().for_each(|(b, (c, pb))| {
-                let kv = b * d.tk * d.embed..(b + 1) * d.tk * d.embed;
-                let qb = &q[b * d.tq * d.embed..(b + 1) * d.tq * d.embed];
-                if self.products {
-                    forward_sample_products(&d, qb, &k[kv.clone()], &v[kv], c, pb);
-                } else {
-                    forward_sample(&d, qb, &k[kv.clone()], &v[kv], c, pb);
-                }
-            });
+            let (ctx, p) = self.run(&d, q, k, v);
             *self.weights.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(T::to_cpu_storage_owned(p));
             Ok((T::to_cpu_storage_owned(ctx), Shape::from((d.batch, d.tq, d.embed))))
         })
@@ -382,7 +391,6 @@ impl CustomOp3 for AttentionOp {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let guard = self.weights.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let Some(p) = guard.as_ref() else { bail!("attention backward before its forward pass") };
         let (qs, ql) = q.storage_and_layout();
         let (ks, kl) = k.storage_and_layout();
         let (vs, vl) = v.storage_and_layout();
@@ -394,7 +402,14 @@ impl CustomOp3 for AttentionOp {
         let (qs, ks, vs, gs) = (cpu_storage(&qs)?, cpu_storage(&ks)?, cpu_storage(&vs)?, cpu_storage(&gs)?);
         let (dq, dk, dv) = dispatch!(qs, T => {
             let (q, k, v, g) = (contiguous::<T>(qs, ql, "attention query")?, contiguous::<T>(ks, kl, "attention key")?, contiguous::<T>(vs, vl, "attention value")?, contiguous::<T>(gs, gl, "attention output gradient")?);
-            let p = T::cpu_storage_as_slice(p)?;
+            let again;
+            let p = match guard.as_ref() {
+                Some(p) => T::cpu_storage_as_slice(p)?,
+                None => {
+                    again = self.run(&d, q, k, v).1;
+                    again.as_slice()
+                }
+            };
             let (qn, kn, pn) = (d.tq * d.embed, d.tk * d.embed, d.heads * d.tq * d.tk);
             let mut dq = vec![T::from_f64(0.0); q.len()];
             let mut dk = vec![T::from_f64(0.0); k.len()];
@@ -434,21 +449,23 @@ pub(crate) fn attend(
     v: &Tensor,
     heads: usize,
 ) -> candle_core::Result<(Tensor, Tensor)> {
-    let (ctx, w) = attend_with(q, k, v, heads, false, true)?;
+    let (ctx, w) = attend_with(q, k, v, heads, false, true, true)?;
     let Some(w) = w else { bail!("attention forward left no weights") };
     Ok((ctx, w))
 }
 
 /// [`attend`] with matrix products per head (long sequences); the weights are copied out only when
-/// `keep` is set (at batch 256 and 125 steps they are 64 MB).
+/// `keep` is set (at batch 256 and 125 steps they are 64 MB), and held for the backward pass only when
+/// `train` is set (without it a backward pass computes them again).
 pub(crate) fn attend_long(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     heads: usize,
     keep: bool,
+    train: bool,
 ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
-    attend_with(q, k, v, heads, true, keep)
+    attend_with(q, k, v, heads, true, keep, train)
 }
 
 fn attend_with(
@@ -458,16 +475,27 @@ fn attend_with(
     heads: usize,
     products: bool,
     keep: bool,
+    store: bool,
 ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
     let op = AttentionOp::new(heads, products);
     let weights = op.weights_handle();
     let (b, tq, _) = q.dims3()?;
     let tk = k.dim(1)?;
     let ctx = q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)?;
+    // Without `store` the op lets go of its weights: the graph then holds no `(B, H, Tq, Tk)` buffer per
+    // attention, and a backward pass, if one is asked for after all, computes them again from `q` and
+    // `k` (the same arithmetic, so the same bits).
+    let w = {
+        let mut held = weights.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match (keep, store) {
+            (false, true) => None,
+            (true, true) => held.clone(),
+            (_, false) => held.take(),
+        }
+    };
     if !keep {
         return Ok((ctx, None));
     }
-    let w = weights.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     let Some(w) = w else { bail!("attention forward left no weights") };
     Ok((ctx, Some(tensor_from(w, &[b, heads, tq, tk], q)?)))
 }
@@ -510,6 +538,36 @@ mod tests {
         let mut nan = vec![0.0f32, f32::NAN, 1.0];
         f32::softmax_rows(&mut nan, 3, 1.0);
         assert!(nan.iter().all(|x| x.is_nan()));
+    }
+
+    /// In evaluation the op lets go of its weights; a backward pass then computes them again and gives
+    /// the training pass's gradients bit for bit, and the inspected weights are the same.
+    #[test]
+    fn evaluation_holds_no_weights_and_its_backward_pass_recomputes_them() {
+        use candle_core::{Device, Var};
+        let (b, tq, tk, e, heads) = (3, 7, 11, 8, 2);
+        let values =
+            |n: usize, seed: f32| -> Vec<f32> { (0..n).map(|i| ((i as f32 + seed) * 0.37).sin()).collect() };
+        let var = |dims: &[usize], seed| {
+            Var::from_vec(values(dims.iter().product(), seed), dims, &Device::Cpu).unwrap()
+        };
+        let (q, k, v) = (var(&[b, tq, e], 1.0), var(&[b, tk, e], 2.0), var(&[b, tk, e], 3.0));
+        let r = Tensor::from_vec(values(b * tq * e, 4.0), (b, tq, e), &Device::Cpu).unwrap();
+        let run = |train: bool| {
+            let (ctx, w) =
+                attend_long(q.as_tensor(), k.as_tensor(), v.as_tensor(), heads, true, train).unwrap();
+            let grads = (&ctx * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let flat = |t: &Tensor| -> Vec<u32> {
+                t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect()
+            };
+            let g: Vec<Vec<u32>> =
+                [&q, &k, &v].iter().map(|x| flat(grads.get(x.as_tensor()).unwrap())).collect();
+            (flat(&ctx), flat(&w.unwrap()), g)
+        };
+        assert_eq!(run(true), run(false));
+        let (_, none) =
+            attend_long(q.as_tensor(), k.as_tensor(), v.as_tensor(), heads, false, false).unwrap();
+        assert!(none.is_none());
     }
 
     /// The widest instruction set this CPU has and baseline x86-64 give the same bits.

@@ -160,6 +160,8 @@ struct Batch<'a> {
     masks: Option<&'a Masks>,
     slots: &'a [Option<&'a ModalityInput>],
     batch: usize,
+    /// Training: the attention of the temporal mode holds its weights for the backward pass.
+    train: bool,
 }
 
 /// What one mode computed.
@@ -466,8 +468,8 @@ impl Fusion {
                 None => Ok(Tensor::zeros((batch, d), dtype, device)?),
             })
             .collect::<Result<Vec<_>>>()?;
-        let out =
-            self.run_kind(&self.kind, &Batch { xs: &xs, masks: masks.as_ref(), slots: &slots, batch })?;
+        let out = self
+            .run_kind(&self.kind, &Batch { xs: &xs, masks: masks.as_ref(), slots: &slots, batch, train })?;
         let fused = self.dropout.forward_t(&out.pre.relu()?, train)?;
         let aux_loss = match &out.router {
             Some(w) if self.cfg.router_balance > 0.0 => {
@@ -483,7 +485,7 @@ impl Fusion {
     /// The pre-activation output of `kind` on one batch (every mode but `adaptive` ends in a projection;
     /// `adaptive` returns its router's mix of its experts' ReLU outputs).
     fn run_kind(&self, kind: &Kind, input: &Batch<'_>) -> Result<KindOutput> {
-        let Batch { xs, masks, slots, batch } = *input;
+        let Batch { xs, masks, slots, batch, train } = *input;
         let d = self.cfg.latent_dim;
         let (device, dtype) = (xs[0].device(), xs[0].dtype());
         Ok(match kind {
@@ -641,7 +643,7 @@ impl Fusion {
                     }
                 }
                 let (pre, maps) =
-                    temporal.forward(&seqs, &times, masks.map(|m| (m.each.as_slice(), &m.count)))?;
+                    temporal.forward(&seqs, &times, masks.map(|m| (m.each.as_slice(), &m.count)), train)?;
                 let maps = maps
                     .into_iter()
                     .map(|(i, j, weights)| AttentionMap {

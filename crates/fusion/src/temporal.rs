@@ -177,11 +177,13 @@ impl Temporal {
 
     /// Runs the transformer over the scaled sequences `xs[i]` `(B, Tᵢ, latent)` with step times `times[i]`;
     /// `masks[i]` `(B, 1)` says which samples have modality `i` (`None`: all of them have every modality).
+    /// `train`: the attention ops hold their weights for a backward pass (evaluation: they do not).
     pub(crate) fn forward(
         &self,
         xs: &[Tensor],
         times: &[&[f64]],
         masks: Option<(&[Tensor], &Tensor)>,
+        train: bool,
     ) -> Result<TemporalOutput> {
         let mut h = xs
             .iter()
@@ -200,7 +202,8 @@ impl Temporal {
             let mut ctx: Vec<Option<Tensor>> = vec![None; n];
             for (i, j, mha) in &layer.cross {
                 let last = l + 1 == self.layers.len();
-                let (c, w) = mha.forward_timed(&normed[*i], &normed[*j], times[*i], times[*j], last)?;
+                let (c, w) =
+                    mha.forward_timed(&normed[*i], &normed[*j], times[*i], times[*j], last, train)?;
                 let c = match masks {
                     Some((m, _)) => c.broadcast_mul(&m[*j].unsqueeze(2)?)?,
                     None => c,
@@ -226,7 +229,7 @@ impl Temporal {
                     *x = (&*x + c)?;
                 }
                 let y = s.norm2.forward(x)?;
-                *x = (&*x + s.self_attn.forward_timed(&y, &y, t, t, false)?.0)?;
+                *x = (&*x + s.self_attn.forward_timed(&y, &y, t, t, false, train)?.0)?;
                 let y = s.norm3.forward(x)?;
                 *x = (&*x + s.ff2.forward(&s.ff1.forward(&y)?.relu()?)?)?;
             }
