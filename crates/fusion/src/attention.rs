@@ -90,21 +90,24 @@ impl MultiHeadAttention {
         let (b, tq, _) = q.dims3()?;
         let (q, k, v) = (self.split_heads(q)?, self.split_heads(k)?, self.split_heads(v)?);
         let scale = 1.0 / ((self.embed / self.heads) as f64).sqrt();
-        let tk = k.dim(2)?;
-        let (scores, ctx): (Tensor, fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>) = if tq * tk <= 64 {
-            // With a handful of tokens and a few dimensions per head, a batched matmul is B·H tiny
-            // matrix products; a broadcast product and a sum over the shared axis is the same arithmetic
-            // in two element-wise ops. scores[b,h,i,j] = Σ_d q[b,h,i,d]·k[b,h,j,d];
-            // ctx[b,h,i,d] = Σ_j weights[b,h,i,j]·v[b,h,j,d].
-            let scores = q.unsqueeze(3)?.broadcast_mul(&k.unsqueeze(2)?)?.sum(D::Minus1)?;
-            (scores, |w, v| w.unsqueeze(4)?.broadcast_mul(&v.unsqueeze(2)?)?.sum(3))
+        // With a handful of tokens and a few dimensions per head, a batched matmul is B·H tiny matrix
+        // products; a broadcast product and a sum over the shared axis is the same arithmetic in two
+        // element-wise ops. Long sequences (the temporal mode) take batched matrix products: the broadcast
+        // product would hold B·H·Tq·Tk·E/H values (gigabytes at 500 steps).
+        let tokens = tq * k.dim(2)? <= 64;
+        // scores[b,h,i,j] = Σ_d q[b,h,i,d]·k[b,h,j,d]
+        let scores = if tokens {
+            q.unsqueeze(3)?.broadcast_mul(&k.unsqueeze(2)?)?.sum(D::Minus1)?
         } else {
-            // Long sequences (the temporal mode): the broadcast product would hold B·H·Tq·Tk·E/H values
-            // (gigabytes at 500 steps); batched matrix products hold B·H·Tq·Tk.
-            (q.matmul(&k.t()?)?, |w, v| w.matmul(v))
+            q.matmul(&k.t()?)?
         };
         let weights = candle_nn::ops::softmax(&(scores * scale)?, D::Minus1)?;
-        let ctx = ctx(&weights, &v)?;
+        // ctx[b,h,i,d] = Σ_j weights[b,h,i,j]·v[b,h,j,d]
+        let ctx = if tokens {
+            weights.unsqueeze(4)?.broadcast_mul(&v.unsqueeze(2)?)?.sum(3)?
+        } else {
+            weights.matmul(&v)?
+        };
         Ok((ctx.transpose(1, 2)?.reshape((b, tq, self.embed))?, weights))
     }
 }
