@@ -202,13 +202,15 @@ const GRADIENT_FLOOR: f64 = 1e-4;
 fn compare(cfg: &ModelConfig, cpu: &Outcome, other: &Outcome, tolerance: f64) -> Row {
     let logits_train = relative(&cpu.logits_train, &other.logits_train, 0.0);
     let logits_eval = relative(&cpu.logits_eval, &other.logits_eval, 0.0);
-    let floor = GRADIENT_FLOOR * cpu.grads.iter().fold(0f64, |m, (_, g)| m.max(largest(g)));
+    let max_grad = cpu.grads.iter().fold(0f64, |m, (_, g)| m.max(largest(g)));
+    let floor = GRADIENT_FLOOR * max_grad;
     let (mut gradient, mut gradient_worst, mut null_gradient) = (0.0, String::new(), 0f64);
     for ((name, a), (_, b)) in cpu.grads.iter().zip(&other.grads) {
         if cpu.null.contains(name) {
-            // Rounding noise that two paths do not share: it must be small on both sides.
-            let scale = (floor / GRADIENT_FLOOR).max(f64::from(f32::MIN_POSITIVE));
-            null_gradient = null_gradient.max(largest(a).max(largest(b)) / scale);
+            // Rounding noise that two paths do not share: it must be small (and finite) on both sides.
+            let noise =
+                if b.iter().all(|v| v.is_finite()) { largest(a).max(largest(b)) } else { f64::INFINITY };
+            null_gradient = null_gradient.max(noise / max_grad.max(f64::from(f32::MIN_POSITIVE)));
             continue;
         }
         let r = relative(a, b, floor);
