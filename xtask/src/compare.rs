@@ -177,7 +177,7 @@ pub struct Common {
     video_size: (usize, usize),
 }
 
-fn parse_size(s: &str) -> Result<(usize, usize), String> {
+pub(crate) fn parse_size(s: &str) -> Result<(usize, usize), String> {
     let (w, h) =
         s.split_once(['x', 'X']).ok_or_else(|| format!("`{s}`: expected WIDTHxHEIGHT, e.g. 64x64"))?;
     let n = |v: &str| v.trim().parse::<usize>().ok().filter(|n| *n > 0);
@@ -187,21 +187,13 @@ fn parse_size(s: &str) -> Result<(usize, usize), String> {
     }
 }
 
-/// The models a set of modalities asks for: the single-modality rows and the fused sets (every subset of
-/// two or more that includes EEG, or the whole set when it has no EEG), in the order EEG, audio, video.
+/// The models a set of modalities asks for: the single-modality rows and the fused sets
+/// ([`experiments::config::fused_sets`]).
 fn plan(modalities: &[Modality]) -> (Vec<Modality>, Vec<Vec<Modality>>) {
     let mut set = modalities.to_vec();
     set.sort();
     set.dedup();
-    let subsets = (1u32..1 << set.len()).map(|bits| {
-        set.iter().enumerate().filter(|(i, _)| bits >> i & 1 == 1).map(|(_, m)| *m).collect::<Vec<_>>()
-    });
-    let mut fused: Vec<Vec<Modality>> = if set.contains(&Modality::Eeg) {
-        subsets.filter(|s| s.len() >= 2 && s.contains(&Modality::Eeg)).collect()
-    } else {
-        subsets.filter(|s| s.len() >= 2 && s.len() == set.len()).collect()
-    };
-    fused.sort_by_key(|s| (s.len(), s.clone()));
+    let fused = experiments::config::fused_sets(&set);
     (set, fused)
 }
 

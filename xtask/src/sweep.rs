@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use core_types::FusionMode;
+use core_types::{FusionMode, Modality};
 use experiments::config::ExperimentConfig;
 use experiments::results::Skipped;
 use experiments::run::Progress;
@@ -41,9 +41,17 @@ impl std::str::FromStr for Shard {
 /// Arguments of `sweep`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Fusion modes (EEG-only is always included).
+    /// Fusion modes, each trained over every fused set of `--modalities`.
     #[arg(long, value_delimiter = ',', default_value = "concat,cross_attention,gated")]
     fusion_modes: Vec<FusionMode>,
+    /// The modalities compared, as in `compare`: a single-modality setting for each and the fusion modes
+    /// over every set of two or more that includes EEG (`eeg,audio,video`: `eeg_audio`, `eeg_video`,
+    /// `eeg_audio_video`). Default: EEG and audio.
+    #[arg(long, value_delimiter = ',')]
+    modalities: Vec<Modality>,
+    /// Video frames are box-averaged to this size, `WIDTHxHEIGHT` (settings that read video).
+    #[arg(long, default_value = "64x64", value_parser = crate::compare::parse_size)]
+    video_size: (usize, usize),
     /// Channel scales trained (on) and/or fixed at 1 (off).
     #[arg(long, value_delimiter = ',', value_enum, default_value = "on,off")]
     scales: Vec<OnOff>,
@@ -103,6 +111,10 @@ fn spec(args: &Args, data_dir: PathBuf) -> SweepSpec {
     let mut base = ExperimentConfig::new(data_dir, Vec::new());
     args.training.apply(&mut base);
     base.skip_bad_subjects = args.skip_bad_subjects;
+    if args.modalities.contains(&Modality::Video) {
+        let (width, height) = args.video_size;
+        base.preprocess.video = Some(video::Sampling { width, height, ..video::Sampling::default() });
+    }
     base.cache_dir = Some(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/cache"));
     SweepSpec {
         base,
@@ -112,6 +124,7 @@ fn spec(args: &Args, data_dir: PathBuf) -> SweepSpec {
         subjects: args.subjects.clone(),
         modality_dropouts: args.modality_dropouts.clone(),
         trials: args.trial_sets.clone(),
+        modalities: args.modalities.clone(),
     }
 }
 
@@ -129,6 +142,13 @@ fn forwarded(args: &Args, data_dir: &std::path::Path) -> Vec<String> {
         data_dir.display().to_string(),
     ];
     a.extend(args.training.to_args());
+    if !args.modalities.is_empty() {
+        a.push("--modalities".into());
+        a.push(join(args.modalities.iter().map(ToString::to_string).collect()));
+        let (w, h) = args.video_size;
+        a.push("--video-size".into());
+        a.push(format!("{w}x{h}"));
+    }
     if args.skip_bad_subjects {
         a.push("--skip-bad-subjects".into());
     }

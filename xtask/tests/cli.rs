@@ -951,6 +951,72 @@ fn three_modalities_compare_robustness_predict_and_bad_clips() {
     assert!(base("eeg,audio").status.success());
 }
 
+/// `sweep --modalities eeg,video`: a single-modality job per modality and each mode over EEG+video, named
+/// by the set; the video-only job is the model `baseline --modalities video` trains (same numbers); the
+/// report tests the fused setting against both single modalities; the SLURM script forwards the set.
+#[test]
+fn sweep_over_a_modality_set_with_video() {
+    let root = tmp("sweep-video-tree");
+    let r = root.display().to_string();
+    assert!(xtask(&["synth", "--out", &r, "--subjects", "1", "--trials", "20"]).status.success());
+    let out = tmp("sweep-video");
+    let o = out.display().to_string();
+    let common = ["--data-dir", &r, "--epochs", "1", "--video-size", "16x16"];
+    let mut args = vec!["sweep", "--modalities", "eeg,video", "--fusion-modes", "concat", "--scales", "on"];
+    args.extend(["--seeds", "1", "--out", &o]);
+    args.extend(common);
+    let status = xtask(&args);
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    let mut ids: Vec<String> = std::fs::read_dir(out.join("jobs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        [
+            "s001-eeg_only-seed1.json",
+            "s001-eeg_video-concat-scales_on-seed1.json",
+            "s001-video_only-seed1.json"
+        ]
+    );
+    let report = read_json(&out.join("results.json"));
+    let job =
+        |id: &str| report["jobs"].as_array().unwrap().iter().find(|j| j["job"]["id"] == id).unwrap().clone();
+    assert_eq!(job("s001-eeg_video-concat-scales_on-seed1")["run"]["modality"], "eeg_video");
+    let video = job("s001-video_only-seed1");
+    assert_eq!(video["run"]["modality"], "video_only");
+    let single = tmp("sweep-video-single");
+    let so = single.display().to_string();
+    let mut args = vec!["baseline", "--modalities", "video", "--seed", "1", "--out", &so];
+    args.extend(common);
+    assert!(xtask(&args).status.success());
+    let alone = read_json(&single.join("results.json"));
+    assert_eq!(video["run"]["accuracy"], alone["runs"][0]["accuracy"]);
+    assert_eq!(video["run"]["loss"], alone["runs"][0]["loss"]);
+    let tests = report["tests"].as_array().unwrap();
+    let vs: Vec<&str> = tests
+        .iter()
+        .filter(|t| t["setting"] == "eeg_video/concat/scales_on")
+        .map(|t| t["baseline"].as_str().unwrap())
+        .collect();
+    assert_eq!(vs, ["eeg_only", "video_only"]);
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    assert!(csv.lines().next().unwrap().ends_with(",modalities"));
+    assert!(
+        csv.lines().any(|l| l.starts_with("s001-eeg_video-concat") && l.ends_with(",eeg_video")),
+        "{csv}"
+    );
+    // The job-array script repeats the set and the frame size in every task.
+    let script = tmp("sweep-video-slurm").join("sweep.sbatch");
+    let s = script.display().to_string();
+    let mut args = vec!["sweep", "--modalities", "eeg,video", "--out", &o, "--emit-slurm", &s];
+    args.extend(common);
+    assert!(xtask(&args).status.success());
+    let text = std::fs::read_to_string(&script).unwrap();
+    assert!(text.contains("'--modalities' 'eeg,video'") && text.contains("'--video-size' '16x16'"), "{text}");
+}
+
 /// Sweep axes: modality dropouts and trial sets multiply the fused jobs (single-modality jobs only by the
 /// trial sets); the merged report carries the robustness conditions, listening ones for `trials_all`.
 #[test]

@@ -134,6 +134,25 @@ impl ExperimentConfig {
     }
 }
 
+/// The fused sets a comparison of `modalities` trains: every subset of two or more that includes EEG (or
+/// the whole set when it has no EEG), fewer modalities first, each in the order EEG, audio, video.
+#[must_use]
+pub fn fused_sets(modalities: &[Modality]) -> Vec<Vec<Modality>> {
+    let mut set = modalities.to_vec();
+    set.sort();
+    set.dedup();
+    let subsets = (1u32..1 << set.len()).map(|bits| {
+        set.iter().enumerate().filter(|(i, _)| bits >> i & 1 == 1).map(|(_, m)| *m).collect::<Vec<_>>()
+    });
+    let mut fused: Vec<Vec<Modality>> = if set.contains(&Modality::Eeg) {
+        subsets.filter(|s| s.len() >= 2 && s.contains(&Modality::Eeg)).collect()
+    } else {
+        subsets.filter(|s| s.len() >= 2 && s.len() == set.len()).collect()
+    };
+    fused.sort_by_key(|s| (s.len(), s.clone()));
+    fused
+}
+
 /// The row name of a model over `modalities`: `eeg_only`, `video_only`, … for one, the names joined by `_`
 /// (`eeg_audio`, `eeg_audio_video`) for a fused set.
 #[must_use]

@@ -5,11 +5,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use core_types::FusionMode;
+use core_types::{FusionMode, Modality};
 use serde::{Deserialize, Serialize};
 
 use crate::atomic::write as write_atomic;
-use crate::config::{ExperimentConfig, Trials};
+use crate::config::{ExperimentConfig, Trials, fused_sets, row_name};
 use crate::error::{Error, Result};
 use crate::metrics::mean_std;
 use crate::results::{RunResult, Skipped};
@@ -35,6 +35,11 @@ pub struct SweepSpec {
     /// Trial sets (an axis; empty: the base config's).
     #[serde(default)]
     pub trials: Vec<Trials>,
+    /// The modalities compared, as `compare --modalities` reads them: a single-modality setting for each
+    /// and the fusion modes over every set of two or more that includes EEG ([`fused_sets`]). Empty (the
+    /// default, and older sweeps): EEG and audio, with audio-only as the base config says.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub modalities: Vec<Modality>,
 }
 
 /// One training of the grid.
@@ -56,6 +61,9 @@ pub struct Job {
     /// The trials the job trains on.
     #[serde(default, skip_serializing_if = "is_speaking")]
     pub trials: Trials,
+    /// A fused setting's modalities when they are not EEG and audio (empty: EEG and audio).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fused_set: Vec<Modality>,
 }
 
 #[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
@@ -69,15 +77,33 @@ fn is_speaking(t: &Trials) -> bool {
 }
 
 impl Job {
-    /// The setting's label across subjects and seeds, e.g. `gated/scales_on`.
+    /// The setting's label across subjects and seeds, e.g. `gated/scales_on` (EEG and audio fused) or
+    /// `eeg_video/gated/scales_on`.
     #[must_use]
     pub fn label(&self) -> String {
         let base = if SINGLE.contains(&self.setting.as_str()) {
             self.setting.clone()
         } else {
-            format!("{}/scales_{}", self.setting, on_off(self.scales))
+            format!("{}{}/scales_{}", self.set_prefix('/'), self.setting, on_off(self.scales))
         };
         format!("{base}{}", self.suffix('/'))
+    }
+
+    /// `eeg_video` and `sep` for a fused set other than EEG and audio; empty otherwise.
+    fn set_prefix(&self, sep: char) -> String {
+        if self.fused_set.is_empty() { String::new() } else { format!("{}{sep}", row_name(&self.fused_set)) }
+    }
+
+    /// The modalities the job's model reads.
+    #[must_use]
+    pub fn modalities(&self) -> Vec<Modality> {
+        match self.setting.as_str() {
+            "eeg_only" => vec![Modality::Eeg],
+            "audio_only" => vec![Modality::Audio],
+            "video_only" => vec![Modality::Video],
+            _ if self.fused_set.is_empty() => vec![Modality::Eeg, Modality::Audio],
+            _ => self.fused_set.clone(),
+        }
     }
 
     /// The axes beyond setting, scales and seed, each after `sep`: `md0.3` (modality dropout) and
@@ -101,7 +127,7 @@ impl Job {
 }
 
 /// The single-modality settings.
-const SINGLE: [&str; 2] = ["eeg_only", "audio_only"];
+const SINGLE: [&str; 3] = ["eeg_only", "audio_only", "video_only"];
 
 fn on_off(b: bool) -> &'static str {
     if b { "on" } else { "off" }
@@ -124,11 +150,24 @@ pub fn jobs(spec: &SweepSpec, subjects: &[u32]) -> Vec<Job> {
         job.id = format!("{stem}-seed{}{}", job.seed, job.suffix('-'));
         job
     };
+    let (singles, sets): (Vec<Modality>, Vec<Vec<Modality>>) = if spec.modalities.is_empty() {
+        let singles =
+            if spec.base.audio_only { vec![Modality::Eeg, Modality::Audio] } else { vec![Modality::Eeg] };
+        (singles, vec![Vec::new()])
+    } else {
+        let mut singles = spec.modalities.clone();
+        singles.sort();
+        singles.dedup();
+        let sets = fused_sets(&singles)
+            .into_iter()
+            .map(|s| if s == [Modality::Eeg, Modality::Audio] { Vec::new() } else { s })
+            .collect();
+        (singles, sets)
+    };
     for &subject in subjects {
         for &seed in &spec.seeds {
             for &trials in &trial_sets {
-                let singles = if spec.base.audio_only { &SINGLE[..] } else { &SINGLE[..1] };
-                let job = |setting: String, scales: bool, md: u32| Job {
+                let job = |setting: String, scales: bool, md: u32, fused_set: &[Modality]| Job {
                     id: String::new(),
                     subject,
                     setting,
@@ -136,15 +175,23 @@ pub fn jobs(spec: &SweepSpec, subjects: &[u32]) -> Vec<Job> {
                     seed,
                     modality_dropout_permille: md,
                     trials,
+                    fused_set: fused_set.to_vec(),
                 };
-                for single in singles {
-                    out.push(with_id(job((*single).into(), true, 0), format!("s{subject:03}-{single}")));
+                for single in singles.iter().map(|m| row_name(&[*m])) {
+                    out.push(with_id(job(single.clone(), true, 0, &[]), format!("s{subject:03}-{single}")));
                 }
-                for mode in &spec.fusion_modes {
-                    for &scales in &spec.scales {
-                        for &md in &dropouts {
-                            let stem = format!("s{subject:03}-{mode}-scales_{}", on_off(scales));
-                            out.push(with_id(job(mode.to_string(), scales, md), stem));
+                for set in &sets {
+                    for mode in &spec.fusion_modes {
+                        for &scales in &spec.scales {
+                            for &md in &dropouts {
+                                let j = job(mode.to_string(), scales, md, set);
+                                let stem = format!(
+                                    "s{subject:03}-{}{mode}-scales_{}",
+                                    j.set_prefix('-'),
+                                    on_off(scales)
+                                );
+                                out.push(with_id(j, stem));
+                            }
                         }
                     }
                 }
@@ -248,11 +295,19 @@ pub fn run_jobs(spec: &SweepSpec, todo: &[Job], dir: &Path, progress: &dyn Progr
         cfg.seed = job.seed;
         cfg.eeg_only = job.setting == "eeg_only";
         cfg.audio_only = job.setting == "audio_only";
+        cfg.video_only = job.setting == "video_only";
         cfg.fusion_modes = if SINGLE.contains(&job.setting.as_str()) {
             Vec::new()
         } else {
             vec![job.setting.parse().map_err(|e| Error::Input(format!("{e}")))?]
         };
+        cfg.fused_sets = if job.fused_set.is_empty() { Vec::new() } else { vec![job.fused_set.clone()] };
+        // Jobs without video keep the cache entries (and numbers) of a sweep that has none.
+        if !cfg.reads_video() {
+            cfg.preprocess.video = None;
+        } else if cfg.preprocess.video.is_none() {
+            cfg.preprocess.video = Some(Default::default());
+        }
         cfg.train.train_scales = job.scales;
         cfg.train.modality_dropout = job.modality_dropout();
         cfg.trials = job.trials;
@@ -466,10 +521,16 @@ pub fn report(jobs: Vec<JobResult>, skipped: Vec<Skipped>) -> SweepReport {
         }
     }
     let mut tests = Vec::new();
-    for setting in by_setting.keys().filter(|s| !s.starts_with("eeg_only")) {
-        // Against EEG-only trained on the same trials.
+    for (setting, rs) in by_setting.iter().filter(|(s, _)| !s.starts_with("eeg_only")) {
+        // Against EEG-only trained on the same trials, then (fused settings) against each other single
+        // modality they fuse.
         let trials = if setting.ends_with("/trials_all") { "/trials_all" } else { "" };
         tests.extend(paired(setting, &format!("eeg_only{trials}")));
+        if let Some(job) = rs.first().filter(|r| !SINGLE.contains(&r.job.setting.as_str())) {
+            for m in job.job.modalities().into_iter().filter(|m| *m != Modality::Eeg) {
+                tests.extend(paired(setting, &format!("{}{trials}", row_name(&[m]))));
+            }
+        }
         if setting.contains("/scales_on") {
             tests.extend(paired(setting, &setting.replace("/scales_on", "/scales_off")));
         }
@@ -488,11 +549,11 @@ pub fn write_report(dir: &Path, r: &SweepReport) -> Result<()> {
         &serde_json::to_vec_pretty(r).map_err(|e| Error::Input(e.to_string()))?,
     )?;
     let mut csv = String::from(
-        "job,subject,setting,scales,seed,modality_dropout,trials,accuracy,macro_f1,kappa,loss\n",
+        "job,subject,setting,scales,seed,modality_dropout,trials,accuracy,macro_f1,kappa,loss,modalities\n",
     );
     for j in &r.jobs {
         csv.push_str(&format!(
-            "{},{},{},{},{},{},{},{:.6},{:.6},{:.6},{:.6}\n",
+            "{},{},{},{},{},{},{},{:.6},{:.6},{:.6},{:.6},{}\n",
             j.job.id,
             j.job.subject,
             j.job.setting,
@@ -503,7 +564,8 @@ pub fn write_report(dir: &Path, r: &SweepReport) -> Result<()> {
             j.run.accuracy,
             j.run.macro_f1,
             j.run.kappa,
-            j.run.loss
+            j.run.loss,
+            row_name(&j.job.modalities())
         ));
     }
     write_atomic(&dir.join("results.csv"), csv.as_bytes())?;
@@ -604,4 +666,100 @@ pub fn slurm_script(repo: &Path, sweep_args: &[String], opts: &SlurmOptions, out
         cpus = opts.cpus_per_task.max(1),
         args = quoted.join(" "),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(modalities: &[Modality]) -> SweepSpec {
+        SweepSpec {
+            base: ExperimentConfig::new(PathBuf::from("/nowhere"), Vec::new()),
+            fusion_modes: vec![FusionMode::Concat, FusionMode::Gated],
+            scales: vec![true],
+            seeds: vec![1],
+            subjects: Vec::new(),
+            modality_dropouts: Vec::new(),
+            trials: Vec::new(),
+            modalities: modalities.to_vec(),
+        }
+    }
+
+    fn ids(spec: &SweepSpec) -> Vec<String> {
+        jobs(spec, &[1]).into_iter().map(|j| j.id).collect()
+    }
+
+    /// Without `modalities` the grid is EEG and audio as before (ids unchanged, so older sweeps resume);
+    /// naming EEG and audio gives the same grid.
+    #[test]
+    fn the_default_grid_keeps_its_ids() {
+        let want = [
+            "s001-audio_only-seed1",
+            "s001-concat-scales_on-seed1",
+            "s001-eeg_only-seed1",
+            "s001-gated-scales_on-seed1",
+        ];
+        assert_eq!(ids(&spec(&[])), want);
+        assert_eq!(ids(&spec(&[Modality::Audio, Modality::Eeg])), want);
+    }
+
+    /// Three modalities: a single setting per modality and each mode over every set with EEG, the sets
+    /// other than EEG+audio named in ids, labels and the modalities each job reads.
+    #[test]
+    fn three_modalities_add_sets_to_the_grid() {
+        let all = jobs(&spec(&[Modality::Video, Modality::Eeg, Modality::Audio]), &[1]);
+        let ids: Vec<&str> = all.iter().map(|j| j.id.as_str()).collect();
+        assert_eq!(ids.len(), 3 + 3 * 2, "{ids:?}");
+        for id in [
+            "s001-eeg_only-seed1",
+            "s001-audio_only-seed1",
+            "s001-video_only-seed1",
+            "s001-concat-scales_on-seed1",
+            "s001-eeg_video-gated-scales_on-seed1",
+            "s001-eeg_audio_video-concat-scales_on-seed1",
+        ] {
+            assert!(ids.contains(&id), "{id} missing from {ids:?}");
+        }
+        let find = |id: &str| all.iter().find(|j| j.id == id).unwrap();
+        let ev = find("s001-eeg_video-gated-scales_on-seed1");
+        assert_eq!(ev.label(), "eeg_video/gated/scales_on");
+        assert_eq!(ev.modalities(), [Modality::Eeg, Modality::Video]);
+        assert_eq!(find("s001-concat-scales_on-seed1").modalities(), [Modality::Eeg, Modality::Audio]);
+        assert_eq!(find("s001-video_only-seed1").modalities(), [Modality::Video]);
+        assert_eq!(find("s001-video_only-seed1").label(), "video_only");
+        // A job record without the new field reads as EEG and audio.
+        let old: Job = serde_json::from_str(
+            r#"{"id":"s001-gated-scales_on-seed1","subject":1,"setting":"gated","scales":true,"seed":1}"#,
+        )
+        .unwrap();
+        assert_eq!(old.modalities(), [Modality::Eeg, Modality::Audio]);
+        assert_eq!(old.label(), "gated/scales_on");
+    }
+
+    /// Each fused setting is tested against EEG-only and against each other single modality it fuses.
+    #[test]
+    fn fused_settings_are_tested_against_each_single_modality_they_fuse() {
+        let all = jobs(&spec(&[Modality::Eeg, Modality::Video]), &[1, 2, 3]);
+        let results: Vec<JobResult> = all
+            .into_iter()
+            .enumerate()
+            .map(|(i, job)| {
+                let mut run: RunResult = serde_json::from_value(serde_json::json!({
+                    "subject": job.subject, "modality": "x", "fusion_mode": "none", "fold": 0,
+                    "accuracy": 0.0, "macro_f1": 0.0, "kappa": 0.0, "loss": 0.0,
+                    "confusion": [], "precision": [], "recall": [], "parameters": 0,
+                    "train_seconds": 0.0, "windows": [0, 0, 0], "history": []
+                }))
+                .unwrap();
+                run.accuracy = (i % 5) as f64 / 10.0;
+                JobResult { job, run }
+            })
+            .collect();
+        let r = report(results, Vec::new());
+        let vs = |s: &str| -> Vec<&str> {
+            r.tests.iter().filter(|t| t.setting == s).map(|t| t.baseline.as_str()).collect()
+        };
+        assert_eq!(vs("eeg_video/concat/scales_on"), ["eeg_only", "video_only"]);
+        assert_eq!(vs("video_only"), ["eeg_only"]);
+    }
 }
