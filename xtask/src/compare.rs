@@ -89,6 +89,11 @@ pub struct Training {
     /// computes live, so a model trained with it sees the same windows online.
     #[arg(long)]
     pub causal: bool,
+    /// Recompute the BatchNorm running statistics for the trained weights before evaluating (the mean
+    /// of each layer's batch statistics over the training windows), instead of the running averages
+    /// that training leaves behind.
+    #[arg(long)]
+    pub recompute_batch_norm: bool,
 }
 
 impl Training {
@@ -106,6 +111,7 @@ impl Training {
         cfg.late_fusion_folds = self.late_fusion_folds;
         cfg.train.gradient_modulation = self.gradient_modulation;
         cfg.preprocess.causal = self.causal;
+        cfg.train.recompute_batch_norm = self.recompute_batch_norm;
     }
 
     /// The same settings as command-line arguments.
@@ -131,6 +137,7 @@ impl Training {
         .into_iter()
         .flat_map(|(k, v)| [k.to_owned(), v])
         .chain(self.causal.then(|| "--causal".to_owned()))
+        .chain(self.recompute_batch_norm.then(|| "--recompute-batch-norm".to_owned()))
         .collect()
     }
 }

@@ -1017,6 +1017,49 @@ fn sweep_over_a_modality_set_with_video() {
     assert!(text.contains("'--modalities' 'eeg,video'") && text.contains("'--video-size' '16x16'"), "{text}");
 }
 
+/// `--recompute-batch-norm`: recorded in the run's config, changes what the models predict (their
+/// BatchNorm statistics), and a resumed run recomputes the same statistics (same numbers).
+#[test]
+fn recomputed_batch_norm_statistics_are_recorded_and_repeat() {
+    let root = tmp("rbn-tree");
+    let r = root.display().to_string();
+    assert!(xtask(&["synth", "--out", &r, "--subjects", "1", "--trials", "20"]).status.success());
+    let run = |name: &str, extra: &[&str]| {
+        let out = tmp(name);
+        let o = out.display().to_string();
+        let mut args =
+            vec!["compare", "--data-dir", &r, "--fusion-mode", "gated", "--epochs", "2", "--out", &o];
+        args.extend(extra);
+        let status = xtask(&args);
+        assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+        out
+    };
+    let plain = run("rbn-plain", &[]);
+    let fresh = run("rbn-fresh", &["--recompute-batch-norm"]);
+    let config = read_json(&fresh.join("config.json"));
+    assert_eq!(config["train"]["recompute_batch_norm"], true);
+    assert!(read_json(&plain.join("config.json"))["train"].get("recompute_batch_norm").is_none());
+    let losses = |d: &Path| -> Vec<f64> {
+        read_json(&d.join("results.json"))["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["loss"].as_f64().unwrap())
+            .collect()
+    };
+    let (a, b) = (losses(&plain), losses(&fresh));
+    assert_eq!(a.len(), 3, "EEG-only, audio-only and gated");
+    assert!(
+        a.iter().zip(&b).all(|(x, y)| x != y),
+        "every model evaluates with other statistics: {a:?} {b:?}"
+    );
+    let table = results_without_time(&fresh);
+    let again = xtask(&["compare", "--resume", &fresh.display().to_string()]);
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    assert_eq!(losses(&fresh), b, "a resumed run recomputes the same statistics");
+    assert_eq!(results_without_time(&fresh), table);
+}
+
 /// Sweep axes: modality dropouts and trial sets multiply the fused jobs (single-modality jobs only by the
 /// trial sets); the merged report carries the robustness conditions, listening ones for `trials_all`.
 #[test]

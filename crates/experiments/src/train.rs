@@ -51,6 +51,12 @@ pub struct TrainConfig {
     /// modality's encoder can catch up. 0 disables it.
     #[serde(default, skip_serializing_if = "crate::model::is_zero")]
     pub gradient_modulation: f64,
+    /// Recompute every BatchNorm layer's running statistics for the trained weights before the model is
+    /// evaluated ([`recompute_batch_norm`]): after training, and before each validation pass. Off: the
+    /// running averages that training leaves (PyTorch's default), which lag behind weights that still
+    /// move. Absent from older configs: off.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recompute_batch_norm: bool,
 }
 
 impl Default for TrainConfig {
@@ -69,6 +75,7 @@ impl Default for TrainConfig {
             train_scales: true,
             modality_dropout: 0.0,
             gradient_modulation: 0.0,
+            recompute_batch_norm: false,
         }
     }
 }
@@ -503,6 +510,9 @@ pub fn train(
             val_accuracy: None,
         };
         if let Some(val) = val_set {
+            if cfg.recompute_batch_norm {
+                recompute_batch_norm(model, train_set, batch, seed)?;
+            }
             let m = evaluate(model, val, batch.max(64))?.0;
             log.val_loss = m.loss;
             log.val_accuracy = Some(m.accuracy);
@@ -547,13 +557,95 @@ pub fn train(
         }
     }
     let best_epoch = match &best {
+        // The snapshot holds the statistics recomputed before its validation pass.
         Some((_, e, weights)) => {
             restore(model, weights)?;
             *e
         }
-        None => history.len(),
+        None => {
+            if cfg.recompute_batch_norm {
+                recompute_batch_norm(model, train_set, batch, seed)?;
+            }
+            history.len()
+        }
     };
     Ok(Trained { history, best_epoch, seconds: start.elapsed().as_secs_f64() })
+}
+
+/// Separates the batches of [`recompute_batch_norm`] from the training order.
+const BATCH_NORM_SALT: u64 = 0x424e_5354_4154_5301;
+
+/// Sets every BatchNorm layer's running statistics to the mean of its batch statistics over `set` under
+/// the model's current weights ("precise BatchNorm", Wu & Johnson 2021): `set` in batches of `batch`
+/// (seeded order, a trailing single window left out, as in training), each through a training-mode forward
+/// pass that changes nothing else (no gradient step; the dropout generators are put back). The running
+/// averages that training leaves mix statistics of earlier weights (momentum 0.1: about the last ten
+/// steps); when the weights still move, evaluation normalises with statistics the layers no longer
+/// produce. A layer that no batch reached (a modality absent from every window) keeps its statistics.
+/// Assumes every BatchNorm layer updates with momentum [`encoders::BN_MOMENTUM`].
+///
+/// # Errors
+/// candle errors.
+pub fn recompute_batch_norm(model: &EmotionModel, set: &TensorSet, batch: usize, seed: u64) -> Result<()> {
+    let named = model.named_tensors();
+    let layers: Vec<(candle_core::Var, candle_core::Var)> = named
+        .iter()
+        .filter_map(|(name, mean)| {
+            let stem = name.strip_suffix("running_mean")?;
+            let var = named.iter().find(|(n, _)| n.strip_suffix("running_var") == Some(stem))?;
+            Some((mean.clone(), var.1.clone()))
+        })
+        .collect();
+    if layers.is_empty() || set.len() < 2 {
+        return Ok(());
+    }
+    let dropout: Vec<_> = model.dropouts().iter().map(|d| d.rng_state()).collect();
+    let before: Vec<(Tensor, Tensor)> = layers
+        .iter()
+        .map(|(m, v)| Ok((m.as_tensor().copy()?, v.as_tensor().copy()?)))
+        .collect::<Result<_>>()?;
+    let mut sums: Vec<Option<(Tensor, Tensor)>> = vec![None; layers.len()];
+    let mut counts = vec![0usize; layers.len()];
+    let mut order: Vec<u32> = (0..u32::try_from(set.len()).unwrap_or(u32::MAX)).collect();
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ BATCH_NORM_SALT));
+    for idx in order.chunks(batch.max(2)).filter(|idx| idx.len() >= 2) {
+        // From zero, one update leaves `momentum · batch statistic`; a layer its batch did not reach stays 0.
+        for (m, v) in &layers {
+            m.set(&m.as_tensor().zeros_like()?)?;
+            v.set(&v.as_tensor().zeros_like()?)?;
+        }
+        let b = set.batch(idx)?;
+        on_pool(|| model.forward_inputs(b.inputs(), &b.presence, true).map(drop))?;
+        for (i, (m, v)) in layers.iter().enumerate() {
+            let (m, v) = (m.as_tensor().copy()?, v.as_tensor().copy()?);
+            let touched = v.abs()?.max_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()? > 0.0
+                || m.abs()?.max_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()? > 0.0;
+            if touched {
+                counts[i] += 1;
+                sums[i] = Some(match sums[i].take() {
+                    Some((sm, sv)) => ((sm + m)?, (sv + v)?),
+                    None => (m, v),
+                });
+            }
+        }
+    }
+    for (((m, v), (m0, v0)), (sum, count)) in layers.iter().zip(&before).zip(sums.into_iter().zip(counts)) {
+        match sum {
+            Some((sm, sv)) => {
+                let k = encoders::BN_MOMENTUM * count as f64;
+                m.set(&(sm / k)?)?;
+                v.set(&(sv / k)?)?;
+            }
+            None => {
+                m.set(m0)?;
+                v.set(v0)?;
+            }
+        }
+    }
+    for (d, state) in model.dropouts().into_iter().zip(dropout) {
+        d.set_rng_state(state);
+    }
+    Ok(())
 }
 
 fn snapshot(model: &EmotionModel) -> Result<Vec<Tensor>> {
@@ -639,6 +731,120 @@ mod tests {
         let (e3, a3, v3) = (v(&p3.eeg), v(&p3.audio), v(&p3.video));
         assert!((0..n).all(|i| e3[i] + a3[i] + v3[i] >= 1.0 && a3[i] <= audio[i]));
         assert!(v3.contains(&0.0) && v3.contains(&1.0));
+    }
+
+    fn tiny_set(n: usize, audio_present: Option<Vec<f32>>, dev: &candle_core::Device) -> TensorSet {
+        let labels: Vec<u32> = (0..n as u32).map(|i| i % 5).collect();
+        TensorSet {
+            eeg: Tensor::randn(0f32, 1.0, (n, 4, 2000), dev).unwrap(),
+            mfcc: Some((Tensor::randn(0f32, 1.0, (n, 13, 1000), dev).unwrap() + 0.5).unwrap()),
+            audio_present: audio_present.map(|v| Tensor::from_vec(v, n, dev).unwrap()),
+            eeg_present: None,
+            video: None,
+            video_present: None,
+            labels: Tensor::from_vec(labels.clone(), n, dev).unwrap(),
+            label_vec: labels.iter().map(|&l| l as usize).collect(),
+        }
+    }
+
+    fn stats(model: &EmotionModel) -> Vec<(String, Vec<f32>)> {
+        model
+            .named_tensors()
+            .into_iter()
+            .filter(|(n, _)| n.contains("running"))
+            .map(|(n, v)| (n, v.as_tensor().to_vec1::<f32>().unwrap()))
+            .collect()
+    }
+
+    /// Recomputed BatchNorm statistics: with the whole set as one batch they are that batch's, so the
+    /// encoders' eval-mode latents equal their training-mode ones; over several batches each layer's
+    /// statistics are the mean of what each batch alone gives; the trained parameters and the dropout
+    /// generators are untouched, the same call repeats exactly, and a layer no window reaches (audio
+    /// absent from every window) keeps its statistics.
+    #[test]
+    fn recomputed_batch_norm_statistics() {
+        let dev = candle_core::Device::Cpu;
+        let cfg = crate::model::ModelConfig::fused(4, core_types::FusionMode::Concat);
+        let model = EmotionModel::new(&cfg, &dev, 7).unwrap();
+        let set = tiny_set(12, None, &dev);
+        let params: Vec<Vec<f32>> = model
+            .parameters()
+            .iter()
+            .map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())
+            .collect();
+
+        recompute_batch_norm(&model, &set, 12, 1).unwrap();
+        let all: Vec<u32> = (0..12).collect();
+        let b = set.batch(&all).unwrap();
+        let eval = model.forward_inputs(b.inputs(), &b.presence, false).unwrap();
+        let after_one = stats(&model);
+        let train = model.forward_inputs(b.inputs(), &b.presence, true).unwrap();
+        for (e, t) in [(&eval.eeg_latent, &train.eeg_latent), (&eval.audio_latent, &train.audio_latent)] {
+            let (e, t) = (e.as_ref().unwrap(), t.as_ref().unwrap());
+            let d = (e - t).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let scale = t.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            // Only the unbiased running variance (n/(n − 1) over thousands of positions) differs.
+            assert!(d <= 2e-3 * scale, "eval-mode latent off by {d} (scale {scale})");
+        }
+
+        // Batches of 4: the mean of the three batches' own statistics.
+        let dropout: Vec<_> = model.dropouts().iter().map(|d| d.rng_state()).collect();
+        recompute_batch_norm(&model, &set, 4, 1).unwrap();
+        let mixed = stats(&model);
+        let mut order: Vec<u32> = (0..12).collect();
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(1 ^ BATCH_NORM_SALT));
+        let mut want: Vec<Vec<f64>> = mixed.iter().map(|(_, v)| vec![0.0; v.len()]).collect();
+        for idx in order.chunks(4) {
+            let part = tiny_subset(&set, idx);
+            recompute_batch_norm(&model, &part, 4, 1).unwrap();
+            for (w, (_, v)) in want.iter_mut().zip(stats(&model)) {
+                for (a, b) in w.iter_mut().zip(v) {
+                    *a += f64::from(b) / 3.0;
+                }
+            }
+        }
+        for ((name, got), w) in mixed.iter().zip(&want) {
+            for (g, w) in got.iter().zip(w) {
+                assert!((f64::from(*g) - w).abs() <= 1e-5 * w.abs().max(1.0), "{name}: {g} vs {w}");
+            }
+        }
+        assert_ne!(after_one, mixed, "other batches, other statistics");
+        recompute_batch_norm(&model, &set, 4, 1).unwrap();
+        assert_eq!(stats(&model), mixed, "the same call repeats exactly");
+        let params_after: Vec<Vec<f32>> = model
+            .parameters()
+            .iter()
+            .map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())
+            .collect();
+        assert_eq!(params, params_after, "no parameter moves");
+        let dropout_after: Vec<_> = model.dropouts().iter().map(|d| d.rng_state()).collect();
+        assert_eq!(dropout, dropout_after, "the dropout generators are put back");
+
+        // No window with audio: the audio encoder's statistics stay; the EEG encoder's are recomputed.
+        let before = stats(&model);
+        let silent = tiny_set(12, Some(vec![0.0; 12]), &dev);
+        recompute_batch_norm(&model, &silent, 4, 1).unwrap();
+        for ((name, old), (_, new)) in before.iter().zip(stats(&model)) {
+            if name.starts_with("audio_encoder") {
+                assert_eq!(old, &new, "{name} changed without audio");
+            } else if name.starts_with("eeg_encoder") {
+                assert_ne!(old, &new, "{name} not recomputed");
+            }
+        }
+    }
+
+    fn tiny_subset(set: &TensorSet, idx: &[u32]) -> TensorSet {
+        let b = set.batch(idx).unwrap();
+        TensorSet {
+            eeg: b.eeg,
+            mfcc: b.mfcc,
+            audio_present: None,
+            eeg_present: None,
+            video: None,
+            video_present: None,
+            label_vec: b.labels.to_vec1::<u32>().unwrap().iter().map(|&l| l as usize).collect(),
+            labels: b.labels,
+        }
     }
 
     #[test]
