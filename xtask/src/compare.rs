@@ -89,11 +89,20 @@ pub struct Training {
     /// computes live, so a model trained with it sees the same windows online.
     #[arg(long)]
     pub causal: bool,
-    /// Recompute the BatchNorm running statistics for the trained weights before evaluating (the mean
-    /// of each layer's batch statistics over the training windows), instead of the running averages
-    /// that training leaves behind.
-    #[arg(long)]
-    pub recompute_batch_norm: bool,
+    /// The BatchNorm statistics a trained model evaluates with: `recomputed` (the mean of each layer's
+    /// batch statistics over the training windows under the final weights) or `running` (the running
+    /// averages training leaves behind, PyTorch's default; they lag behind weights that still move).
+    #[arg(long, value_enum, default_value = "recomputed")]
+    pub batch_norm_stats: BatchNormStats,
+}
+
+/// Which BatchNorm statistics a trained model evaluates with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BatchNormStats {
+    /// Recomputed for the final weights over the training windows.
+    Recomputed,
+    /// The running averages of training.
+    Running,
 }
 
 impl Training {
@@ -111,7 +120,7 @@ impl Training {
         cfg.late_fusion_folds = self.late_fusion_folds;
         cfg.train.gradient_modulation = self.gradient_modulation;
         cfg.preprocess.causal = self.causal;
-        cfg.train.recompute_batch_norm = self.recompute_batch_norm;
+        cfg.train.recompute_batch_norm = self.batch_norm_stats == BatchNormStats::Recomputed;
     }
 
     /// The same settings as command-line arguments.
@@ -137,7 +146,10 @@ impl Training {
         .into_iter()
         .flat_map(|(k, v)| [k.to_owned(), v])
         .chain(self.causal.then(|| "--causal".to_owned()))
-        .chain(self.recompute_batch_norm.then(|| "--recompute-batch-norm".to_owned()))
+        .chain(
+            (self.batch_norm_stats == BatchNormStats::Running)
+                .then(|| "--batch-norm-stats=running".to_owned()),
+        )
         .collect()
     }
 }

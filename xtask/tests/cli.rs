@@ -1017,8 +1017,8 @@ fn sweep_over_a_modality_set_with_video() {
     assert!(text.contains("'--modalities' 'eeg,video'") && text.contains("'--video-size' '16x16'"), "{text}");
 }
 
-/// `--recompute-batch-norm`: recorded in the run's config, changes what the models predict (their
-/// BatchNorm statistics), and a resumed run recomputes the same statistics (same numbers).
+/// `--batch-norm-stats`: recomputed statistics (the default) are recorded in the run's config, change what
+/// the models predict against `running`, and a resumed run recomputes the same statistics (same numbers).
 #[test]
 fn recomputed_batch_norm_statistics_are_recorded_and_repeat() {
     let root = tmp("rbn-tree");
@@ -1034,8 +1034,8 @@ fn recomputed_batch_norm_statistics_are_recorded_and_repeat() {
         assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
         out
     };
-    let plain = run("rbn-plain", &[]);
-    let fresh = run("rbn-fresh", &["--recompute-batch-norm"]);
+    let plain = run("rbn-plain", &["--batch-norm-stats", "running"]);
+    let fresh = run("rbn-fresh", &[]);
     let config = read_json(&fresh.join("config.json"));
     assert_eq!(config["train"]["recompute_batch_norm"], true);
     assert!(read_json(&plain.join("config.json"))["train"].get("recompute_batch_norm").is_none());

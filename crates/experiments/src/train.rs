@@ -52,15 +52,16 @@ pub struct TrainConfig {
     #[serde(default, skip_serializing_if = "crate::model::is_zero")]
     pub gradient_modulation: f64,
     /// Recompute every BatchNorm layer's running statistics for the trained weights before the model is
-    /// evaluated ([`recompute_batch_norm`]): after training, and before each validation pass. Off: the
-    /// running averages that training leaves (PyTorch's default), which lag behind weights that still
-    /// move. Absent from older configs: off.
+    /// evaluated ([`recompute_batch_norm`]): after training, and before each validation pass. On by
+    /// default. Off: the running averages that training leaves (PyTorch's default), which lag behind
+    /// weights that still move. Absent from older configs: off, so they repeat their numbers.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub recompute_batch_norm: bool,
 }
 
 impl Default for TrainConfig {
-    /// 5 epochs of batch 8, AdamW lr 3e-3, weight decay 1e-2, β (0.9, 0.999), clip 5, patience 10.
+    /// 5 epochs of batch 8, AdamW lr 3e-3, weight decay 1e-2, β (0.9, 0.999), clip 5, patience 10,
+    /// BatchNorm statistics recomputed after training.
     fn default() -> Self {
         Self {
             epochs: 5,
@@ -75,7 +76,7 @@ impl Default for TrainConfig {
             train_scales: true,
             modality_dropout: 0.0,
             gradient_modulation: 0.0,
-            recompute_batch_norm: false,
+            recompute_batch_norm: true,
         }
     }
 }
