@@ -605,13 +605,35 @@ pub fn recompute_batch_norm(model: &EmotionModel, set: &TensorSet, batch: usize,
         .iter()
         .map(|(m, v)| Ok((m.as_tensor().copy()?, v.as_tensor().copy()?)))
         .collect::<Result<_>>()?;
-    let mut sums: Vec<Option<(Tensor, Tensor)>> = vec![None; layers.len()];
-    let mut counts = vec![0usize; layers.len()];
     let mut order: Vec<u32> = (0..u32::try_from(set.len()).unwrap_or(u32::MAX)).collect();
     order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ BATCH_NORM_SALT));
+    let result = batch_norm_means(model, set, &order, batch, &layers);
+    // On an error every layer gets back the statistics it had.
+    let means = result.as_ref().map_or_else(|_| vec![None; layers.len()], Clone::clone);
+    for (((m, v), (m0, v0)), mean) in layers.iter().zip(&before).zip(means) {
+        let (mean, var) = mean.as_ref().map_or((m0, v0), |(a, b)| (a, b));
+        m.set(mean)?;
+        v.set(var)?;
+    }
+    for (d, state) in model.dropouts().into_iter().zip(dropout) {
+        d.set_rng_state(state);
+    }
+    result.map(drop)
+}
+
+/// Each layer's mean batch statistics over the batches of `order` (`None` for a layer no batch reached).
+fn batch_norm_means(
+    model: &EmotionModel,
+    set: &TensorSet,
+    order: &[u32],
+    batch: usize,
+    layers: &[(candle_core::Var, candle_core::Var)],
+) -> Result<Vec<Option<(Tensor, Tensor)>>> {
+    let mut sums: Vec<Option<(Tensor, Tensor)>> = vec![None; layers.len()];
+    let mut counts = vec![0usize; layers.len()];
     for idx in order.chunks(batch.max(2)).filter(|idx| idx.len() >= 2) {
         // From zero, one update leaves `momentum · batch statistic`; a layer its batch did not reach stays 0.
-        for (m, v) in &layers {
+        for (m, v) in layers {
             m.set(&m.as_tensor().zeros_like()?)?;
             v.set(&v.as_tensor().zeros_like()?)?;
         }
@@ -630,23 +652,16 @@ pub fn recompute_batch_norm(model: &EmotionModel, set: &TensorSet, batch: usize,
             }
         }
     }
-    for (((m, v), (m0, v0)), (sum, count)) in layers.iter().zip(&before).zip(sums.into_iter().zip(counts)) {
-        match sum {
-            Some((sm, sv)) => {
+    sums.into_iter()
+        .zip(counts)
+        .map(|(sum, count)| {
+            sum.map(|(sm, sv)| {
                 let k = encoders::BN_MOMENTUM * count as f64;
-                m.set(&(sm / k)?)?;
-                v.set(&(sv / k)?)?;
-            }
-            None => {
-                m.set(m0)?;
-                v.set(v0)?;
-            }
-        }
-    }
-    for (d, state) in model.dropouts().into_iter().zip(dropout) {
-        d.set_rng_state(state);
-    }
-    Ok(())
+                Ok(((sm / k)?, (sv / k)?))
+            })
+            .transpose()
+        })
+        .collect()
 }
 
 fn snapshot(model: &EmotionModel) -> Result<Vec<Tensor>> {
@@ -760,8 +775,8 @@ mod tests {
     /// Recomputed BatchNorm statistics: with the whole set as one batch they are that batch's, so the
     /// encoders' eval-mode latents equal their training-mode ones; over several batches each layer's
     /// statistics are the mean of what each batch alone gives; the trained parameters and the dropout
-    /// generators are untouched, the same call repeats exactly, and a layer no window reaches (audio
-    /// absent from every window) keeps its statistics.
+    /// generators are untouched, the same call repeats exactly, a failed call changes nothing, and a layer
+    /// no window reaches (audio absent from every window) keeps its statistics.
     #[test]
     fn recomputed_batch_norm_statistics() {
         let dev = candle_core::Device::Cpu;
@@ -820,6 +835,14 @@ mod tests {
         assert_eq!(params, params_after, "no parameter moves");
         let dropout_after: Vec<_> = model.dropouts().iter().map(|d| d.rng_state()).collect();
         assert_eq!(dropout, dropout_after, "the dropout generators are put back");
+
+        // A forward pass that fails (EEG with the wrong channel count): an error, and every layer keeps
+        // the statistics it had.
+        let before = stats(&model);
+        let mut bad = tiny_set(12, None, &dev);
+        bad.eeg = Tensor::randn(0f32, 1.0, (12, 3, 2000), &dev).unwrap();
+        assert!(recompute_batch_norm(&model, &bad, 4, 1).is_err());
+        assert_eq!(stats(&model), before, "a failed recomputation changes nothing");
 
         // No window with audio: the audio encoder's statistics stay; the EEG encoder's are recomputed.
         let before = stats(&model);
