@@ -45,6 +45,11 @@ struct Cli {
     /// CPU threads for the numeric kernels (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// Instruction set of the CPU kernels' matrix products: avx512, avx2, neon or scalar (default: the
+    /// widest this CPU runs well, or `$EMOFUSE_ISA`). For measurements and cross-checks: every path gives
+    /// the same results within round-off.
+    #[arg(long, global = true)]
+    isa: Option<encoders::Isa>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -83,6 +88,10 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     runtime::fix_thread_count(cli.threads);
+    if let Err(e) = runtime::choose_isa(cli.isa) {
+        eprintln!("error: {e:#}");
+        return std::process::ExitCode::FAILURE;
+    }
     let level = if cli.verbose {
         tracing_subscriber::filter::LevelFilter::INFO
     } else {

@@ -33,6 +33,27 @@ pub fn fix_thread_count(threads: Option<usize>) {
     }
 }
 
+/// Forces the matrix products' instruction set: `--isa`, else `$EMOFUSE_ISA`, else the detected one. A
+/// `--isa` is also written to `EMOFUSE_ISA`, so that the programs this one starts (SLURM tasks) use it
+/// too. Call it at the start of `main`, while the process has one thread.
+///
+/// # Errors
+/// An unknown name in `EMOFUSE_ISA`, or a set this CPU cannot run.
+pub fn choose_isa(flag: Option<encoders::Isa>) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let chosen = match (flag, std::env::var("EMOFUSE_ISA")) {
+        (Some(isa), _) => {
+            // SAFETY: as in `fix_thread_count`: no other thread exists yet.
+            unsafe { std::env::set_var("EMOFUSE_ISA", isa.name()) };
+            Some(isa)
+        }
+        (None, Ok(name)) if !name.is_empty() => Some(name.parse().context("EMOFUSE_ISA")?),
+        (None, _) => None,
+    };
+    encoders::force_isa(chosen).context(if flag.is_some() { "--isa" } else { "EMOFUSE_ISA" })?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -174,9 +174,42 @@ fn bench_json_names_the_cpu_threads_and_instruction_sets() {
     assert_eq!(fig["device"], "cpu");
     let isa = fig["isa"].as_object().unwrap();
     assert_eq!(isa.len(), 3, "{isa:?}");
-    let known = ["fma", "scalar", "neon", "avx2", "x86-64-v3", "baseline"];
+    let known = ["avx512", "avx2", "neon", "scalar", "x86-64-v4", "x86-64-v3", "baseline", "native"];
     assert!(isa.values().all(|v| known.contains(&v.as_str().unwrap())), "{isa:?}");
     assert!(fig["mfcc_x_realtime"].as_f64().unwrap() > 0.0);
+
+    // `--isa` and `EMOFUSE_ISA` force the matrix products' instruction set; the softmax follows.
+    let matmul = |fig: &serde_json::Value| -> (String, String) {
+        let isa = fig["isa"].as_object().unwrap();
+        let get = |prefix: &str| {
+            isa.iter().find(|(k, _)| k.starts_with(prefix)).unwrap().1.as_str().unwrap().to_owned()
+        };
+        (get("matmul"), get("attention softmax"))
+    };
+    let forced = xtask(&["--isa", "scalar", "bench", "--mfcc-only", "--repeats", "1", "--json", &f]);
+    assert!(forced.status.success(), "{}", String::from_utf8_lossy(&forced.stderr));
+    let fig: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(matmul(&fig), ("scalar".to_owned(), "baseline".to_owned()));
+    let by_env = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["bench", "--mfcc-only", "--repeats", "1", "--json", &f])
+        .env("EMOFUSE_ISA", "scalar")
+        .output()
+        .unwrap();
+    assert!(by_env.status.success(), "{}", String::from_utf8_lossy(&by_env.stderr));
+    let fig: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(matmul(&fig).0, "scalar");
+    // An unknown name, in the flag or the environment, is an error that names it.
+    let bad = xtask(&["--isa", "avx1024", "bench", "--mfcc-only", "--json", &f]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("avx1024"));
+    let bad_env = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["bench", "--mfcc-only", "--json", &f])
+        .env("EMOFUSE_ISA", "avx1024")
+        .output()
+        .unwrap();
+    assert!(!bad_env.status.success());
+    let err = String::from_utf8_lossy(&bad_env.stderr);
+    assert!(err.contains("EMOFUSE_ISA") && err.contains("avx1024"), "{err}");
 }
 
 #[test]

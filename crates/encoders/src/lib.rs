@@ -10,6 +10,9 @@
 //! - [`Linear`] and [`linear()`]: PyTorch's `nn.Linear`, one CPU op with its own backward pass.
 //! - [`cpu_op`]: helpers for candle custom ops with f32/f64 CPU kernels (also used by `fusion`).
 //! - [`Dropout`] with seeded masks, and [`init_pytorch_default`]: seeded PyTorch-default initialisation.
+//! - [`isa`], [`force_isa`]: the instruction set of the CPU kernels' matrix products ([`Isa`]: AVX-512,
+//!   AVX2, NEON or scalar), detected once; forcing one is for measurements and cross-checks, since the
+//!   paths agree within round-off but not bit for bit.
 //!
 //! Tensor names equal the PyTorch reference's `state_dict` names. Layers are built with
 //! `new(&cfg, vb)` and run with `ModuleT::forward_t(x, train)`. No IO.
@@ -50,6 +53,6 @@ pub use dropout::Dropout;
 pub use encoder::{AudioEncoder, BN_EPS, BN_MOMENTUM, ConvSpec, EegEncoder, EncoderConfig, LATENT_DIM};
 pub use error::{Error, Result};
 pub use init::init_pytorch_default;
-pub use kernels::matmul_instruction_set;
+pub use kernels::{Isa, IsaError, force_isa, isa, matmul_instruction_set};
 pub use linear::{Linear, linear};
 pub use video::{VideoEncoder, VideoEncoderConfig};

@@ -176,23 +176,38 @@ const LANES: usize = 8;
 impl SoftmaxRow for f32 {
     /// In f32 throughout, with [`exp_f32`] instead of a call to the C library's scalar `exp` per score:
     /// within 1e-6 relative of the f64 softmax. A NaN score makes its whole row NaN, as in f64. The rows
-    /// run in the widest instruction set the CPU has (through `pulp`: AVX2 where present, else baseline
-    /// x86-64), compiled from the same scalar code without fused multiply-adds, so every path gives the
-    /// same bits (tested).
+    /// run in the instruction set of the matrix products ([`encoders::isa`]: x86-64-v4 for AVX-512,
+    /// x86-64-v3 for AVX2, baseline for scalar; through `pulp`), compiled from the same scalar code
+    /// without fused multiply-adds, so every path gives the same bits (tested).
     fn softmax_rows(rows: &mut [f32], len: usize, scale: f64) {
-        pulp::Arch::new().dispatch(SoftmaxF32 { rows, len, scale: scale as f32 });
+        let op = SoftmaxF32 { rows, len, scale: scale as f32 };
+        match encoders::isa() {
+            #[cfg(target_arch = "x86_64")]
+            encoders::Isa::Avx512 => match pulp::x86::V4::try_new() {
+                Some(simd) => pulp::Simd::vectorize(simd, op),
+                None => pulp::Arch::new().dispatch(op),
+            },
+            #[cfg(target_arch = "x86_64")]
+            encoders::Isa::Avx2 => match pulp::x86::V3::try_new() {
+                Some(simd) => pulp::Simd::vectorize(simd, op),
+                None => pulp::Arch::new().dispatch(op),
+            },
+            encoders::Isa::Scalar => pulp::Simd::vectorize(pulp::Scalar::new(), op),
+            _ => pulp::Arch::new().dispatch(op),
+        }
     }
 }
 
-/// The instruction set of the f32 softmax on this CPU, as `pulp` chooses it: `"x86-64-v3"` (AVX2, FMA)
-/// or `"baseline"`.
+/// The instruction set of the f32 softmax now: `"x86-64-v4"` (AVX-512), `"x86-64-v3"` (AVX2, FMA),
+/// `"baseline"`, or `pulp`'s own choice elsewhere (`"native"`); it follows [`encoders::isa`].
 #[must_use]
 pub fn softmax_instruction_set() -> &'static str {
-    #[cfg(target_arch = "x86_64")]
-    if !matches!(pulp::Arch::new(), pulp::Arch::Scalar) {
-        return "x86-64-v3";
+    match encoders::isa() {
+        encoders::Isa::Avx512 => "x86-64-v4",
+        encoders::Isa::Avx2 => "x86-64-v3",
+        encoders::Isa::Scalar => "baseline",
+        encoders::Isa::Neon => "native",
     }
-    "baseline"
 }
 
 /// [`SoftmaxRow`] for f32 as a `pulp` operation.
@@ -570,16 +585,29 @@ mod tests {
         assert!(none.is_none());
     }
 
-    /// The widest instruction set this CPU has and baseline x86-64 give the same bits.
+    /// Every instruction set this CPU has gives the bits of baseline x86-64.
     #[test]
     fn every_instruction_set_gives_the_same_softmax() {
         let (len, n) = (157, 12);
         let base: Vec<f32> = (0..len * n).map(|j| ((j as f32) * 0.731).sin() * 25.0).collect();
+        let mut scalar = base.clone();
+        pulp::Simd::vectorize(pulp::Scalar::new(), SoftmaxF32 { rows: &mut scalar, len, scale: 0.17 });
         let mut best = base.clone();
         f32::softmax_rows(&mut best, len, 0.17);
-        let mut scalar = base;
-        pulp::Simd::vectorize(pulp::Scalar::new(), SoftmaxF32 { rows: &mut scalar, len, scale: 0.17 });
         assert!(best.iter().zip(&scalar).all(|(a, b)| a.to_bits() == b.to_bits()));
-        eprintln!("instruction set: {:?}", pulp::Arch::new());
+        #[cfg(target_arch = "x86_64")]
+        {
+            if let Some(v4) = pulp::x86::V4::try_new() {
+                let mut wide = base.clone();
+                pulp::Simd::vectorize(v4, SoftmaxF32 { rows: &mut wide, len, scale: 0.17 });
+                assert!(wide.iter().zip(&scalar).all(|(a, b)| a.to_bits() == b.to_bits()));
+            }
+            if let Some(v3) = pulp::x86::V3::try_new() {
+                let mut wide = base;
+                pulp::Simd::vectorize(v3, SoftmaxF32 { rows: &mut wide, len, scale: 0.17 });
+                assert!(wide.iter().zip(&scalar).all(|(a, b)| a.to_bits() == b.to_bits()));
+            }
+        }
+        eprintln!("instruction set: {}", softmax_instruction_set());
     }
 }

@@ -3,7 +3,10 @@
 //! kernel computes can leave the slices, and the destination's elements are checked not to overlap.
 #![allow(unsafe_code)]
 
+use candle_core::DType;
+
 use super::Real;
+use super::isa::Isa;
 
 /// A read-only strided matrix over a slice: element `(i, j)` is `data[i·rs + j·cs]`.
 #[derive(Debug, Clone, Copy)]
@@ -76,20 +79,59 @@ fn isize_of(v: usize) -> isize {
     isize::try_from(v).expect("a slice index fits in isize")
 }
 
-/// The micro-kernels `gemm` 0.19 chooses on this CPU (at run time, as the crate does): `"fma"` (AVX2 and
-/// FMA, 8 f32 lanes) or `"scalar"`; its AVX-512 kernels are not built (the `x86-v4` feature is off, see
-/// `docs/benchmarks.md`). Candle's own matrix products use the same crate and the same choice.
+/// The instruction set the matrix products run on now ([`super::isa`]'s choice): `"avx512"`,
+/// `"avx2"`, `"neon"` or `"scalar"`. Candle's own matrix products (not used by the CPU kernels) follow
+/// `gemm`'s own detection.
 #[must_use]
 pub fn matmul_instruction_set() -> &'static str {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("fma") {
-        return "fma";
-    }
-    #[cfg(target_arch = "aarch64")]
-    if std::arch::is_aarch64_feature_detected!("neon") {
-        return "neon";
-    }
-    "scalar"
+    super::isa::isa().name()
+}
+
+/// One `gemm_basic_generic` call with the micro-kernels of `$module` (a module of `gemm-f32`'s or
+/// `gemm-f64`'s `microkernel`), `$n` lanes and the `$simd` instruction set, as `gemm` itself instantiates
+/// it for that set.
+macro_rules! gemm_with {
+    ($simd:ty, $module:path, $t:ty, $n:expr, $args:expr) => {{
+        use $module as ukr;
+        let (m, n, k, dst, dst_cs, dst_rs, read_dst, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs) = $args;
+        let one: $t = 1.0;
+        gemm_common::gemm::gemm_basic_generic::<
+            $simd,
+            $t,
+            { $n },
+            { ukr::MR_DIV_N * $n },
+            { ukr::NR },
+            { ukr::MR_DIV_N },
+            { ukr::H_M },
+            { ukr::H_N },
+        >(
+            <$simd as gemm_common::simd::MixedSimd<$t, $t, $t, $t>>::try_new()
+                .expect("the instruction set was checked to be supported"),
+            m,
+            n,
+            k,
+            dst,
+            dst_cs,
+            dst_rs,
+            read_dst,
+            lhs,
+            lhs_cs,
+            lhs_rs,
+            rhs,
+            rhs_cs,
+            rhs_rs,
+            one,
+            one,
+            false,
+            false,
+            false,
+            |a, b, c| a * b + c,
+            &ukr::UKR,
+            &ukr::H_UKR,
+            false,
+            gemm::Parallelism::None,
+        )
+    }};
 }
 
 /// `dst = lhs × rhs`, or `dst += lhs × rhs` when `accumulate`; on the calling thread.
@@ -107,28 +149,95 @@ pub fn matmul<T: Real>(dst: ViewMut<'_, T>, accumulate: bool, lhs: View<'_, T>, 
     if m == 0 || n == 0 {
         return;
     }
+    let isa = super::isa::isa();
+    let args = (
+        m,
+        n,
+        k,
+        dst.data.as_mut_ptr(),
+        isize_of(dst.cs),
+        isize_of(dst.rs),
+        accumulate,
+        lhs.data.as_ptr(),
+        isize_of(lhs.cs),
+        isize_of(lhs.rs),
+        rhs.data.as_ptr(),
+        isize_of(rhs.cs),
+        isize_of(rhs.rs),
+    );
     // SAFETY: every index gemm forms is `i·rs + j·cs` with `i`, `j` inside the shape given for that
     // operand, and the asserts above show each such index lies inside its slice. `dst` is borrowed
     // mutably, so it aliases neither input, and its elements are distinct, so the writes do not overlap.
-    // `T` is `f32` or `f64` (the sealed `Real` trait), both supported by `gemm`. `Parallelism::None`
-    // keeps the call on this thread.
+    // `T` is `f32` or `f64` (the sealed `Real` trait), told apart by its `DTYPE`, so the casts keep the
+    // element type. `isa` is supported by this CPU (detected, or checked by `force_isa`).
+    // `Parallelism::None` keeps the call on this thread.
+    unsafe {
+        match T::DTYPE {
+            DType::F32 => matmul_f32(isa, cast::<T, f32>(args)),
+            DType::F64 => matmul_f64(isa, cast::<T, f64>(args)),
+            other => unreachable!("Real is sealed to f32 and f64, not {other:?}"),
+        }
+    }
+}
+
+type Args<T> =
+    (usize, usize, usize, *mut T, isize, isize, bool, *const T, isize, isize, *const T, isize, isize);
+
+/// The same arguments with the pointers cast to `U`; callers check that `T` is `U`.
+fn cast<T, U>(a: Args<T>) -> Args<U> {
+    (a.0, a.1, a.2, a.3.cast(), a.4, a.5, a.6, a.7.cast(), a.8, a.9, a.10.cast(), a.11, a.12)
+}
+
+/// # Safety
+/// As `gemm::gemm` (see [`matmul`]), and `isa` supported by this CPU ([`super::isa::force_isa`] checks it).
+unsafe fn matmul_f32(isa: Isa, args: Args<f32>) {
+    use gemm_f32::microkernel as uk;
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { gemm_with!(gemm_common::simd::V4, uk::avx512f::f32, f32, 16, args) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { gemm_with!(gemm_common::simd::V3, uk::fma::f32, f32, 8, args) },
+        Isa::Scalar => unsafe { gemm_with!(gemm_common::simd::Scalar, uk::scalar::f32, f32, 1, args) },
+        _ => unsafe { native(args, 1.0) },
+    }
+}
+
+/// # Safety
+/// As [`matmul_f32`].
+unsafe fn matmul_f64(isa: Isa, args: Args<f64>) {
+    use gemm_f64::microkernel as uk;
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { gemm_with!(gemm_common::simd::V4, uk::avx512f::f64, f64, 8, args) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { gemm_with!(gemm_common::simd::V3, uk::fma::f64, f64, 4, args) },
+        Isa::Scalar => unsafe { gemm_with!(gemm_common::simd::Scalar, uk::scalar::f64, f64, 1, args) },
+        _ => unsafe { native(args, 1.0) },
+    }
+}
+
+/// `gemm`'s own choice (NEON on aarch64).
+///
+/// # Safety
+/// As [`matmul`].
+unsafe fn native<T: Copy + 'static>(a: Args<T>, one: T) {
     unsafe {
         gemm::gemm(
-            m,
-            n,
-            k,
-            dst.data.as_mut_ptr(),
-            isize_of(dst.cs),
-            isize_of(dst.rs),
-            accumulate,
-            lhs.data.as_ptr(),
-            isize_of(lhs.cs),
-            isize_of(lhs.rs),
-            rhs.data.as_ptr(),
-            isize_of(rhs.cs),
-            isize_of(rhs.rs),
-            T::one(),
-            T::one(),
+            a.0,
+            a.1,
+            a.2,
+            a.3,
+            a.4,
+            a.5,
+            a.6,
+            a.7,
+            a.8,
+            a.9,
+            a.10,
+            a.11,
+            a.12,
+            one,
+            one,
             false,
             false,
             false,

@@ -14,6 +14,7 @@
 mod block;
 mod conv;
 mod gemm;
+mod isa;
 mod linear;
 
 use std::sync::{Arc, Mutex};
@@ -24,6 +25,7 @@ use crate::cpu_op::{contiguous, cpu_storage, dispatch_float as dispatch, tensor_
 
 pub use conv::{Conv2dGeom, ConvGeom};
 pub use gemm::{View, ViewMut, matmul, matmul_instruction_set};
+pub use isa::{Isa, IsaError, force_isa, isa};
 pub use linear::LinearGeom;
 
 mod sealed {
