@@ -21,7 +21,7 @@ pub struct Args {
     /// Also write the figures as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Only this model: eeg_only, concat, cross_attention or gated.
+    /// Only this model: eeg_only, concat, cross_attention, gated, temporal or adaptive.
     #[arg(long)]
     config: Option<String>,
     /// Repetitions of the MFCC measurement (the median is reported).
@@ -39,6 +39,8 @@ pub struct Args {
 #[derive(Serialize)]
 struct ModelFigures {
     config: String,
+    /// Trainable parameters (as `bench_train.py`'s `params`).
+    params: usize,
     train_samples_per_s: f64,
     infer_samples_per_s: f64,
     latency_ms_p50: f64,
@@ -195,6 +197,7 @@ fn bench_model(name: &str, dev: &Device) -> anyhow::Result<ModelFigures> {
     }
     Ok(ModelFigures {
         config: name.to_owned(),
+        params: model.num_parameters(),
         train_samples_per_s: train,
         infer_samples_per_s: median(passes),
         latency_ms_p50: median(lat.clone()),
