@@ -140,6 +140,15 @@ macro_rules! gemm_with {
 /// When the shapes do not chain, a view reaches past its slice, or the destination's elements overlap:
 /// these are bugs in the caller, never data-dependent.
 pub fn matmul<T: Real>(dst: ViewMut<'_, T>, accumulate: bool, lhs: View<'_, T>, rhs: View<'_, T>) {
+    matmul_on(super::isa::isa(), dst, accumulate, lhs, rhs);
+}
+
+/// [`matmul`] on the given instruction set, which this CPU must support.
+///
+/// # Panics
+/// As [`matmul`], and when this CPU cannot run `isa`.
+fn matmul_on<T: Real>(isa: Isa, dst: ViewMut<'_, T>, accumulate: bool, lhs: View<'_, T>, rhs: View<'_, T>) {
+    assert!(isa.is_supported(), "this CPU cannot run the {isa} kernels");
     let (m, n, k) = (dst.rows, dst.cols, lhs.cols);
     assert!(lhs.rows == m && rhs.cols == n && rhs.rows == k, "matmul shapes do not chain");
     assert!(reach(m, n, dst.rs, dst.cs) <= dst.data.len(), "matmul destination out of bounds");
@@ -149,7 +158,6 @@ pub fn matmul<T: Real>(dst: ViewMut<'_, T>, accumulate: bool, lhs: View<'_, T>, 
     if m == 0 || n == 0 {
         return;
     }
-    let isa = super::isa::isa();
     let args = (
         m,
         n,
@@ -169,7 +177,7 @@ pub fn matmul<T: Real>(dst: ViewMut<'_, T>, accumulate: bool, lhs: View<'_, T>, 
     // operand, and the asserts above show each such index lies inside its slice. `dst` is borrowed
     // mutably, so it aliases neither input, and its elements are distinct, so the writes do not overlap.
     // `T` is `f32` or `f64` (the sealed `Real` trait), told apart by its `DTYPE`, so the casts keep the
-    // element type. `isa` is supported by this CPU (detected, or checked by `force_isa`).
+    // element type. `isa` is supported by this CPU (asserted above).
     // `Parallelism::None` keeps the call on this thread.
     unsafe {
         match T::DTYPE {
@@ -265,7 +273,7 @@ mod tests {
     proptest! {
         #[test]
         fn matches_the_definition(
-            m in 0usize..9, n in 0usize..9, k in 0usize..9,
+            m in 0usize..40, n in 0usize..40, k in 0usize..40,
             ta in any::<bool>(), tb in any::<bool>(), accumulate in any::<bool>(), seed in 0u64..1000,
         ) {
             let val = |i: usize| ((i as u64 * 2_654_435_761 + seed) % 1000) as f64 / 500.0 - 1.0;
@@ -274,11 +282,24 @@ mod tests {
             let av = if ta { View::rows(&a, k, m).t() } else { View::rows(&a, m, k) };
             let bv = if tb { View::rows(&b, n, k).t() } else { View::rows(&b, k, n) };
             let expected = naive(m, n, k, &av, &bv);
-            let mut dst = vec![0.5; m * n];
-            matmul(ViewMut::rows(&mut dst, m, n, n), accumulate, av, bv);
-            for (d, e) in dst.iter().zip(&expected) {
-                let e = if accumulate { e + 0.5 } else { *e };
-                prop_assert!((d - e).abs() < 1e-12, "{} vs {}", d, e);
+            // Every instruction set this CPU runs, f64 and f32.
+            for isa in Isa::supported() {
+                let mut dst = vec![0.5; m * n];
+                matmul_on(isa, ViewMut::rows(&mut dst, m, n, n), accumulate, av, bv);
+                for (d, e) in dst.iter().zip(&expected) {
+                    let e = if accumulate { e + 0.5 } else { *e };
+                    prop_assert!((d - e).abs() < 1e-12, "{}: {} vs {}", isa, d, e);
+                }
+                let (a32, b32): (Vec<f32>, Vec<f32>) =
+                    (a.iter().map(|v| *v as f32).collect(), b.iter().map(|v| *v as f32).collect());
+                let av32 = View { data: &a32[..], rows: av.rows, cols: av.cols, rs: av.rs, cs: av.cs };
+                let bv32 = View { data: &b32[..], rows: bv.rows, cols: bv.cols, rs: bv.rs, cs: bv.cs };
+                let mut dst32 = vec![0.5f32; m * n];
+                matmul_on(isa, ViewMut::rows(&mut dst32, m, n, n), accumulate, av32, bv32);
+                for (d, e) in dst32.iter().zip(&expected) {
+                    let e = if accumulate { e + 0.5 } else { *e };
+                    prop_assert!((f64::from(*d) - e).abs() < 1e-5, "{} f32: {} vs {}", isa, d, e);
+                }
             }
         }
     }
