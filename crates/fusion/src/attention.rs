@@ -175,6 +175,7 @@ impl candle_core::CustomOp3 for RotateOp {
     ) -> candle_core::Result<(encoders::cpu_op::CpuStorage, candle_core::Shape)> {
         use candle_core::WithDType;
         use encoders::cpu_op::{contiguous, dispatch_float};
+        use rayon::prelude::*;
         let (b, t, e) = l1.shape().dims3()?;
         if l2.shape().dims() != [1, t, e / 2] || l3.shape() != l2.shape() || e % 2 != 0 {
             candle_core::bail!("rotate: x {:?}, tables {:?} and {:?}", l1.shape(), l2.shape(), l3.shape());
@@ -183,13 +184,14 @@ impl candle_core::CustomOp3 for RotateOp {
             let x = contiguous::<T>(s1, l1, "rotate input")?;
             let (cos, sin) = (contiguous::<T>(s2, l2, "rotate cos")?, contiguous::<T>(s3, l3, "rotate sin")?);
             let mut out = vec![T::from_f64(0.0); x.len()];
-            for (xs, os) in x.chunks_exact(t * e).zip(out.chunks_exact_mut(t * e)) {
+            // One sample per task (the same arithmetic whatever the thread count).
+            x.par_chunks_exact(t * e).zip(out.par_chunks_exact_mut(t * e)).for_each(|(xs, os)| {
                 for (((xp, op), c), s) in xs.chunks_exact(2).zip(os.chunks_exact_mut(2)).zip(cos.iter().cycle()).zip(sin.iter().cycle()) {
                     let (ev, od) = (xp[0], xp[1]);
                     op[0] = ev * *c - od * *s;
                     op[1] = ev * *s + od * *c;
                 }
-            }
+            });
             debug_assert_eq!(out.len(), b * t * e);
             Ok((T::to_cpu_storage_owned(out), l1.shape().clone()))
         })

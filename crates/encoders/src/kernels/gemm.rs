@@ -1,4 +1,4 @@
-//! The workspace's only `unsafe`: a bounds-checked, single-threaded call into the `gemm` crate (the matrix
+//! The workspace's only `unsafe`: a bounds-checked call into the `gemm` crate (the matrix
 //! product candle itself uses). Every view is checked against its slice before the call, so no index the
 //! kernel computes can leave the slices, and the destination's elements are checked not to overlap.
 #![allow(unsafe_code)]
@@ -93,7 +93,7 @@ pub fn matmul_instruction_set() -> &'static str {
 macro_rules! gemm_with {
     ($simd:ty, $module:path, $t:ty, $n:expr, $args:expr) => {{
         use $module as ukr;
-        let (m, n, k, dst, dst_cs, dst_rs, read_dst, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs) = $args;
+        let (m, n, k, dst, dst_cs, dst_rs, read_dst, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs, par) = $args;
         let one: $t = 1.0;
         gemm_common::gemm::gemm_basic_generic::<
             $simd,
@@ -129,7 +129,7 @@ macro_rules! gemm_with {
             &ukr::UKR,
             &ukr::H_UKR,
             false,
-            gemm::Parallelism::None,
+            par,
         )
     }};
 }
@@ -140,14 +140,34 @@ macro_rules! gemm_with {
 /// When the shapes do not chain, a view reaches past its slice, or the destination's elements overlap:
 /// these are bugs in the caller, never data-dependent.
 pub fn matmul<T: Real>(dst: ViewMut<'_, T>, accumulate: bool, lhs: View<'_, T>, rhs: View<'_, T>) {
-    matmul_on(super::isa::isa(), dst, accumulate, lhs, rhs);
+    matmul_on(super::isa::isa(), false, dst, accumulate, lhs, rhs);
 }
 
-/// [`matmul`] on the given instruction set, which this CPU must support.
+/// [`matmul`] split over the threads of the current rayon pool (`gemm` shares out blocks of the
+/// destination; a product too small to pay for it stays on this thread). The same bits as [`matmul`]
+/// whatever the thread count: every destination element is still the same sequence of multiply-adds
+/// over the inner dimension (tested). For one large product outside a parallel loop (a weight
+/// gradient summed over every row of a batch).
+///
+/// # Panics
+/// As [`matmul`].
+pub fn matmul_parallel<T: Real>(dst: ViewMut<'_, T>, accumulate: bool, lhs: View<'_, T>, rhs: View<'_, T>) {
+    matmul_on(super::isa::isa(), true, dst, accumulate, lhs, rhs);
+}
+
+/// [`matmul`] (or [`matmul_parallel`] when `parallel`) on the given instruction set, which this CPU must
+/// support.
 ///
 /// # Panics
 /// As [`matmul`], and when this CPU cannot run `isa`.
-fn matmul_on<T: Real>(isa: Isa, dst: ViewMut<'_, T>, accumulate: bool, lhs: View<'_, T>, rhs: View<'_, T>) {
+fn matmul_on<T: Real>(
+    isa: Isa,
+    parallel: bool,
+    dst: ViewMut<'_, T>,
+    accumulate: bool,
+    lhs: View<'_, T>,
+    rhs: View<'_, T>,
+) {
     assert!(isa.is_supported(), "this CPU cannot run the {isa} kernels");
     let (m, n, k) = (dst.rows, dst.cols, lhs.cols);
     assert!(lhs.rows == m && rhs.cols == n && rhs.rows == k, "matmul shapes do not chain");
@@ -172,13 +192,15 @@ fn matmul_on<T: Real>(isa: Isa, dst: ViewMut<'_, T>, accumulate: bool, lhs: View
         rhs.data.as_ptr(),
         isize_of(rhs.cs),
         isize_of(rhs.rs),
+        if parallel { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None },
     );
     // SAFETY: every index gemm forms is `i·rs + j·cs` with `i`, `j` inside the shape given for that
     // operand, and the asserts above show each such index lies inside its slice. `dst` is borrowed
     // mutably, so it aliases neither input, and its elements are distinct, so the writes do not overlap.
     // `T` is `f32` or `f64` (the sealed `Real` trait), told apart by its `DTYPE`, so the casts keep the
     // element type. `isa` is supported by this CPU (asserted above).
-    // `Parallelism::None` keeps the call on this thread.
+    // `Parallelism::None` keeps the call on this thread; `Rayon(0)` shares the destination's blocks out
+    // to the current pool, each thread writing only its own blocks.
     unsafe {
         match T::DTYPE {
             DType::F32 => matmul_f32(isa, cast::<T, f32>(args)),
@@ -188,12 +210,26 @@ fn matmul_on<T: Real>(isa: Isa, dst: ViewMut<'_, T>, accumulate: bool, lhs: View
     }
 }
 
-type Args<T> =
-    (usize, usize, usize, *mut T, isize, isize, bool, *const T, isize, isize, *const T, isize, isize);
+type Args<T> = (
+    usize,
+    usize,
+    usize,
+    *mut T,
+    isize,
+    isize,
+    bool,
+    *const T,
+    isize,
+    isize,
+    *const T,
+    isize,
+    isize,
+    gemm::Parallelism,
+);
 
 /// The same arguments with the pointers cast to `U`; callers check that `T` is `U`.
 fn cast<T, U>(a: Args<T>) -> Args<U> {
-    (a.0, a.1, a.2, a.3.cast(), a.4, a.5, a.6, a.7.cast(), a.8, a.9, a.10.cast(), a.11, a.12)
+    (a.0, a.1, a.2, a.3.cast(), a.4, a.5, a.6, a.7.cast(), a.8, a.9, a.10.cast(), a.11, a.12, a.13)
 }
 
 /// # Safety
@@ -231,25 +267,8 @@ unsafe fn matmul_f64(isa: Isa, args: Args<f64>) {
 unsafe fn native<T: Copy + 'static>(a: Args<T>, one: T) {
     unsafe {
         gemm::gemm(
-            a.0,
-            a.1,
-            a.2,
-            a.3,
-            a.4,
-            a.5,
-            a.6,
-            a.7,
-            a.8,
-            a.9,
-            a.10,
-            a.11,
-            a.12,
-            one,
-            one,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
+            a.0, a.1, a.2, a.3, a.4, a.5, a.6, a.7, a.8, a.9, a.10, a.11, a.12, one, one, false, false,
+            false, a.13,
         );
     }
 }
@@ -285,7 +304,7 @@ mod tests {
             // Every instruction set this CPU runs, f64 and f32.
             for isa in Isa::supported() {
                 let mut dst = vec![0.5; m * n];
-                matmul_on(isa, ViewMut::rows(&mut dst, m, n, n), accumulate, av, bv);
+                matmul_on(isa, false, ViewMut::rows(&mut dst, m, n, n), accumulate, av, bv);
                 for (d, e) in dst.iter().zip(&expected) {
                     let e = if accumulate { e + 0.5 } else { *e };
                     prop_assert!((d - e).abs() < 1e-12, "{}: {} vs {}", isa, d, e);
@@ -295,10 +314,34 @@ mod tests {
                 let av32 = View { data: &a32[..], rows: av.rows, cols: av.cols, rs: av.rs, cs: av.cs };
                 let bv32 = View { data: &b32[..], rows: bv.rows, cols: bv.cols, rs: bv.rs, cs: bv.cs };
                 let mut dst32 = vec![0.5f32; m * n];
-                matmul_on(isa, ViewMut::rows(&mut dst32, m, n, n), accumulate, av32, bv32);
+                matmul_on(isa, false, ViewMut::rows(&mut dst32, m, n, n), accumulate, av32, bv32);
                 for (d, e) in dst32.iter().zip(&expected) {
                     let e = if accumulate { e + 0.5 } else { *e };
                     prop_assert!((f64::from(*d) - e).abs() < 1e-5, "{} f32: {} vs {}", isa, d, e);
+                }
+            }
+        }
+    }
+
+    /// The parallel product gives the serial one's bits on every instruction set, whatever the pool's
+    /// thread count, on shapes large enough for `gemm` to split (a linear layer's weight gradient over a
+    /// batch of sequences: a transposed left side and a long inner dimension) and on small ones.
+    #[test]
+    fn the_parallel_product_has_the_serial_bits_at_every_thread_count() {
+        let val = |i: usize, s: usize| ((i * 2_654_435_761 + s) % 1999) as f32 / 999.0 - 1.0;
+        for (m, n, k) in [(192, 64, 4000), (64, 128, 1024), (5, 7, 3), (130, 70, 1500), (16, 300, 2100)] {
+            let a: Vec<f32> = (0..m * k).map(|i| val(i, 1)).collect();
+            let b: Vec<f32> = (0..k * n).map(|i| val(i, 2)).collect();
+            let (av, bv) = (View::rows(&a, k, m).t(), View::rows(&b, k, n));
+            for isa in Isa::supported() {
+                let mut serial = vec![0f32; m * n];
+                matmul_on(isa, false, ViewMut::rows(&mut serial, m, n, n), false, av, bv);
+                for threads in [1, 2, 3] {
+                    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                    let mut par = vec![0.25f32; m * n];
+                    pool.install(|| matmul_on(isa, true, ViewMut::rows(&mut par, m, n, n), false, av, bv));
+                    let same = serial.iter().zip(&par).all(|(x, y)| x.to_bits() == y.to_bits());
+                    assert!(same, "{isa}, {threads} threads, {m}×{n}×{k}");
                 }
             }
         }

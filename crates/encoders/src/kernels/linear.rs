@@ -6,7 +6,7 @@
 use rayon::prelude::*;
 
 use super::Real;
-use super::gemm::{View, ViewMut, matmul};
+use super::gemm::{View, ViewMut, matmul, matmul_parallel};
 
 /// Rows per parallel block.
 const ROWS: usize = 64;
@@ -61,7 +61,12 @@ pub fn backward<T: Real>(
         dx
     });
     let mut dw = vec![T::zero(); m * n];
-    matmul(ViewMut::rows(&mut dw, m, n, n), false, View::rows(dy, g.rows, m).t(), View::rows(x, g.rows, n));
+    matmul_parallel(
+        ViewMut::rows(&mut dw, m, n, n),
+        false,
+        View::rows(dy, g.rows, m).t(),
+        View::rows(x, g.rows, n),
+    );
     let mut db = vec![T::zero(); m];
     for row in dy.chunks_exact(m.max(1)) {
         for (d, v) in db.iter_mut().zip(row) {
