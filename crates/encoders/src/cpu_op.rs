@@ -4,8 +4,9 @@
 //! typed by a storage's element type.
 
 /// The bounds-checked, single-threaded matrix product of this crate's kernels, for other crates' CPU ops:
-/// `matmul(dst, accumulate, lhs, rhs)` over strided [`View`]s of slices, in the [`Real`] types.
-pub use crate::kernels::{Real, View, ViewMut, matmul};
+/// `matmul(dst, accumulate, lhs, rhs)` over strided [`View`]s of slices, in the [`Real`] types; and
+/// [`zeros`], an output buffer zeroed by the pool's threads.
+pub use crate::kernels::{Real, View, ViewMut, matmul, zeros};
 pub use candle_core::CpuStorage;
 use std::cell::Cell;
 

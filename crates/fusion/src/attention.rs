@@ -183,7 +183,7 @@ impl candle_core::CustomOp3 for RotateOp {
         dispatch_float!(s1, T => {
             let x = contiguous::<T>(s1, l1, "rotate input")?;
             let (cos, sin) = (contiguous::<T>(s2, l2, "rotate cos")?, contiguous::<T>(s3, l3, "rotate sin")?);
-            let mut out = vec![T::from_f64(0.0); x.len()];
+            let mut out = encoders::cpu_op::zeros::<T>(x.len());
             // One sample per task (the same arithmetic whatever the thread count).
             x.par_chunks_exact(t * e).zip(out.par_chunks_exact_mut(t * e)).for_each(|(xs, os)| {
                 for (((xp, op), c), s) in xs.chunks_exact(2).zip(os.chunks_exact_mut(2)).zip(cos.iter().cycle()).zip(sin.iter().cycle()) {

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor, WithDType, bail};
 use encoders::cpu_op::{
-    Real, View, ViewMut, contiguous, cpu_storage, dispatch_float as dispatch, matmul, tensor_from,
+    Real, View, ViewMut, contiguous, cpu_storage, dispatch_float as dispatch, matmul, tensor_from, zeros,
 };
 use rayon::prelude::*;
 
@@ -50,8 +50,8 @@ impl AttentionOp {
 
     /// The context `(B, Tq, E)` and the weights `(B, H, Tq, Tk)` of contiguous `q`, `k`, `v`.
     fn run<T: Real + SoftmaxRow>(&self, d: &Dims, q: &[T], k: &[T], v: &[T]) -> (Vec<T>, Vec<T>) {
-        let mut ctx = vec![T::from_f64(0.0); d.batch * d.tq * d.embed];
-        let mut p = vec![T::from_f64(0.0); d.batch * d.heads * d.tq * d.tk];
+        let mut ctx = zeros(d.batch * d.tq * d.embed);
+        let mut p = zeros(d.batch * d.heads * d.tq * d.tk);
         // Samples are independent: one per task, the same arithmetic whatever the thread count.
         ctx.par_chunks_exact_mut(d.tq * d.embed)
             .zip(p.par_chunks_exact_mut(d.heads * d.tq * d.tk))
@@ -426,9 +426,7 @@ impl CustomOp3 for AttentionOp {
                 }
             };
             let (qn, kn, pn) = (d.tq * d.embed, d.tk * d.embed, d.heads * d.tq * d.tk);
-            let mut dq = vec![T::from_f64(0.0); q.len()];
-            let mut dk = vec![T::from_f64(0.0); k.len()];
-            let mut dv = vec![T::from_f64(0.0); v.len()];
+            let (mut dq, mut dk, mut dv) = (zeros::<T>(q.len()), zeros::<T>(k.len()), zeros::<T>(v.len()));
             dq.par_chunks_exact_mut(qn)
                 .zip(dk.par_chunks_exact_mut(kn))
                 .zip(dv.par_chunks_exact_mut(kn))

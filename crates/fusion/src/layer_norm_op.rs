@@ -53,7 +53,7 @@ impl CustomOp3 for LayerNormOp {
         dispatch!(s1, T => {
             let x = contiguous::<T>(s1, l1, "layer norm input")?;
             let (g, b) = (contiguous::<T>(s2, l2, "layer norm weight")?, contiguous::<T>(s3, l3, "layer norm bias")?);
-            let mut out = vec![T::from_f64(0.0); x.len()];
+            let mut out = encoders::cpu_op::zeros::<T>(x.len());
             out.par_chunks_mut(BLOCK * dim).zip(x.par_chunks(BLOCK * dim)).for_each(|(ob, xb)| {
                 for (orow, xrow) in ob.chunks_exact_mut(dim).zip(xb.chunks_exact(dim)) {
                     let (mean, rstd) = moments(xrow, self.eps);
@@ -89,7 +89,7 @@ impl CustomOp3 for LayerNormOp {
             let x = contiguous::<T>(xs, xl, "layer norm input")?;
             let g = contiguous::<T>(ws, wl, "layer norm weight")?;
             let dy = contiguous::<T>(gs, gl, "layer norm output gradient")?;
-            let mut dx = vec![T::from_f64(0.0); x.len()];
+            let mut dx = encoders::cpu_op::zeros::<T>(x.len());
             // Per block of rows: dx, and that block's partial sums of dγ and dβ (added in block order).
             let partials: Vec<(Vec<f64>, Vec<f64>)> = dx
                 .par_chunks_mut(BLOCK * dim)

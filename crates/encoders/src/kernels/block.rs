@@ -109,7 +109,7 @@ pub fn forward<T: Real>(
             (T::from_f64(a), T::from_f64(be.to_f64() - mean * a))
         })
         .collect();
-    let mut out = vec![T::zero(); g.batch * g.cout * ol];
+    let mut out = super::zeros(g.batch * g.cout * ol);
     out.par_chunks_mut(g.cout * ol).enumerate().for_each(|(b, ob)| {
         for (c, (orow, &(a, s))) in ob.chunks_exact_mut(ol).zip(&coef).enumerate() {
             for (o, v) in orow.iter_mut().zip(&y[wide_index(g, b, c)..][..ol]) {

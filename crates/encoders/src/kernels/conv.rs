@@ -257,7 +257,7 @@ impl ConvGeom {
 pub fn forward<T: Real>(g: &impl Im2col, x: &[T], w: &[T], bias: &[T], relu: bool) -> Vec<T> {
     let (taps, ol) = (g.taps(), g.out_positions());
     let (batch, cin, cout) = g.channels();
-    let mut y = vec![T::zero(); batch * cout * ol];
+    let mut y = super::zeros(batch * cout * ol);
     y.par_chunks_mut(cout * ol).zip(x.par_chunks(cin * g.in_positions())).for_each_init(
         || (vec![T::zero(); taps * ol], g.scratch()),
         |(cols, phases), (yb, xb)| {
@@ -317,7 +317,7 @@ pub fn wide_index(g: &ConvGeom, b: usize, co: usize) -> usize {
 /// `(cout, n·out_len)` matrix, the samples side by side; one matrix product per chunk.
 pub fn forward_wide<T: Real>(g: &ConvGeom, x: &[T], w: &[T]) -> Vec<T> {
     let (taps, ol, x_step) = (g.taps(), g.out_len, g.cin * g.len);
-    let mut y = vec![T::zero(); g.batch * g.cout * ol];
+    let mut y = super::zeros(g.batch * g.cout * ol);
     y.par_chunks_mut(CHUNK * g.cout * ol).zip(x.par_chunks(CHUNK * x_step)).for_each_init(
         || (vec![T::zero(); taps * CHUNK * ol], g.scratch()),
         |(cols, phases), (yc, xc)| {

@@ -5,8 +5,8 @@
 
 use rayon::prelude::*;
 
-use super::Real;
 use super::gemm::{View, ViewMut, matmul, matmul_parallel};
+use super::{Real, zeros};
 
 /// Rows per parallel block.
 const ROWS: usize = 64;
@@ -23,7 +23,7 @@ pub struct LinearGeom {
 /// The bias is added after the product, as a separate matrix product and addition would.
 pub fn forward<T: Real>(g: &LinearGeom, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
     let (n, m) = (g.inputs, g.outputs);
-    let mut y = vec![T::zero(); g.rows * m];
+    let mut y = zeros(g.rows * m);
     if m == 0 {
         return y;
     }
@@ -50,7 +50,7 @@ pub fn backward<T: Real>(
 ) -> (Option<Vec<T>>, Vec<T>, Vec<T>) {
     let (n, m) = (g.inputs, g.outputs);
     let dx = need_dx.then(|| {
-        let mut dx = vec![T::zero(); g.rows * n];
+        let mut dx = zeros(g.rows * n);
         if n > 0 {
             dx.par_chunks_mut(ROWS * n).enumerate().for_each(|(c, dxb)| {
                 let rows = dxb.len() / n;

@@ -28,6 +28,23 @@ pub use gemm::{View, ViewMut, matmul, matmul_instruction_set};
 pub use isa::{Isa, IsaError, force_isa, isa};
 pub use linear::LinearGeom;
 
+/// Buffers of at least this many elements are zeroed by the pool's threads ([`zeros`]).
+const PARALLEL_ZEROS: usize = 1 << 15;
+
+/// A buffer of `len` zeros for a kernel's output. Large ones are written by the threads of the current
+/// rayon pool rather than by the calling thread alone: a training step allocates tens of megabytes of
+/// outputs and gradients, and zeroing them on the thread that runs the graph was 7 % of the temporal
+/// mode's training time, with the other core idle.
+#[must_use]
+pub fn zeros<T: Real>(len: usize) -> Vec<T> {
+    if len < PARALLEL_ZEROS {
+        return vec![T::zero(); len];
+    }
+    let mut v = Vec::with_capacity(len);
+    rayon::iter::ParallelExtend::par_extend(&mut v, rayon::iter::repeat_n(T::zero(), len));
+    v
+}
+
 mod sealed {
     pub trait Sealed {}
     impl Sealed for f32 {}
@@ -439,5 +456,20 @@ impl CustomOp3 for LinearOp {
         });
         let dx = dx.map(|d| tensor_from(d, x.dims(), x)).transpose()?;
         Ok((dx, Some(tensor_from(dw, w.dims(), w)?), Some(tensor_from(db, b.dims(), b)?)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Small and large buffers (serial and parallel zeroing) hold exactly `len` zeros.
+    #[test]
+    fn zeros_are_zeros_of_the_asked_length() {
+        for len in [0, 1, super::PARALLEL_ZEROS - 1, super::PARALLEL_ZEROS, 3 * super::PARALLEL_ZEROS + 7] {
+            let v = super::zeros::<f32>(len);
+            assert_eq!(v.len(), len);
+            assert!(v.iter().all(|x| x.to_bits() == 0));
+            let w = super::zeros::<f64>(len);
+            assert!(w.len() == len && w.iter().all(|x| x.to_bits() == 0));
+        }
     }
 }
