@@ -28,8 +28,9 @@ pub use gemm::{View, ViewMut, matmul, matmul_instruction_set};
 pub use isa::{Isa, IsaError, force_isa, isa};
 pub use linear::LinearGeom;
 
-/// Buffers of at least this many elements are zeroed by the pool's threads ([`zeros`]).
-const PARALLEL_ZEROS: usize = 1 << 15;
+/// Buffers of at least this many elements (512 KiB in f32) are zeroed by the pool's threads ([`zeros`]):
+/// a training step's outputs are larger, a single window's (a live hop) stay on the calling thread.
+const PARALLEL_ZEROS: usize = 1 << 17;
 
 /// A buffer of `len` zeros for a kernel's output. Large ones are written by the threads of the current
 /// rayon pool rather than by the calling thread alone: a training step allocates tens of megabytes of
