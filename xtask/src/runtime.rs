@@ -26,8 +26,8 @@ pub fn thread_setting(threads: Option<usize>, current: Option<String>, available
     }
 }
 
-/// Sets `RAYON_NUM_THREADS` per [`thread_setting`], and candle's spin limit to 0 unless set. Call it first thing in `main`, while the process has
-/// one thread.
+/// Sets `RAYON_NUM_THREADS` per [`thread_setting`], and candle's spin limit to 0 unless set. Call it
+/// first thing in `main`, while the process has one thread.
 pub fn fix_thread_count(threads: Option<usize>) {
     let available = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let current = std::env::var("RAYON_NUM_THREADS").ok().filter(|v| v.parse::<usize>().is_ok_and(|n| n > 0));

@@ -61,7 +61,7 @@ impl Isa {
         }
     }
 
-    /// Every instruction set this CPU can run.
+    /// Every instruction set this CPU can run, in the order of [`Isa::ALL`] (the narrowest first).
     #[must_use]
     pub fn supported() -> Vec<Self> {
         Self::ALL.into_iter().filter(|i| i.is_supported()).collect()
