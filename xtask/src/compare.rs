@@ -82,6 +82,11 @@ pub struct Training {
     /// trials, then train on every training window. 0: the fused classifier alone (the design's model).
     #[arg(long, default_value_t = experiments::config::DEFAULT_LATE_FUSION_FOLDS)]
     pub late_fusion_folds: usize,
+    /// Late fusion: let the mixture also weight the separately trained single-modality model of each
+    /// fused modality (carried inside the fused model's checkpoint when weighted); `false`: the fused
+    /// model's own outputs only.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub late_fusion_experts: bool,
     /// Fused models with unimodal heads: on-the-fly gradient modulation with this α (0: off).
     #[arg(long, default_value_t = 0.0)]
     pub gradient_modulation: f64,
@@ -118,6 +123,7 @@ impl Training {
         cfg.train.modality_dropout = self.modality_dropout;
         cfg.unimodal_loss = self.unimodal_loss;
         cfg.late_fusion_folds = self.late_fusion_folds;
+        cfg.late_fusion_experts = self.late_fusion_experts;
         cfg.train.gradient_modulation = self.gradient_modulation;
         cfg.preprocess.causal = self.causal;
         cfg.train.recompute_batch_norm = self.batch_norm_stats == BatchNormStats::Recomputed;
@@ -141,6 +147,7 @@ impl Training {
             ("--modality-dropout", self.modality_dropout.to_string()),
             ("--unimodal-loss", self.unimodal_loss.to_string()),
             ("--late-fusion-folds", self.late_fusion_folds.to_string()),
+            ("--late-fusion-experts", self.late_fusion_experts.to_string()),
             ("--gradient-modulation", self.gradient_modulation.to_string()),
         ]
         .into_iter()

@@ -58,6 +58,14 @@ pub struct ExperimentConfig {
     /// design's model.
     #[serde(default)]
     pub late_fusion_folds: usize,
+    /// Late fusion: the mixture may also weight the separately trained single-modality model of each
+    /// fused modality (an *expert*, the `{modality}_only` model of the same split, trained like that row;
+    /// its out-of-fold predictions come from single-modality models trained on the same folds). Experts
+    /// given weight travel inside the fused model's checkpoint. With them, a mixture can put its weight
+    /// on the best single model where the fused model's own outputs are weaker. `false` (and configs
+    /// without the field): the fused model's own outputs only.
+    #[serde(default)]
+    pub late_fusion_experts: bool,
     /// Seed of weights, dropout and shuffling.
     pub seed: u64,
     /// `cpu` or `cuda`.
@@ -102,6 +110,7 @@ impl ExperimentConfig {
             dropout: 0.3,
             unimodal_loss: DEFAULT_UNIMODAL_LOSS,
             late_fusion_folds: DEFAULT_LATE_FUSION_FOLDS,
+            late_fusion_experts: true,
             seed: 42,
             device: "cpu".into(),
             checkpoint_dir: None,

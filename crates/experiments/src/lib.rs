@@ -62,4 +62,6 @@ pub mod train;
 
 pub use atomic::write as write_atomic;
 pub use error::{Error, Result};
-pub use model::{EmotionModel, Inputs, Intermediates, ModelConfig, OutputMix, Presence, is_running_stat};
+pub use model::{
+    EmotionModel, Inputs, Intermediates, MixExpert, ModelConfig, OutputMix, Presence, is_running_stat,
+};

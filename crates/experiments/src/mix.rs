@@ -1,6 +1,7 @@
 //! Late fusion that cannot fall far below its best single output: a fused model with unimodal heads
-//! predicts with a mixture of its fused classifier's and its heads' class probabilities
-//! ([`OutputMix`]), the weights chosen on windows the model did not train on.
+//! predicts with a mixture of its fused classifier's and its heads' class probabilities, and of the
+//! separately trained single-modality models' ([`OutputMix`]), the weights chosen on windows the models
+//! did not train on.
 //!
 //! Why held-out windows: a modality can fit the training windows perfectly and still say nothing about
 //! new trials (a voice whose pitch is unique to each trial lets a model memorise every training trial).
@@ -14,18 +15,47 @@ use core_types::{Emotion, Modality};
 use crate::data::TensorSet;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::model::{EmotionModel, OutputMix};
+use crate::model::{EmotionModel, MixExpert, ModelConfig, OutputMix};
 
 /// Grid steps per unit weight when choosing a mix (0.1 apart).
 pub const MIX_STEPS: usize = 10;
 
+/// Which output of a fused model's mixture.
+#[derive(Debug, Clone, PartialEq)]
+enum Source {
+    /// The fused classifier.
+    Fused,
+    /// A modality's unimodal head.
+    Head(Modality),
+    /// A separately trained single-modality model with its configuration.
+    Expert(Box<ModelConfig>),
+}
+
 /// One output's class probabilities over a set of windows, and where it is present.
 #[derive(Debug, Clone)]
 struct Output {
-    /// `None`: the fused classifier; else the modality's unimodal head.
-    modality: Option<Modality>,
+    source: Source,
     probs: Vec<[f64; Emotion::COUNT]>,
     present: Vec<bool>,
+}
+
+impl Output {
+    /// `fused`, the head's modality (`eeg`), or the expert's row name (`eeg_only`).
+    fn name(&self) -> String {
+        match &self.source {
+            Source::Fused => "fused".to_owned(),
+            Source::Head(m) => m.to_string(),
+            Source::Expert(cfg) => format!("{}_only", cfg.single),
+        }
+    }
+}
+
+/// A presence mask `(B)` (or every sample for `None`) as booleans.
+fn present(mask: Option<&candle_core::Tensor>, n: usize) -> Result<Vec<bool>> {
+    Ok(match mask {
+        Some(p) => p.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?.iter().map(|v| *v == 1.0).collect(),
+        None => vec![true; n],
+    })
 }
 
 /// The class probabilities of a fused model's outputs (the fused classifier and each unimodal head) on a
@@ -62,9 +92,11 @@ impl OutputProbs {
             )));
         }
         let modalities = model.modalities();
-        let mut outputs: Vec<Output> = std::iter::once(None)
-            .chain(modalities.iter().copied().map(Some))
-            .map(|modality| Output { modality, probs: Vec::new(), present: Vec::new() })
+        let experts = model.experts();
+        let mut outputs: Vec<Output> = std::iter::once(Source::Fused)
+            .chain(modalities.iter().copied().map(Source::Head))
+            .chain(experts.iter().map(|(_, e)| Source::Expert(Box::new(e.config().clone()))))
+            .map(|source| Output { source, probs: Vec::new(), present: Vec::new() })
             .collect();
         let ids: Vec<u32> = (0..u32::try_from(set.len()).unwrap_or(u32::MAX)).collect();
         for idx in ids.chunks(64) {
@@ -73,19 +105,15 @@ impl OutputProbs {
             outputs[0].probs.extend(probs(&out.classifier_logits)?);
             outputs[0].present.extend(std::iter::repeat_n(true, idx.len()));
             for o in &mut outputs[1..] {
-                let m = o.modality.unwrap_or(Modality::Eeg);
-                match out.unimodal_logits.iter().find(|(x, _, _)| *x == m) {
-                    Some((_, logits, present)) => {
+                let found = match &o.source {
+                    Source::Head(m) => out.unimodal_logits.iter().find(|(x, _, _)| x == m),
+                    Source::Expert(cfg) => out.expert_logits.iter().find(|(x, _, _)| *x == cfg.single),
+                    Source::Fused => None,
+                };
+                match found {
+                    Some((_, logits, mask)) => {
                         o.probs.extend(probs(logits)?);
-                        match present {
-                            Some(p) => o.present.extend(
-                                p.to_dtype(candle_core::DType::F32)?
-                                    .to_vec1::<f32>()?
-                                    .iter()
-                                    .map(|v| *v == 1.0),
-                            ),
-                            None => o.present.extend(std::iter::repeat_n(true, idx.len())),
-                        }
+                        o.present.extend(present(mask.as_ref(), idx.len())?);
                     }
                     // No sample of the batch has the modality.
                     None => {
@@ -98,6 +126,42 @@ impl OutputProbs {
         Ok(Self { labels: set.label_vec.clone(), outputs })
     }
 
+    /// Adds `single` (a separately trained single-modality model) as an expert output, run over `set`
+    /// (the windows these outputs were collected on) in evaluation mode; it is present where its
+    /// modality is.
+    ///
+    /// # Errors
+    /// [`Error::Input`] for a fused model, or a set of other windows; candle errors.
+    pub fn push_expert(&mut self, single: &EmotionModel, set: &TensorSet) -> Result<()> {
+        let cfg = single.config();
+        if cfg.fusion.is_some() || set.label_vec != self.labels {
+            return Err(Error::Input(format!(
+                "an expert of the output mix must be a single-modality model run on the same windows (got the {} model on {} windows)",
+                cfg.name(),
+                set.len()
+            )));
+        }
+        let m = cfg.single;
+        let mut out =
+            Output { source: Source::Expert(Box::new(cfg.clone())), probs: Vec::new(), present: Vec::new() };
+        let ids: Vec<u32> = (0..u32::try_from(set.len()).unwrap_or(u32::MAX)).collect();
+        for idx in ids.chunks(64) {
+            let batch = set.batch(idx)?;
+            let mask = present(batch.presence.get(m), idx.len())?;
+            if batch.inputs().get(m).is_some() && mask.contains(&true) {
+                let logits =
+                    single.forward_inputs(batch.inputs(), &crate::model::Presence::default(), false)?.logits;
+                out.probs.extend(probs(&logits)?);
+                out.present.extend(mask);
+            } else {
+                out.probs.extend(std::iter::repeat_n([0.0; Emotion::COUNT], idx.len()));
+                out.present.extend(std::iter::repeat_n(false, idx.len()));
+            }
+        }
+        self.outputs.push(out);
+        Ok(())
+    }
+
     /// Adds the windows of `other` (the same model kind's outputs on other windows).
     pub fn append(&mut self, other: Self) {
         self.labels.extend(other.labels);
@@ -108,7 +172,7 @@ impl OutputProbs {
     }
 
     /// The mixture's probability of the true class of window `i` under `weights` (fused first, then
-    /// the heads in the model's modality order), as [`OutputMix`] defines it.
+    /// the heads in the model's modality order, then the experts), as [`OutputMix`] defines it.
     fn true_class_prob(&self, weights: &[f64], i: usize) -> f64 {
         let (mut num, mut den) = (0.0, 0.0);
         for (o, &w) in self.outputs.iter().zip(weights) {
@@ -128,7 +192,8 @@ impl OutputProbs {
 
     /// The weights on the grid of [`MIX_STEPS`] steps with the lowest mean negative log-likelihood; ties
     /// go to the weights met first, which start from the fused classifier alone and move weight to the
-    /// heads in the model's modality order.
+    /// heads in the model's modality order, then to the experts. Experts left at weight 0 are dropped
+    /// from the mix (a checkpoint carries only the experts it uses).
     #[must_use]
     pub fn choose(&self) -> OutputMix {
         let k = self.outputs.len();
@@ -146,12 +211,17 @@ impl OutputProbs {
     }
 
     fn mix(&self, weights: &[f64]) -> OutputMix {
+        let outputs = || self.outputs.iter().zip(weights);
         OutputMix {
             fused: weights[0],
-            heads: self.outputs[1..]
-                .iter()
-                .zip(&weights[1..])
-                .filter_map(|(o, &w)| o.modality.map(|m| (m, w)))
+            heads: outputs()
+                .filter_map(|(o, &w)| if let Source::Head(m) = o.source { Some((m, w)) } else { None })
+                .collect(),
+            experts: outputs()
+                .filter_map(|(o, &w)| match &o.source {
+                    Source::Expert(cfg) if w > 0.0 => Some(MixExpert { weight: w, model: (**cfg).clone() }),
+                    _ => None,
+                })
                 .collect(),
         }
     }
@@ -166,14 +236,14 @@ impl OutputProbs {
             .collect()
     }
 
-    /// The accuracy of each output alone on the windows where it is present: `fused` and each
-    /// modality's head.
+    /// The accuracy of each output alone on the windows where it is present: `fused`, each modality's
+    /// head (`eeg`, …) and each expert (`eeg_only`, …).
     #[must_use]
     pub fn accuracies(&self) -> std::collections::BTreeMap<String, f64> {
         self.outputs
             .iter()
             .map(|o| {
-                let name = o.modality.map_or_else(|| "fused".to_owned(), |m| m.to_string());
+                let name = o.name();
                 let (truth, pred): (Vec<usize>, Vec<usize>) = o
                     .probs
                     .iter()
@@ -228,7 +298,11 @@ mod tests {
             labels.iter().enumerate().map(|(i, &c)| one_hot(if i % 2 == 0 { c } else { (c + 1) % 5 }, 0.6));
         let eeg = labels.iter().map(|&c| one_hot(c, 0.7));
         let audio = labels.iter().map(|&c| one_hot((c + 2) % 5, 0.99));
-        let out = |m, p: Vec<_>| Output { modality: m, probs: p, present: vec![true; 20] };
+        let out = |m: Option<Modality>, p: Vec<_>| Output {
+            source: m.map_or(Source::Fused, Source::Head),
+            probs: p,
+            present: vec![true; 20],
+        };
         let probs = OutputProbs {
             labels: labels.clone(),
             outputs: vec![
@@ -255,7 +329,46 @@ mod tests {
                 out(Some(Modality::Eeg), labels.iter().map(|&c| one_hot(c, 0.7)).collect()),
             ],
         };
-        assert_eq!(same.choose(), OutputMix { fused: 1.0, heads: vec![(Modality::Eeg, 0.0)] });
+        assert_eq!(
+            same.choose(),
+            OutputMix { fused: 1.0, heads: vec![(Modality::Eeg, 0.0)], experts: Vec::new() }
+        );
+    }
+
+    /// A single-modality expert that the held-out windows favour takes the weight and carries its
+    /// configuration into the mix; an expert left at 0 is dropped from it.
+    #[test]
+    fn experts_join_the_choice_and_unweighted_ones_are_dropped() {
+        let labels: Vec<usize> = (0..20).map(|i| i % 5).collect();
+        let weak = |i: usize, c: usize| one_hot(if i.is_multiple_of(2) { c } else { (c + 1) % 5 }, 0.6);
+        let out = |source, probs| Output { source, probs, present: vec![true; 20] };
+        let eeg_only = crate::model::ModelConfig::eeg_only(4);
+        let audio_only = crate::model::ModelConfig::audio_only(4);
+        let probs = OutputProbs {
+            labels: labels.clone(),
+            outputs: vec![
+                out(Source::Fused, labels.iter().enumerate().map(|(i, &c)| weak(i, c)).collect()),
+                out(
+                    Source::Head(Modality::Eeg),
+                    labels.iter().enumerate().map(|(i, &c)| weak(i + 1, c)).collect(),
+                ),
+                out(
+                    Source::Expert(Box::new(eeg_only.clone())),
+                    labels.iter().map(|&c| one_hot(c, 0.8)).collect(),
+                ),
+                out(
+                    Source::Expert(Box::new(audio_only)),
+                    labels.iter().map(|&c| one_hot((c + 3) % 5, 0.9)).collect(),
+                ),
+            ],
+        };
+        let mix = probs.choose();
+        assert_eq!(mix.experts.len(), 1, "{}", mix.describe());
+        assert_eq!(mix.experts[0].model, eeg_only);
+        assert!(mix.expert(Modality::Eeg) >= 0.5 && mix.expert(Modality::Audio) == 0.0, "{}", mix.describe());
+        let acc = probs.accuracies();
+        assert_eq!((acc["eeg_only"], acc["audio_only"]), (1.0, 0.0));
+        assert!(mix.describe().contains("eeg_only="), "{}", mix.describe());
     }
 
     /// An absent head leaves the mixture of the windows that lack its modality; with nothing weighted
@@ -265,9 +378,9 @@ mod tests {
         let probs = OutputProbs {
             labels: vec![0, 0],
             outputs: vec![
-                Output { modality: None, probs: vec![one_hot(0, 0.2); 2], present: vec![true; 2] },
+                Output { source: Source::Fused, probs: vec![one_hot(0, 0.2); 2], present: vec![true; 2] },
                 Output {
-                    modality: Some(Modality::Audio),
+                    source: Source::Head(Modality::Audio),
                     probs: vec![one_hot(0, 0.9); 2],
                     present: vec![true, false],
                 },

@@ -58,23 +58,48 @@ pub struct ModelConfig {
 }
 
 /// How a fused model with unimodal heads predicts in evaluation: a weighted mixture of class
-/// probabilities, `p = (w_f·p_fused + Σ_m w_m·present_m·p_m) / (w_f + Σ_m w_m·present_m)`, where `p_m` is
-/// the unimodal head of modality `m` and `present_m` its presence in the sample. A head whose modality a
-/// sample lacks leaves the mixture; a sample with no weighted output present gets the fused classifier's
-/// probabilities. Training is unchanged (the fused loss plus the unimodal losses).
+/// probabilities, `p = (w_f·p_fused + Σ_o w_o·present_o·p_o) / (w_f + Σ_o w_o·present_o)` over the
+/// outputs `o`: the unimodal head of each modality and each single-modality expert (a separately
+/// trained single-modality model the fused model carries), `present_o` being the presence of the
+/// output's modality in the sample. An output whose modality a sample lacks leaves the mixture; a sample
+/// with no weighted output present gets the fused classifier's probabilities. Training is unchanged (the
+/// fused loss plus the unimodal losses); experts are trained on their own and copied in
+/// ([`EmotionModel::copy_expert`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OutputMix {
     /// Weight of the fused classifier.
     pub fused: f64,
     /// Weight of each modality's unimodal head.
     pub heads: Vec<(Modality, f64)>,
+    /// Single-modality experts with their weights (mixes without them, and older files: none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub experts: Vec<MixExpert>,
+}
+
+/// A single-modality model inside a fused model's [`OutputMix`]: trained on its own (the comparison's
+/// `{modality}_only` model of the same split), stored in the fused model's checkpoint under
+/// `experts.{modality}.`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MixExpert {
+    /// Its weight in the mixture.
+    pub weight: f64,
+    /// Its configuration (a model without fusion; its modality is `model.single`).
+    pub model: ModelConfig,
+}
+
+impl MixExpert {
+    /// The modality the expert reads.
+    #[must_use]
+    pub fn modality(&self) -> Modality {
+        self.model.single
+    }
 }
 
 impl OutputMix {
     /// The fused classifier alone.
     #[must_use]
     pub fn fused_only() -> Self {
-        Self { fused: 1.0, heads: Vec::new() }
+        Self { fused: 1.0, heads: Vec::new(), experts: Vec::new() }
     }
 
     /// The weight of `modality`'s head (0 when not listed).
@@ -83,19 +108,30 @@ impl OutputMix {
         self.heads.iter().find(|(m, _)| *m == modality).map_or(0.0, |(_, w)| *w)
     }
 
-    /// `fused=0.2 eeg=0.8 audio=0.0`.
+    /// The weight of `modality`'s single-modality expert (0 when not listed).
+    #[must_use]
+    pub fn expert(&self, modality: Modality) -> f64 {
+        self.experts.iter().filter(|e| e.modality() == modality).map(|e| e.weight).sum()
+    }
+
+    /// `fused=0.2 eeg=0.5 audio=0.0 eeg_only=0.3` (heads by modality, experts as `{modality}_only`).
     #[must_use]
     pub fn describe(&self) -> String {
         let mut s = format!("fused={:.1}", self.fused);
         for (m, w) in &self.heads {
             s.push_str(&format!(" {m}={w:.1}"));
         }
+        for e in &self.experts {
+            s.push_str(&format!(" {}_only={:.1}", e.modality(), e.weight));
+        }
         s
     }
 
     /// Checks the weights against a model's modalities and heads.
     fn check(&self, modalities: &[Modality], has_heads: bool) -> Result<()> {
-        let weights = std::iter::once(self.fused).chain(self.heads.iter().map(|(_, w)| *w));
+        let weights = std::iter::once(self.fused)
+            .chain(self.heads.iter().map(|(_, w)| *w))
+            .chain(self.experts.iter().map(|e| e.weight));
         if weights.clone().any(|w| !w.is_finite() || w < 0.0) || weights.sum::<f64>() <= 0.0 {
             return Err(Error::Input(format!(
                 "output mix weights must be finite, non-negative and not all 0: {}",
@@ -110,18 +146,42 @@ impl OutputMix {
                 "the output mix weights unimodal heads, but the model has none (unimodal_loss 0)".into(),
             ));
         }
+        for (i, e) in self.experts.iter().enumerate() {
+            let m = e.modality();
+            if e.model.fusion.is_some() || e.model.output_mix.is_some() {
+                return Err(Error::Input(format!(
+                    "output mix expert {i} ({m}) must be a single-modality model without an output mix"
+                )));
+            }
+            if !modalities.contains(&m) {
+                return Err(Error::Input(format!(
+                    "the output mix has a {m} expert, but the model reads no {m}"
+                )));
+            }
+            if self.experts[..i].iter().any(|x| x.modality() == m) {
+                return Err(Error::Input(format!("the output mix has two {m} experts")));
+            }
+        }
         Ok(())
     }
 
-    /// The mixture's log-probabilities `(B, 5)` from the fused classifier's logits and the heads' logits
-    /// with their presence.
-    fn apply(&self, fused: &Tensor, heads: &[(Modality, Tensor, Option<Tensor>)]) -> Result<Tensor> {
+    /// The mixture's log-probabilities `(B, 5)` from the fused classifier's logits and the heads' and
+    /// experts' logits with their presence.
+    fn apply(
+        &self,
+        fused: &Tensor,
+        heads: &[(Modality, Tensor, Option<Tensor>)],
+        experts: &[(Modality, Tensor, Option<Tensor>)],
+    ) -> Result<Tensor> {
         let p_fused = candle_nn::ops::softmax(fused, candle_core::D::Minus1)?;
         let b = p_fused.dim(0)?;
         let mut num = p_fused.affine(self.fused, 0.0)?;
         let mut den = Tensor::full(self.fused as f32, (b, 1), fused.device())?.to_dtype(fused.dtype())?;
-        for (m, logits, present) in heads {
-            let w = self.head(*m);
+        let weighted = heads
+            .iter()
+            .map(|(m, l, p)| (self.head(*m), l, p))
+            .chain(experts.iter().map(|(m, l, p)| (self.expert(*m), l, p)));
+        for (w, logits, present) in weighted {
             if w == 0.0 {
                 continue;
             }
@@ -371,6 +431,9 @@ pub struct Intermediates {
     /// The unimodal heads' logits `(B, 5)` with the modality's presence `(B)` (`None`: every sample), for
     /// the unimodal losses (fused models with `unimodal_loss` > 0).
     pub unimodal_logits: Vec<(Modality, Tensor, Option<Tensor>)>,
+    /// In evaluation, the logits `(B, 5)` of the output mix's single-modality experts with their
+    /// modality's presence, for the experts whose modality some sample has.
+    pub expert_logits: Vec<(Modality, Tensor, Option<Tensor>)>,
 }
 
 /// The latent of each encoded modality, in fusion order.
@@ -387,6 +450,9 @@ pub struct EmotionModel {
     fusion: Option<Fusion>,
     classifier: EmotionClassifier,
     heads: Vec<(Modality, candle_nn::Linear)>,
+    /// The output mix's single-modality experts (their own parameters, outside `varmap`: training the
+    /// fused model leaves them alone).
+    experts: Vec<(Modality, EmotionModel)>,
 }
 
 impl std::fmt::Debug for EmotionModel {
@@ -442,9 +508,13 @@ impl EmotionModel {
             Vec::new()
         };
         encoders::init_pytorch_default(&varmap, seed)?;
-        if let Some(mix) = &cfg.output_mix {
-            mix.check(&modalities, !heads.is_empty())?;
-        }
+        let experts = match &cfg.output_mix {
+            Some(mix) => {
+                mix.check(&modalities, !heads.is_empty())?;
+                Self::build_experts(mix, device, seed)?
+            }
+            None => Vec::new(),
+        };
         Ok(Self {
             cfg: cfg.clone(),
             varmap,
@@ -455,7 +525,13 @@ impl EmotionModel {
             fusion,
             classifier,
             heads,
+            experts,
         })
+    }
+
+    /// The (untrained) expert models of `mix`.
+    fn build_experts(mix: &OutputMix, device: &Device, seed: u64) -> Result<Vec<(Modality, EmotionModel)>> {
+        mix.experts.iter().map(|e| Ok((e.modality(), EmotionModel::new(&e.model, device, seed)?))).collect()
     }
 
     /// The configuration.
@@ -464,16 +540,50 @@ impl EmotionModel {
         &self.cfg
     }
 
-    /// Sets (or with `None` removes) the output mix of evaluation.
+    /// Sets (or with `None` removes) the output mix of evaluation. The mix's experts start untrained:
+    /// give each its trained model with [`EmotionModel::copy_expert`].
     ///
     /// # Errors
     /// [`Error::Input`] for weights that are negative, all 0, or on heads the model lacks.
     pub fn set_output_mix(&mut self, mix: Option<OutputMix>) -> Result<()> {
-        if let Some(m) = &mix {
-            m.check(&self.cfg.modalities(), !self.heads.is_empty())?;
-        }
+        let experts = match &mix {
+            Some(m) => {
+                m.check(&self.cfg.modalities(), !self.heads.is_empty())?;
+                Self::build_experts(m, &self.device, 0)?
+            }
+            None => Vec::new(),
+        };
         self.cfg.output_mix = mix;
+        self.experts = experts;
         Ok(())
+    }
+
+    /// Copies the tensors of `trained` (a single-modality model) into the output mix's expert of the
+    /// same configuration. Training the fused model does not touch its experts, so this may come before
+    /// or after that training.
+    ///
+    /// # Errors
+    /// [`Error::Input`] when the mix has no expert with `trained`'s configuration.
+    pub fn copy_expert(&self, trained: &EmotionModel) -> Result<()> {
+        let m = trained.cfg.single;
+        let Some((_, expert)) =
+            self.experts.iter().find(|(x, e)| *x == m && e.cfg == trained.cfg && trained.fusion.is_none())
+        else {
+            return Err(Error::Input(format!(
+                "the {} model's output mix has no {m} expert with the given model's configuration",
+                self.cfg.name()
+            )));
+        };
+        for ((_, to), (_, from)) in expert.named_tensors().iter().zip(trained.named_tensors()) {
+            to.set(from.as_tensor())?;
+        }
+        Ok(())
+    }
+
+    /// The single-modality experts of the output mix.
+    #[must_use]
+    pub fn experts(&self) -> Vec<(Modality, &EmotionModel)> {
+        self.experts.iter().map(|(m, e)| (*m, e)).collect()
     }
 
     /// The device the parameters live on.
@@ -585,9 +695,23 @@ impl EmotionModel {
                 ));
             }
         }
+        let mut expert_logits = Vec::new();
+        if !train {
+            for (m, expert) in &self.experts {
+                let present = presence.get(*m);
+                let some = match present {
+                    Some(p) => p.to_dtype(DType::F32)?.to_vec1::<f32>()?.contains(&1.0),
+                    None => true,
+                };
+                if let (true, Some(_)) = (some, inputs.get(*m)) {
+                    let logits = expert.forward_inputs(inputs, &Presence::default(), false)?.logits;
+                    expert_logits.push((*m, logits, present.cloned()));
+                }
+            }
+        }
         let classifier_logits = logits.clone();
         let logits = match &self.cfg.output_mix {
-            Some(mix) if !train && fused.is_some() => mix.apply(&logits, &unimodal_logits)?,
+            Some(mix) if !train && fused.is_some() => mix.apply(&logits, &unimodal_logits, &expert_logits)?,
             _ => logits,
         };
         Ok(Intermediates {
@@ -599,6 +723,7 @@ impl EmotionModel {
             classifier_logits,
             aux_loss,
             unimodal_logits,
+            expert_logits,
         })
     }
 
@@ -787,14 +912,24 @@ impl EmotionModel {
         Ok(self.encode_with(Modality::Eeg, eeg, false, train)?.0)
     }
 
-    /// Saves every tensor (running statistics included) as safetensors with the PyTorch `state_dict`
+    /// Every tensor a checkpoint holds: [`EmotionModel::named_tensors`] and each expert's under
+    /// `experts.{modality}.`.
+    fn stored_tensors(&self) -> Vec<(String, Var)> {
+        let mut v = self.named_tensors();
+        for (m, e) in &self.experts {
+            v.extend(e.named_tensors().into_iter().map(|(n, t)| (format!("experts.{m}.{n}"), t)));
+        }
+        v
+    }
+
+    /// Saves every tensor (running statistics and the output mix's experts included) as safetensors with the PyTorch `state_dict`
     /// names, atomically (a temporary file renamed into place).
     ///
     /// # Errors
     /// [`Error::Io`] naming the file.
     pub fn save(&self, path: &Path) -> Result<()> {
         let tensors: HashMap<String, Tensor> =
-            self.named_tensors().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
+            self.stored_tensors().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
         let tmp = path.with_extension("safetensors.tmp");
         candle_core::safetensors::save(&tensors, &tmp)
             .map_err(|e| Error::Io { path: tmp.clone(), source: std::io::Error::other(e.to_string()) })?;
@@ -813,7 +948,7 @@ impl EmotionModel {
         }
         let file = candle_core::safetensors::load(path, &self.device)
             .map_err(|source| Error::Checkpoint { path: path.into(), source })?;
-        let own = self.named_tensors();
+        let own = self.stored_tensors();
         let mut missing = Vec::new();
         let mut misshaped = Vec::new();
         for (name, var) in &own {

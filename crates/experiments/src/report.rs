@@ -117,7 +117,7 @@ fn mix_table(results: &Results) -> String {
         return String::new();
     }
     let mut md = String::from(
-        "\n## Late fusion: output mix and each output alone (test windows)\n\nThe prediction mixes the class probabilities of the fused classifier and of each unimodal head with weights chosen on out-of-fold predictions of the training trials (or on the validation windows). `fused` is the fused classifier alone, `eeg`, `audio`, `video` the unimodal heads alone.\n\n| model | subject | fold | weights | mixture | fused | eeg | audio | video |\n|---|---:|---:|---|---:|---:|---:|---:|---:|\n",
+        "\n## Late fusion: output mix and each output alone (test windows)\n\nThe prediction mixes the class probabilities of the fused classifier, of each unimodal head and (with experts, the default) of the separately trained single-modality models (`eeg_only=…` in the weights) with weights chosen on out-of-fold predictions of the training trials (or on the validation windows). `fused` is the fused classifier alone, `eeg`, `audio`, `video` the unimodal heads alone; a weighted expert scores what its own row scores.\n\n| model | subject | fold | weights | mixture | fused | eeg | audio | video |\n|---|---:|---:|---|---:|---:|---:|---:|---:|\n",
     );
     for r in mixed {
         let acc = |k: &str| {
@@ -186,7 +186,11 @@ pub fn write_results(dir: &Path, cfg: &ExperimentConfig, results: &Results) -> R
         cfg.train.modality_dropout,
         cfg.unimodal_loss,
         if cfg.late_fusion_folds > 1 && cfg.unimodal_loss > 0.0 {
-            format!("over {} folds", cfg.late_fusion_folds)
+            format!(
+                "over {} folds{}",
+                cfg.late_fusion_folds,
+                if cfg.late_fusion_experts { ", with single-modality experts" } else { "" }
+            )
         } else {
             "off".to_owned()
         }

@@ -389,6 +389,31 @@ fn run_split(
     } else {
         None
     };
+    // Every model's settings beyond its architecture.
+    let prepare = |model_cfg: ModelConfig| {
+        let mut model_cfg = model_cfg.with_dropout(cfg.dropout).with_dropout_seed(cfg.seed);
+        model_cfg.eeg_rate = cfg.preprocess.eeg_rate();
+        if let Some(v) = &cfg.preprocess.video {
+            // The clips' nominal 30 frames/s, sampled every `step`-th frame.
+            model_cfg.video_rate = 30.0 / v.step.max(1) as f64;
+        }
+        model_cfg
+    };
+    let single_cfg = |m: Modality| {
+        prepare(match m {
+            Modality::Eeg => ModelConfig::eeg_only(channels),
+            Modality::Audio => ModelConfig::audio_only(channels),
+            Modality::Video => ModelConfig::video_only(channels),
+        })
+    };
+    // The training windows of a single-modality model among `idx`: the audio-only model's have audio.
+    let single_windows = |m: Modality, idx: &[usize]| -> Vec<usize> {
+        if m == Modality::Audio && cfg.trials == Trials::All { speaking(idx) } else { idx.to_vec() }
+    };
+    // The trained single-modality models of this split (the late-fusion experts), and those trained on
+    // the folds of the output-mix choice.
+    let mut singles: Vec<EmotionModel> = Vec::new();
+    let fold_singles: std::cell::RefCell<Vec<(usize, EmotionModel)>> = std::cell::RefCell::default();
     let mut settings: Vec<(ModelConfig, String, String)> = Vec::new();
     if cfg.eeg_only {
         settings.push((ModelConfig::eeg_only(channels), "eeg_only".into(), "none".into()));
@@ -409,12 +434,7 @@ fn run_split(
     let mut out = Vec::new();
     for (model_cfg, modality, mode) in settings {
         let modality = modality.as_str();
-        let mut model_cfg = model_cfg.with_dropout(cfg.dropout).with_dropout_seed(cfg.seed);
-        model_cfg.eeg_rate = cfg.preprocess.eeg_rate();
-        if let Some(v) = &cfg.preprocess.video {
-            // The clips' nominal 30 frames/s, sampled every `step`-th frame.
-            model_cfg.video_rate = 30.0 / v.step.max(1) as f64;
-        }
+        let mut model_cfg = prepare(model_cfg);
         let name = format!("subject {subject} {modality} {mode}");
         let state_file = |suffix: &str| {
             cfg.state_dir.as_ref().map(|d| {
@@ -430,11 +450,48 @@ fn run_split(
             _ => (&train_set, val_set.as_ref()),
         };
         let late = model_cfg.fusion.is_some() && model_cfg.unimodal_loss > 0.0 && cfg.late_fusion_folds > 1;
+        let experts: Vec<Modality> =
+            if late && cfg.late_fusion_experts { model_cfg.modalities() } else { Vec::new() };
         let mut mix_seconds = 0.0;
+        let start = std::time::Instant::now();
+        // The trained single-modality model of each expert modality: the comparison's own row, or one
+        // trained here like it.
+        for &m in &experts {
+            let want = single_cfg(m);
+            if singles.iter().any(|s| *s.config() == want) {
+                continue;
+            }
+            let single = EmotionModel::new(&want, device, cfg.seed)?;
+            let single_name = format!("subject {subject} {m}_only (expert of the output mix)");
+            let (train_idx, val_idx) = (single_windows(m, &split.train), single_windows(m, &split.val));
+            let val = if val_idx.is_empty() { None } else { Some(set(&val_idx)?) };
+            let state = state_file(&format!("_expert_{m}"));
+            train(
+                &single,
+                &set(&train_idx)?,
+                val.as_ref(),
+                &cfg.train,
+                cfg.seed,
+                state.as_deref(),
+                &mut |log| {
+                    progress.epoch(&single_name, log);
+                },
+            )?;
+            singles.push(single);
+        }
         if late && val_set.is_none() {
-            let start = std::time::Instant::now();
             let folds = eav::split::trial_folds(samples, &split.train, cfg.late_fusion_folds);
-            let probes = Probes { cfg, device, name: &name, progress, state_file: &state_file };
+            let probes = Probes {
+                cfg,
+                device,
+                name: &name,
+                progress,
+                state_file: &state_file,
+                experts: &experts,
+                single_cfg: &single_cfg,
+                single_windows: &single_windows,
+                fold_singles: &fold_singles,
+            };
             model_cfg.output_mix = probes.out_of_fold_mix(&model_cfg, folds, &set)?;
             mix_seconds = start.elapsed().as_secs_f64();
             if let Some(mix) = &model_cfg.output_mix {
@@ -449,7 +506,22 @@ fn run_split(
                 progress.epoch(&name, log)
             })?;
         if late && let Some(val) = val_set {
-            model.set_output_mix(Some(OutputProbs::collect(&model, val)?.choose()))?;
+            let mut probs = OutputProbs::collect(&model, val)?;
+            for &m in &experts {
+                if let Some(single) = singles.iter().find(|s| *s.config() == single_cfg(m)) {
+                    probs.push_expert(single, val)?;
+                }
+            }
+            model.set_output_mix(Some(probs.choose()))?;
+        }
+        for (m, expert) in model.experts() {
+            let trained = singles.iter().find(|s| s.config() == expert.config()).ok_or_else(|| {
+                Error::Input(format!("{name}: no trained {m}_only model for the output mix"))
+            })?;
+            model.copy_expert(trained)?;
+        }
+        if !experts.is_empty() {
+            mix_seconds = start.elapsed().as_secs_f64();
         }
         let model_cfg = model.config().clone();
         let outputs = if model_cfg.output_mix.is_some() {
@@ -510,6 +582,9 @@ fn run_split(
             output_accuracy: outputs,
             robustness,
         });
+        if model_cfg.fusion.is_none() {
+            singles.push(model);
+        }
     }
     Ok(out)
 }
@@ -521,6 +596,15 @@ struct Probes<'a> {
     name: &'a str,
     progress: &'a dyn Progress,
     state_file: &'a dyn Fn(&str) -> Option<PathBuf>,
+    /// The modalities whose single-modality models join the mix as experts (none: the fused model's
+    /// own outputs only).
+    experts: &'a [Modality],
+    /// The configuration of a modality's single-modality model.
+    single_cfg: &'a dyn Fn(Modality) -> ModelConfig,
+    /// A single-modality model's training windows among the given ones.
+    single_windows: &'a dyn Fn(Modality, &[usize]) -> Vec<usize>,
+    /// Single-modality models trained without fold `f`, shared by the fused models of the split.
+    fold_singles: &'a std::cell::RefCell<Vec<(usize, EmotionModel)>>,
 }
 
 impl Probes<'_> {
@@ -540,7 +624,8 @@ impl Probes<'_> {
             return Ok(None);
         }
         let mut out_of_fold: Option<OutputProbs> = None;
-        let total: usize = folds.iter().map(Vec::len).sum();
+        let all: Vec<usize> = folds.iter().flatten().copied().collect();
+        let total = all.len();
         for (f, held) in folds.iter().enumerate() {
             let fit: Vec<usize> = folds
                 .iter()
@@ -559,7 +644,40 @@ impl Probes<'_> {
             train(&probe, &set(&fit)?, None, &train_cfg, self.cfg.seed, state.as_deref(), &mut |log| {
                 self.progress.epoch(&probe_name, log);
             })?;
-            let probs = OutputProbs::collect(&probe, &set(held)?)?;
+            let held_set = set(held)?;
+            let mut probs = OutputProbs::collect(&probe, &held_set)?;
+            for &m in self.experts {
+                let want = (self.single_cfg)(m);
+                let known = self.fold_singles.borrow().iter().any(|(g, s)| *g == f && *s.config() == want);
+                if !known {
+                    let single = EmotionModel::new(&want, self.device, self.cfg.seed)?;
+                    let single_fit = (self.single_windows)(m, &fit);
+                    let mut single_train = self.cfg.train.clone();
+                    single_train.epochs = (self.cfg.train.epochs as f64
+                        * (self.single_windows)(m, &all).len() as f64
+                        / single_fit.len().max(1) as f64)
+                        .round() as usize;
+                    let single_name = format!("{} ({m}_only expert, fold {}/{k})", self.name, f + 1);
+                    let state = (self.state_file)(&format!("_mixfold{f}_expert_{m}"));
+                    train(
+                        &single,
+                        &set(&single_fit)?,
+                        None,
+                        &single_train,
+                        self.cfg.seed,
+                        state.as_deref(),
+                        &mut |log| {
+                            self.progress.epoch(&single_name, log);
+                        },
+                    )?;
+                    self.fold_singles.borrow_mut().push((f, single));
+                }
+                let singles = self.fold_singles.borrow();
+                let single = singles.iter().find(|(g, s)| *g == f && *s.config() == want).map(|(_, s)| s);
+                if let Some(single) = single {
+                    probs.push_expert(single, &held_set)?;
+                }
+            }
             match &mut out_of_fold {
                 Some(all) => all.append(probs),
                 None => out_of_fold = Some(probs),

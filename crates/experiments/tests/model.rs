@@ -295,11 +295,12 @@ mod runs {
         assert!(acc(&r, "audio_only", "full") <= 0.35, "the decoy carries no class");
         assert!(fused >= eeg - 0.05, "fused {fused} vs EEG-only {eeg}");
         assert!(absent >= eeg - 0.1, "fused without audio {absent} vs EEG-only {eeg}");
-        // Late fusion gives the decoy's head no more weight than the EEG's.
+        // Late fusion gives the decoy's head and the audio-only model less weight than the EEG's.
         for r in r.runs.iter().filter(|r| r.modality == "eeg_audio") {
             let mix = r.output_mix.as_ref().unwrap();
+            let weight = |m| mix.head(m) + mix.expert(m);
             assert!(
-                mix.head(core_types::Modality::Audio) < mix.head(core_types::Modality::Eeg),
+                weight(core_types::Modality::Audio) < weight(core_types::Modality::Eeg),
                 "{}",
                 mix.describe()
             );
@@ -381,6 +382,7 @@ mod runs {
         let mut cfg = ExperimentConfig::new(root, vec![FusionMode::Concat]);
         cfg.train.epochs = 3;
         (cfg.eeg_only, cfg.audio_only) = (false, false);
+        cfg.late_fusion_experts = false;
         let seen = Settings(Mutex::new(Vec::new()));
         let mixed = run(&cfg, &seen).unwrap();
         assert_eq!(
@@ -395,9 +397,43 @@ mod runs {
         let r = &mixed.runs[0];
         let mix = r.output_mix.as_ref().expect("a mix");
         let total = mix.fused + mix.heads.iter().map(|(_, w)| w).sum::<f64>();
-        assert!((total - 1.0).abs() < 1e-9, "{}", mix.describe());
+        assert!((total - 1.0).abs() < 1e-9 && mix.experts.is_empty(), "{}", mix.describe());
         let outputs = r.output_accuracy.as_ref().unwrap();
         assert_eq!(outputs.keys().collect::<Vec<_>>(), ["audio", "eeg", "fused"]);
+        // With experts (the default), the single-modality models are trained beside the fused one (here
+        // for the mix alone: the comparison's rows are off) and on every fold, and the model tested is
+        // the same fused model.
+        cfg.late_fusion_experts = true;
+        let seen = Settings(Mutex::new(Vec::new()));
+        let with_experts = run(&cfg, &seen).unwrap();
+        assert_eq!(
+            *seen.0.lock().unwrap(),
+            [
+                "subject 1 eeg_only (expert of the output mix)",
+                "subject 1 audio_only (expert of the output mix)",
+                "subject 1 eeg_audio concat (fold 1/3 of the output mix)",
+                "subject 1 eeg_audio concat (eeg_only expert, fold 1/3)",
+                "subject 1 eeg_audio concat (audio_only expert, fold 1/3)",
+                "subject 1 eeg_audio concat (fold 2/3 of the output mix)",
+                "subject 1 eeg_audio concat (eeg_only expert, fold 2/3)",
+                "subject 1 eeg_audio concat (audio_only expert, fold 2/3)",
+                "subject 1 eeg_audio concat (fold 3/3 of the output mix)",
+                "subject 1 eeg_audio concat (eeg_only expert, fold 3/3)",
+                "subject 1 eeg_audio concat (audio_only expert, fold 3/3)",
+                "subject 1 eeg_audio concat",
+            ]
+        );
+        let r = &with_experts.runs[0];
+        let mix = r.output_mix.as_ref().expect("a mix");
+        let total = mix.fused
+            + mix.heads.iter().map(|(_, w)| w).sum::<f64>()
+            + mix.experts.iter().map(|e| e.weight).sum::<f64>();
+        assert!((total - 1.0).abs() < 1e-9, "{}", mix.describe());
+        let with = r.output_accuracy.as_ref().unwrap();
+        assert_eq!(with["fused"], outputs["fused"], "the same fused model");
+        for e in &mix.experts {
+            assert!(e.weight > 0.0 && with.contains_key(&format!("{}_only", e.modality())), "{with:?}");
+        }
         let dir = tempfile::tempdir().unwrap();
         experiments::report::write_results(dir.path(), &cfg, &mixed).unwrap();
         let report = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
@@ -409,12 +445,20 @@ mod runs {
             plain.runs[0].accuracy, outputs["fused"],
             "the tested model is the one trained on everything"
         );
-        // With a validation split the mix comes from its windows, without extra models.
+        // With a validation split the mix comes from its windows, without models on folds (the
+        // experts are the single-modality models, trained here because the comparison's rows are off).
         cfg.late_fusion_folds = 3;
         cfg.val_fraction = 0.34;
         let seen = Settings(Mutex::new(Vec::new()));
         let val = run(&cfg, &seen).unwrap();
-        assert_eq!(*seen.0.lock().unwrap(), ["subject 1 eeg_audio concat"]);
+        assert_eq!(
+            *seen.0.lock().unwrap(),
+            [
+                "subject 1 eeg_only (expert of the output mix)",
+                "subject 1 audio_only (expert of the output mix)",
+                "subject 1 eeg_audio concat"
+            ]
+        );
         assert!(val.runs[0].output_mix.is_some());
         cfg.late_fusion_folds = 1;
         assert!(run(&cfg, &Quiet).unwrap_err().to_string().contains("2 folds"));
@@ -632,7 +676,7 @@ fn output_mix_mixes_the_present_outputs_in_evaluation() {
     use experiments::OutputMix;
     use experiments::checkpoint::{CheckpointMeta, load, save};
     let dev = Device::Cpu;
-    let mix = OutputMix { fused: 0.2, heads: vec![(Eeg, 0.5), (Audio, 0.3)] };
+    let mix = OutputMix { fused: 0.2, heads: vec![(Eeg, 0.5), (Audio, 0.3)], experts: Vec::new() };
     let cfg = ModelConfig {
         unimodal_loss: 1.0,
         output_mix: Some(mix.clone()),
@@ -668,7 +712,7 @@ fn output_mix_mixes_the_present_outputs_in_evaluation() {
         "training predicts with the classifier"
     );
     // With every weighted output absent, the fused classifier speaks.
-    let only_audio = OutputMix { fused: 0.0, heads: vec![(Audio, 1.0)] };
+    let only_audio = OutputMix { fused: 0.0, heads: vec![(Audio, 1.0)], experts: Vec::new() };
     let mut m2 = EmotionModel::new(&cfg, &dev, 3).unwrap();
     m2.set_output_mix(Some(only_audio)).unwrap();
     let o2 = m2.forward_present(&eeg, Some(&audio), &present, false).unwrap();
@@ -676,9 +720,9 @@ fn output_mix_mixes_the_present_outputs_in_evaluation() {
     assert!((0..5).all(|c| (got[1][c] - pf[1][c]).abs() < 1e-6 && (got[0][c] - pa[0][c]).abs() < 1e-6));
     // Weights the model cannot use.
     for bad in [
-        OutputMix { fused: 0.0, heads: vec![(Eeg, 0.0)] },
-        OutputMix { fused: -0.5, heads: vec![(Eeg, 1.0)] },
-        OutputMix { fused: 0.5, heads: vec![(Video, 0.5)] },
+        OutputMix { fused: 0.0, heads: vec![(Eeg, 0.0)], experts: Vec::new() },
+        OutputMix { fused: -0.5, heads: vec![(Eeg, 1.0)], experts: Vec::new() },
+        OutputMix { fused: 0.5, heads: vec![(Video, 0.5)], experts: Vec::new() },
     ] {
         assert!(matches!(m2.set_output_mix(Some(bad.clone())), Err(Error::Input(_))), "{bad:?}");
     }
@@ -699,6 +743,100 @@ fn output_mix_mixes_the_present_outputs_in_evaluation() {
     // (The training-mode pass above moved the running statistics: compare with the model as saved.)
     let now = model.forward_present(&eeg, Some(&audio), &present, false).unwrap();
     assert_eq!(max_abs_diff(&again.logits, &now.logits), 0.0);
+}
+
+/// Single-modality experts in the output mix: with all the weight on the EEG expert, the fused model
+/// predicts exactly what the trained EEG-only model predicts; an audio expert leaves the mixture of the
+/// samples without audio; experts are saved in the checkpoint under `experts.{modality}.` and loaded back,
+/// never trained with the fused model; an expert of another configuration or modality is an error.
+#[test]
+fn output_mix_experts_predict_as_the_single_model_and_survive_a_checkpoint() {
+    use core_types::Modality::{Audio, Eeg};
+    use experiments::checkpoint::{CheckpointMeta, load, save};
+    use experiments::{MixExpert, OutputMix};
+    let dev = Device::Cpu;
+    let single = EmotionModel::new(&ModelConfig::eeg_only(4), &dev, 11).unwrap();
+    let audio_single = EmotionModel::new(&ModelConfig::audio_only(4), &dev, 12).unwrap();
+    let expert = |m: &EmotionModel, weight| MixExpert { weight, model: m.config().clone() };
+    let fused_cfg = ModelConfig { unimodal_loss: 1.0, ..ModelConfig::fused(4, FusionMode::Concat) };
+    let mut model = EmotionModel::new(&fused_cfg, &dev, 3).unwrap();
+    let params_before: Vec<String> = model.parameters().into_iter().map(|(n, _)| n).collect();
+    model
+        .set_output_mix(Some(OutputMix {
+            fused: 0.0,
+            heads: vec![(Eeg, 0.0), (Audio, 0.0)],
+            experts: vec![expert(&single, 1.0)],
+        }))
+        .unwrap();
+    let params: Vec<String> = model.parameters().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(params, params_before, "experts are no parameters of the fused model");
+    model.copy_expert(&single).unwrap();
+    let eeg = Tensor::randn(0f32, 1.0, (3, 4, 200), &dev).unwrap();
+    let audio = Tensor::randn(0f32, 1.0, (3, 13, 200), &dev).unwrap();
+    let present = audio_mask(&Tensor::new(&[1f32, 0.0, 1.0], &dev).unwrap());
+    let out = model.forward_present(&eeg, Some(&audio), &present, false).unwrap();
+    let softmax = |t: &Tensor| candle_nn::ops::softmax(t, 1).unwrap().to_vec2::<f32>().unwrap();
+    let want = softmax(&single.forward(&eeg, None, false).unwrap());
+    let got = softmax(&out.logits);
+    for (g, w) in got.iter().flatten().zip(want.iter().flatten()) {
+        assert!((g - w).abs() < 1e-6, "{g} vs {w}");
+    }
+    assert_eq!(out.expert_logits.len(), 1);
+    assert!(model.forward_present(&eeg, Some(&audio), &present, true).unwrap().expert_logits.is_empty());
+    // An audio expert leaves the samples without audio; the EEG expert keeps them.
+    let mix = OutputMix {
+        fused: 0.0,
+        heads: vec![(Eeg, 0.0), (Audio, 0.0)],
+        experts: vec![expert(&single, 0.5), expert(&audio_single, 0.5)],
+    };
+    model.set_output_mix(Some(mix.clone())).unwrap();
+    model.copy_expert(&single).unwrap();
+    model.copy_expert(&audio_single).unwrap();
+    let out = model.forward_present(&eeg, Some(&audio), &present, false).unwrap();
+    let pa = softmax(&audio_single.forward(&eeg, Some(&audio), false).unwrap());
+    let got = softmax(&out.logits);
+    for i in 0..3 {
+        for c in 0..5 {
+            let w = if i == 1 { want[i][c] } else { 0.5 * want[i][c] + 0.5 * pa[i][c] };
+            assert!((got[i][c] - w).abs() < 1e-6, "sample {i} class {c}: {} vs {w}", got[i][c]);
+        }
+    }
+    // The checkpoint carries the experts; a model loaded from it predicts the same.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("experts.safetensors");
+    let meta = CheckpointMeta::new(
+        model.config(),
+        &Default::default(),
+        &experiments::data::Normalisation::identity(4),
+    );
+    save(&path, &model, &meta).unwrap();
+    let names = candle_core::safetensors::load(&path, &dev).unwrap();
+    assert!(names.keys().any(|k| k.starts_with("experts.eeg.eeg_encoder.")));
+    assert!(names.keys().any(|k| k.starts_with("experts.audio.audio_encoder.")));
+    let (loaded, meta) = load(&path, &dev).unwrap();
+    assert_eq!(meta.model.output_mix, Some(mix.clone()));
+    let again = loaded.forward_present(&eeg, Some(&audio), &present, false).unwrap();
+    assert_eq!(max_abs_diff(&again.logits, &out.logits), 0.0);
+    // A checkpoint whose experts are missing is a mismatch naming them.
+    let bare = dir.path().join("bare.safetensors");
+    EmotionModel::new(&fused_cfg, &dev, 3).unwrap().save(&bare).unwrap();
+    match loaded.load(&bare) {
+        Err(Error::CheckpointMismatch { missing, .. }) => {
+            assert!(missing.iter().all(|n| n.starts_with("experts.")) && !missing.is_empty());
+        }
+        other => panic!("{other:?}"),
+    }
+    // Errors: a trained model the mix has no expert for; experts the model cannot read, or two of one.
+    let other = EmotionModel::new(&ModelConfig::eeg_only(4).with_dropout(0.1), &dev, 1).unwrap();
+    assert!(matches!(model.copy_expert(&other), Err(Error::Input(_))));
+    let video = EmotionModel::new(&ModelConfig::video_only(4), &dev, 1).unwrap();
+    for experts in [vec![expert(&video, 1.0)], vec![expert(&single, 0.5), expert(&single, 0.5)]] {
+        let bad = OutputMix { fused: 0.0, heads: Vec::new(), experts };
+        assert!(matches!(model.set_output_mix(Some(bad)), Err(Error::Input(_))));
+    }
+    let fused_expert = MixExpert { weight: 1.0, model: fused_cfg.clone() };
+    let bad = OutputMix { fused: 0.0, heads: Vec::new(), experts: vec![fused_expert] };
+    assert!(matches!(model.set_output_mix(Some(bad)), Err(Error::Input(_))));
 }
 
 /// Three modalities in every fused mode: each sample's logits depend only on the modalities it has (the
