@@ -453,33 +453,36 @@ fn run_split(
         let experts: Vec<Modality> =
             if late && cfg.late_fusion_experts { model_cfg.modalities() } else { Vec::new() };
         let mut mix_seconds = 0.0;
-        let start = std::time::Instant::now();
-        // The trained single-modality model of each expert modality: the comparison's own row, or one
-        // trained here like it.
-        for &m in &experts {
-            let want = single_cfg(m);
-            if singles.iter().any(|s| *s.config() == want) {
-                continue;
+        // The trained single-modality models of `needed` (the experts of a mix): the comparison's own
+        // rows, or trained here like them.
+        let train_singles = |needed: &[Modality], singles: &mut Vec<EmotionModel>| -> Result<()> {
+            for &m in needed {
+                let want = single_cfg(m);
+                if singles.iter().any(|s| *s.config() == want) {
+                    continue;
+                }
+                let single = EmotionModel::new(&want, device, cfg.seed)?;
+                let single_name = format!("subject {subject} {m}_only (expert of the output mix)");
+                let (train_idx, val_idx) = (single_windows(m, &split.train), single_windows(m, &split.val));
+                let val = if val_idx.is_empty() { None } else { Some(set(&val_idx)?) };
+                let state = state_file(&format!("_expert_{m}"));
+                train(
+                    &single,
+                    &set(&train_idx)?,
+                    val.as_ref(),
+                    &cfg.train,
+                    cfg.seed,
+                    state.as_deref(),
+                    &mut |log| {
+                        progress.epoch(&single_name, log);
+                    },
+                )?;
+                singles.push(single);
             }
-            let single = EmotionModel::new(&want, device, cfg.seed)?;
-            let single_name = format!("subject {subject} {m}_only (expert of the output mix)");
-            let (train_idx, val_idx) = (single_windows(m, &split.train), single_windows(m, &split.val));
-            let val = if val_idx.is_empty() { None } else { Some(set(&val_idx)?) };
-            let state = state_file(&format!("_expert_{m}"));
-            train(
-                &single,
-                &set(&train_idx)?,
-                val.as_ref(),
-                &cfg.train,
-                cfg.seed,
-                state.as_deref(),
-                &mut |log| {
-                    progress.epoch(&single_name, log);
-                },
-            )?;
-            singles.push(single);
-        }
+            Ok(())
+        };
         if late && val_set.is_none() {
+            let start = std::time::Instant::now();
             let folds = eav::split::trial_folds(samples, &split.train, cfg.late_fusion_folds);
             let probes = Probes {
                 cfg,
@@ -493,7 +496,7 @@ fn run_split(
                 fold_singles: &fold_singles,
             };
             model_cfg.output_mix = probes.out_of_fold_mix(&model_cfg, folds, &set)?;
-            mix_seconds = start.elapsed().as_secs_f64();
+            mix_seconds += start.elapsed().as_secs_f64();
             if let Some(mix) = &model_cfg.output_mix {
                 tracing::info!(subject, fold, modality, mode = %mode, mix = %mix.describe(), "output mix chosen");
             } else {
@@ -505,7 +508,9 @@ fn run_split(
             train(&model, train_set, val_set, &cfg.train, cfg.seed, state.as_deref(), &mut |log| {
                 progress.epoch(&name, log)
             })?;
+        let start = std::time::Instant::now();
         if late && let Some(val) = val_set {
+            train_singles(&experts, &mut singles)?;
             let mut probs = OutputProbs::collect(&model, val)?;
             for &m in &experts {
                 if let Some(single) = singles.iter().find(|s| *s.config() == single_cfg(m)) {
@@ -514,15 +519,15 @@ fn run_split(
             }
             model.set_output_mix(Some(probs.choose()))?;
         }
+        let weighted: Vec<Modality> = model.experts().iter().map(|(m, _)| *m).collect();
+        train_singles(&weighted, &mut singles)?;
         for (m, expert) in model.experts() {
             let trained = singles.iter().find(|s| s.config() == expert.config()).ok_or_else(|| {
                 Error::Input(format!("{name}: no trained {m}_only model for the output mix"))
             })?;
             model.copy_expert(trained)?;
         }
-        if !experts.is_empty() {
-            mix_seconds = start.elapsed().as_secs_f64();
-        }
+        mix_seconds += start.elapsed().as_secs_f64();
         let model_cfg = model.config().clone();
         let outputs = if model_cfg.output_mix.is_some() {
             Some(OutputProbs::collect(&model, test_set)?.accuracies())

@@ -400,17 +400,19 @@ mod runs {
         assert!((total - 1.0).abs() < 1e-9 && mix.experts.is_empty(), "{}", mix.describe());
         let outputs = r.output_accuracy.as_ref().unwrap();
         assert_eq!(outputs.keys().collect::<Vec<_>>(), ["audio", "eeg", "fused"]);
-        // With experts (the default), the single-modality models are trained beside the fused one (here
-        // for the mix alone: the comparison's rows are off) and on every fold, and the model tested is
-        // the same fused model.
+        // With experts (the default), single-modality models are trained on every fold, and, for the
+        // experts the mix weights, on every training window (here for the mix alone: the comparison's
+        // rows are off); the model tested is the same fused model.
         cfg.late_fusion_experts = true;
         let seen = Settings(Mutex::new(Vec::new()));
         let with_experts = run(&cfg, &seen).unwrap();
+        let r = &with_experts.runs[0];
+        let mix = r.output_mix.as_ref().expect("a mix");
+        let weighted =
+            mix.experts.iter().map(|e| format!("subject 1 {}_only (expert of the output mix)", e.modality()));
         assert_eq!(
             *seen.0.lock().unwrap(),
             [
-                "subject 1 eeg_only (expert of the output mix)",
-                "subject 1 audio_only (expert of the output mix)",
                 "subject 1 eeg_audio concat (fold 1/3 of the output mix)",
                 "subject 1 eeg_audio concat (eeg_only expert, fold 1/3)",
                 "subject 1 eeg_audio concat (audio_only expert, fold 1/3)",
@@ -422,9 +424,11 @@ mod runs {
                 "subject 1 eeg_audio concat (audio_only expert, fold 3/3)",
                 "subject 1 eeg_audio concat",
             ]
+            .map(String::from)
+            .into_iter()
+            .chain(weighted)
+            .collect::<Vec<_>>()
         );
-        let r = &with_experts.runs[0];
-        let mix = r.output_mix.as_ref().expect("a mix");
         let total = mix.fused
             + mix.heads.iter().map(|(_, w)| w).sum::<f64>()
             + mix.experts.iter().map(|e| e.weight).sum::<f64>();
@@ -454,9 +458,9 @@ mod runs {
         assert_eq!(
             *seen.0.lock().unwrap(),
             [
+                "subject 1 eeg_audio concat",
                 "subject 1 eeg_only (expert of the output mix)",
-                "subject 1 audio_only (expert of the output mix)",
-                "subject 1 eeg_audio concat"
+                "subject 1 audio_only (expert of the output mix)"
             ]
         );
         assert!(val.runs[0].output_mix.is_some());
