@@ -464,6 +464,10 @@ fn run_split(
                 let single = EmotionModel::new(&want, device, cfg.seed)?;
                 let single_name = format!("subject {subject} {m}_only (expert of the output mix)");
                 let (train_idx, val_idx) = (single_windows(m, &split.train), single_windows(m, &split.val));
+                if train_idx.is_empty() {
+                    // No training window has the modality: no such expert (the mix cannot weight it).
+                    continue;
+                }
                 let val = if val_idx.is_empty() { None } else { Some(set(&val_idx)?) };
                 let state = state_file(&format!("_expert_{m}"));
                 train(
@@ -631,6 +635,24 @@ impl Probes<'_> {
         let mut out_of_fold: Option<OutputProbs> = None;
         let all: Vec<usize> = folds.iter().flatten().copied().collect();
         let total = all.len();
+        // An expert joins only if its single-modality model has training windows without each fold
+        // (the audio-only model's need audio: with listening trials, some folds may lack them).
+        let experts: Vec<Modality> = self
+            .experts
+            .iter()
+            .copied()
+            .filter(|&m| {
+                (0..k).all(|f| {
+                    let fit: Vec<usize> = folds
+                        .iter()
+                        .enumerate()
+                        .filter(|(g, _)| *g != f)
+                        .flat_map(|(_, w)| w.clone())
+                        .collect();
+                    !(self.single_windows)(m, &fit).is_empty()
+                })
+            })
+            .collect();
         for (f, held) in folds.iter().enumerate() {
             let fit: Vec<usize> = folds
                 .iter()
@@ -651,7 +673,7 @@ impl Probes<'_> {
             })?;
             let held_set = set(held)?;
             let mut probs = OutputProbs::collect(&probe, &held_set)?;
-            for &m in self.experts {
+            for &m in &experts {
                 let want = (self.single_cfg)(m);
                 let known = self.fold_singles.borrow().iter().any(|(g, s)| *g == f && *s.config() == want);
                 if !known {
