@@ -277,6 +277,13 @@ impl TensorSet {
         Ok(out)
     }
 
+    /// Every window in order, in batches of `size` (the last one smaller), as evaluation reads a set.
+    pub fn in_order(&self, size: usize) -> impl Iterator<Item = Result<Batch>> + '_ {
+        let ids: Vec<u32> = (0..u32::try_from(self.len()).unwrap_or(u32::MAX)).collect();
+        let chunks: Vec<Vec<u32>> = ids.chunks(size.max(1)).map(<[u32]>::to_vec).collect();
+        chunks.into_iter().map(move |idx| self.batch(&idx))
+    }
+
     /// The windows at `idx` (a batch), with their presence masks.
     ///
     /// # Errors
@@ -310,6 +317,18 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// The number of windows.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.eeg.dims().first().copied().unwrap_or(0)
+    }
+
+    /// Whether the batch holds no window.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The model inputs.
     #[must_use]
     pub fn inputs(&self) -> Inputs<'_> {

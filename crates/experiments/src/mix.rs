@@ -98,12 +98,12 @@ impl OutputProbs {
             .chain(experts.iter().map(|(_, e)| Source::Expert(Box::new(e.config().clone()))))
             .map(|source| Output { source, probs: Vec::new(), present: Vec::new() })
             .collect();
-        let ids: Vec<u32> = (0..u32::try_from(set.len()).unwrap_or(u32::MAX)).collect();
-        for idx in ids.chunks(64) {
-            let batch = set.batch(idx)?;
+        for batch in set.in_order(64) {
+            let batch = batch?;
+            let n = batch.len();
             let out = model.forward_inputs(batch.inputs(), &batch.presence, false)?;
             outputs[0].probs.extend(probs(&out.classifier_logits)?);
-            outputs[0].present.extend(std::iter::repeat_n(true, idx.len()));
+            outputs[0].present.extend(std::iter::repeat_n(true, n));
             for o in &mut outputs[1..] {
                 let found = match &o.source {
                     Source::Head(m) => out.unimodal_logits.iter().find(|(x, _, _)| x == m),
@@ -113,12 +113,12 @@ impl OutputProbs {
                 match found {
                     Some((_, logits, mask)) => {
                         o.probs.extend(probs(logits)?);
-                        o.present.extend(present(mask.as_ref(), idx.len())?);
+                        o.present.extend(present(mask.as_ref(), n)?);
                     }
                     // No sample of the batch has the modality.
                     None => {
-                        o.probs.extend(std::iter::repeat_n([0.0; Emotion::COUNT], idx.len()));
-                        o.present.extend(std::iter::repeat_n(false, idx.len()));
+                        o.probs.extend(std::iter::repeat_n([0.0; Emotion::COUNT], n));
+                        o.present.extend(std::iter::repeat_n(false, n));
                     }
                 }
             }
@@ -144,18 +144,18 @@ impl OutputProbs {
         let m = cfg.single;
         let mut out =
             Output { source: Source::Expert(Box::new(cfg.clone())), probs: Vec::new(), present: Vec::new() };
-        let ids: Vec<u32> = (0..u32::try_from(set.len()).unwrap_or(u32::MAX)).collect();
-        for idx in ids.chunks(64) {
-            let batch = set.batch(idx)?;
-            let mask = present(batch.presence.get(m), idx.len())?;
+        for batch in set.in_order(64) {
+            let batch = batch?;
+            let n = batch.len();
+            let mask = present(batch.presence.get(m), n)?;
             if batch.inputs().get(m).is_some() && mask.contains(&true) {
                 let logits =
                     single.forward_inputs(batch.inputs(), &crate::model::Presence::default(), false)?.logits;
                 out.probs.extend(probs(&logits)?);
                 out.present.extend(mask);
             } else {
-                out.probs.extend(std::iter::repeat_n([0.0; Emotion::COUNT], idx.len()));
-                out.present.extend(std::iter::repeat_n(false, idx.len()));
+                out.probs.extend(std::iter::repeat_n([0.0; Emotion::COUNT], n));
+                out.present.extend(std::iter::repeat_n(false, n));
             }
         }
         self.outputs.push(out);

@@ -66,15 +66,14 @@ fn inspect_fusion(model: &EmotionModel, set: &TensorSet) -> Result<FusionView> {
     if model.fusion().is_none() {
         return Ok(FusionView::default());
     }
-    let ids: Vec<u32> = (0..u32::try_from(set.len()).unwrap_or(u32::MAX)).collect();
     let mut gates: Option<candle_core::Tensor> = None;
     let (mut e2a, mut a2e) = (AttentionSums::default(), AttentionSums::default());
     let experts = fusion::ADAPTIVE_EXPERTS.len();
     // Router weight sums: over all windows, per true class, and the windows per class.
     type RouterSums = (Vec<f64>, Vec<Vec<f64>>, Vec<usize>);
     let mut router: Option<RouterSums> = None;
-    for idx in ids.chunks(64) {
-        let batch = set.batch(idx)?;
+    for batch in set.in_order(64) {
+        let batch = batch?;
         let labels = &batch.labels;
         let Some(ins) = model.inspect_inputs(batch.inputs(), &batch.presence)? else {
             return Ok(FusionView::default());
@@ -635,31 +634,26 @@ impl Probes<'_> {
         let mut out_of_fold: Option<OutputProbs> = None;
         let all: Vec<usize> = folds.iter().flatten().copied().collect();
         let total = all.len();
+        // The training windows without each fold.
+        let fits: Vec<Vec<usize>> = (0..k)
+            .map(|f| {
+                folds
+                    .iter()
+                    .enumerate()
+                    .filter(|(g, _)| *g != f)
+                    .flat_map(|(_, w)| w.iter().copied())
+                    .collect()
+            })
+            .collect();
         // An expert joins only if its single-modality model has training windows without each fold
         // (the audio-only model's need audio: with listening trials, some folds may lack them).
         let experts: Vec<Modality> = self
             .experts
             .iter()
             .copied()
-            .filter(|&m| {
-                (0..k).all(|f| {
-                    let fit: Vec<usize> = folds
-                        .iter()
-                        .enumerate()
-                        .filter(|(g, _)| *g != f)
-                        .flat_map(|(_, w)| w.clone())
-                        .collect();
-                    !(self.single_windows)(m, &fit).is_empty()
-                })
-            })
+            .filter(|&m| fits.iter().all(|fit| !(self.single_windows)(m, fit).is_empty()))
             .collect();
-        for (f, held) in folds.iter().enumerate() {
-            let fit: Vec<usize> = folds
-                .iter()
-                .enumerate()
-                .filter(|(g, _)| *g != f)
-                .flat_map(|(_, w)| w.iter().copied())
-                .collect();
+        for ((f, held), fit) in folds.iter().enumerate().zip(&fits) {
             let probe = EmotionModel::new(model_cfg, self.device, self.cfg.seed)?;
             let probe_name = format!("{} (fold {}/{k} of the output mix)", self.name, f + 1);
             let state = (self.state_file)(&format!("_mixfold{f}"));
@@ -668,7 +662,7 @@ impl Probes<'_> {
             let mut train_cfg = self.cfg.train.clone();
             train_cfg.epochs =
                 (self.cfg.train.epochs as f64 * total as f64 / fit.len().max(1) as f64).round() as usize;
-            train(&probe, &set(&fit)?, None, &train_cfg, self.cfg.seed, state.as_deref(), &mut |log| {
+            train(&probe, &set(fit)?, None, &train_cfg, self.cfg.seed, state.as_deref(), &mut |log| {
                 self.progress.epoch(&probe_name, log);
             })?;
             let held_set = set(held)?;
@@ -678,7 +672,7 @@ impl Probes<'_> {
                 let known = self.fold_singles.borrow().iter().any(|(g, s)| *g == f && *s.config() == want);
                 if !known {
                     let single = EmotionModel::new(&want, self.device, self.cfg.seed)?;
-                    let single_fit = (self.single_windows)(m, &fit);
+                    let single_fit = (self.single_windows)(m, fit);
                     let mut single_train = self.cfg.train.clone();
                     single_train.epochs = (self.cfg.train.epochs as f64
                         * (self.single_windows)(m, &all).len() as f64

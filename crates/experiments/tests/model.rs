@@ -8,6 +8,13 @@ use experiments::{EmotionModel, Error, ModelConfig, Presence};
 mod common;
 use common::{check_reference_set, config_named, max_abs, max_abs_diff, reference_dir, reference_dirs};
 
+/// Saves `model` as a checkpoint with default preprocessing and identity normalisation over 4 channels.
+fn save_identity(path: &std::path::Path, model: &EmotionModel) {
+    let norm = experiments::data::Normalisation::identity(4);
+    let meta = experiments::checkpoint::CheckpointMeta::new(model.config(), &Default::default(), &norm);
+    experiments::checkpoint::save(path, model, &meta).unwrap();
+}
+
 fn audio_mask(p: &Tensor) -> Presence {
     Presence { audio: Some(p.clone()), ..Default::default() }
 }
@@ -678,7 +685,7 @@ fn unimodal_heads_leave_the_fused_model_as_it_was() {
 fn output_mix_mixes_the_present_outputs_in_evaluation() {
     use core_types::Modality::{Audio, Eeg, Video};
     use experiments::OutputMix;
-    use experiments::checkpoint::{CheckpointMeta, load, save};
+    use experiments::checkpoint::load;
     let dev = Device::Cpu;
     let mix = OutputMix { fused: 0.2, heads: vec![(Eeg, 0.5), (Audio, 0.3)], experts: Vec::new() };
     let cfg = ModelConfig {
@@ -735,12 +742,7 @@ fn output_mix_mixes_the_present_outputs_in_evaluation() {
     // A checkpoint keeps the mix, and the loaded model predicts the same.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("mixed.safetensors");
-    let meta = CheckpointMeta::new(
-        model.config(),
-        &Default::default(),
-        &experiments::data::Normalisation::identity(4),
-    );
-    save(&path, &model, &meta).unwrap();
+    save_identity(&path, &model);
     let (loaded, meta) = load(&path, &dev).unwrap();
     assert_eq!(meta.model.output_mix, Some(mix));
     let again = loaded.forward_present(&eeg, Some(&audio), &present, false).unwrap();
@@ -756,7 +758,7 @@ fn output_mix_mixes_the_present_outputs_in_evaluation() {
 #[test]
 fn output_mix_experts_predict_as_the_single_model_and_survive_a_checkpoint() {
     use core_types::Modality::{Audio, Eeg};
-    use experiments::checkpoint::{CheckpointMeta, load, save};
+    use experiments::checkpoint::load;
     use experiments::{MixExpert, OutputMix};
     let dev = Device::Cpu;
     let single = EmotionModel::new(&ModelConfig::eeg_only(4), &dev, 11).unwrap();
@@ -808,12 +810,7 @@ fn output_mix_experts_predict_as_the_single_model_and_survive_a_checkpoint() {
     // The checkpoint carries the experts; a model loaded from it predicts the same.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("experts.safetensors");
-    let meta = CheckpointMeta::new(
-        model.config(),
-        &Default::default(),
-        &experiments::data::Normalisation::identity(4),
-    );
-    save(&path, &model, &meta).unwrap();
+    save_identity(&path, &model);
     let names = candle_core::safetensors::load(&path, &dev).unwrap();
     assert!(names.keys().any(|k| k.starts_with("experts.eeg.eeg_encoder.")));
     assert!(names.keys().any(|k| k.starts_with("experts.audio.audio_encoder.")));
