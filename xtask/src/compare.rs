@@ -87,6 +87,10 @@ pub struct Training {
     /// model's own outputs only.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub late_fusion_experts: bool,
+    /// Late fusion: temper each output's probabilities with the temperature that fits its out-of-fold
+    /// predictions best before choosing the weights (kept in the mix); `false`: as trained.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub late_fusion_temperatures: bool,
     /// Fused models with unimodal heads: on-the-fly gradient modulation with this α (0: off).
     #[arg(long, default_value_t = 0.0)]
     pub gradient_modulation: f64,
@@ -124,6 +128,7 @@ impl Training {
         cfg.unimodal_loss = self.unimodal_loss;
         cfg.late_fusion_folds = self.late_fusion_folds;
         cfg.late_fusion_experts = self.late_fusion_experts;
+        cfg.late_fusion_temperatures = self.late_fusion_temperatures;
         cfg.train.gradient_modulation = self.gradient_modulation;
         cfg.preprocess.causal = self.causal;
         cfg.train.recompute_batch_norm = self.batch_norm_stats == BatchNormStats::Recomputed;
@@ -148,6 +153,7 @@ impl Training {
             ("--unimodal-loss", self.unimodal_loss.to_string()),
             ("--late-fusion-folds", self.late_fusion_folds.to_string()),
             ("--late-fusion-experts", self.late_fusion_experts.to_string()),
+            ("--late-fusion-temperatures", self.late_fusion_temperatures.to_string()),
             ("--gradient-modulation", self.gradient_modulation.to_string()),
         ]
         .into_iter()

@@ -66,6 +66,13 @@ pub struct ExperimentConfig {
     /// without the field): the fused model's own outputs only.
     #[serde(default)]
     pub late_fusion_experts: bool,
+    /// Late fusion: before the weights are chosen, temper each output's probabilities with the
+    /// temperature that fits its own held-out predictions best (temperature scaling); the mix keeps
+    /// them. Right-but-unsure outputs (slow learners, such as video from few trials) then count for what
+    /// they get right rather than for how sure they are. `false` (and configs without the field): the
+    /// probabilities as trained.
+    #[serde(default)]
+    pub late_fusion_temperatures: bool,
     /// Seed of weights, dropout and shuffling.
     pub seed: u64,
     /// `cpu` or `cuda`.
@@ -111,6 +118,7 @@ impl ExperimentConfig {
             unimodal_loss: DEFAULT_UNIMODAL_LOSS,
             late_fusion_folds: DEFAULT_LATE_FUSION_FOLDS,
             late_fusion_experts: true,
+            late_fusion_temperatures: true,
             seed: 42,
             device: "cpu".into(),
             checkpoint_dir: None,

@@ -20,6 +20,23 @@ use crate::model::{EmotionModel, MixExpert, ModelConfig, OutputMix};
 /// Grid steps per unit weight when choosing a mix (0.1 apart).
 pub const MIX_STEPS: usize = 10;
 
+/// Temperatures tried when calibrating an output ([`OutputProbs::choose`]): `2^(k/4)` for
+/// `k = −TEMPERATURE_STEPS..=TEMPERATURE_STEPS`, i.e. 0.125 to 8 (ties go to the one nearest 1).
+pub const TEMPERATURE_STEPS: i32 = 12;
+
+/// `p` with its logits divided by `t`: `softmax(ln p / t)` (`p` itself for `t` = 1).
+fn temper(p: &[f64; Emotion::COUNT], t: f64) -> [f64; Emotion::COUNT] {
+    #[allow(clippy::float_cmp)] // 1 exactly: untouched
+    if t == 1.0 {
+        return *p;
+    }
+    let logits = p.map(|v| v.max(f64::MIN_POSITIVE).ln() / t);
+    let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let e = logits.map(|v| (v - max).exp());
+    let sum: f64 = e.iter().sum();
+    e.map(|v| v / sum)
+}
+
 /// Which output of a fused model's mixture.
 #[derive(Debug, Clone, PartialEq)]
 enum Source {
@@ -47,6 +64,29 @@ impl Output {
             Source::Head(m) => m.to_string(),
             Source::Expert(cfg) => format!("{}_only", cfg.single),
         }
+    }
+
+    /// The temperature of [`TEMPERATURE_STEPS`]'s grid with the lowest mean negative log-likelihood of
+    /// this output alone on the windows where it is present (1 where it is never present).
+    fn fitted_temperature(&self, labels: &[usize]) -> f64 {
+        let mut steps: Vec<i32> = (-TEMPERATURE_STEPS..=TEMPERATURE_STEPS).collect();
+        steps.sort_by_key(|k| k.abs());
+        let mut best = (f64::INFINITY, 1.0);
+        for k in steps {
+            let t = 2f64.powf(f64::from(k) / 4.0);
+            let nll: f64 = self
+                .probs
+                .iter()
+                .zip(labels)
+                .zip(&self.present)
+                .filter(|(_, present)| **present)
+                .map(|((p, &c), _)| -temper(p, t)[c].max(1e-30).ln())
+                .sum();
+            if nll < best.0 - 1e-12 {
+                best = (nll, t);
+            }
+        }
+        best.1
     }
 }
 
@@ -194,20 +234,54 @@ impl OutputProbs {
     /// go to the weights met first, which start from the fused classifier alone and move weight to the
     /// heads in the model's modality order, then to the experts. Experts left at weight 0 are dropped
     /// from the mix (a checkpoint carries only the experts it uses).
+    ///
+    /// With `calibrate`, each output's probabilities are first tempered with the temperature that
+    /// minimises its own negative log-likelihood on these windows ([`TEMPERATURE_STEPS`]), and the weights
+    /// are chosen among the tempered outputs: an output that is right but unsure (a slow learner) is no
+    /// longer outweighed by a sure but less accurate one. The mix keeps the temperatures of the fused
+    /// classifier and of the weighted outputs (those at 1 are left out).
     #[must_use]
-    pub fn choose(&self) -> OutputMix {
+    pub fn choose(&self, calibrate: bool) -> OutputMix {
+        let temperatures: Vec<f64> = self
+            .outputs
+            .iter()
+            .map(|o| if calibrate { o.fitted_temperature(&self.labels) } else { 1.0 })
+            .collect();
+        let tempered = Self {
+            labels: self.labels.clone(),
+            outputs: self
+                .outputs
+                .iter()
+                .zip(&temperatures)
+                .map(|(o, &t)| Output {
+                    source: o.source.clone(),
+                    probs: o.probs.iter().map(|p| temper(p, t)).collect(),
+                    present: o.present.clone(),
+                })
+                .collect(),
+        };
         let k = self.outputs.len();
         let mut best: Option<(f64, Vec<usize>)> = None;
         let mut grid = vec![0usize; k];
         compositions(MIX_STEPS, &mut grid, 0, &mut |w| {
             let weights: Vec<f64> = w.iter().map(|&s| s as f64 / MIX_STEPS as f64).collect();
-            let nll = self.nll(&weights);
+            let nll = tempered.nll(&weights);
             if best.as_ref().is_none_or(|(b, _)| nll < b - 1e-12) {
                 best = Some((nll, w.to_vec()));
             }
         });
         let w = best.map_or_else(|| vec![MIX_STEPS], |(_, w)| w);
-        self.mix(&w.iter().map(|&s| s as f64 / MIX_STEPS as f64).collect::<Vec<_>>())
+        let weights: Vec<f64> = w.iter().map(|&s| s as f64 / MIX_STEPS as f64).collect();
+        let mut mix = self.mix(&weights);
+        mix.temperatures = self
+            .outputs
+            .iter()
+            .zip(&temperatures)
+            .zip(&weights)
+            .filter(|((o, t), w)| **t != 1.0 && (**w > 0.0 || o.source == Source::Fused))
+            .map(|((o, t), _)| (o.name(), *t))
+            .collect();
+        mix
     }
 
     fn mix(&self, weights: &[f64]) -> OutputMix {
@@ -223,6 +297,7 @@ impl OutputProbs {
                     _ => None,
                 })
                 .collect(),
+            temperatures: std::collections::BTreeMap::new(),
         }
     }
 
@@ -311,7 +386,7 @@ mod tests {
                 out(Some(Modality::Audio), audio.collect()),
             ],
         };
-        let mix = probs.choose();
+        let mix = probs.choose(false);
         assert_eq!(mix.head(Modality::Audio), 0.0, "{}", mix.describe());
         assert!(mix.head(Modality::Eeg) >= 0.5, "{}", mix.describe());
         let acc = probs.accuracies();
@@ -330,8 +405,13 @@ mod tests {
             ],
         };
         assert_eq!(
-            same.choose(),
-            OutputMix { fused: 1.0, heads: vec![(Modality::Eeg, 0.0)], experts: Vec::new() }
+            same.choose(false),
+            OutputMix {
+                fused: 1.0,
+                heads: vec![(Modality::Eeg, 0.0)],
+                experts: Vec::new(),
+                temperatures: std::collections::BTreeMap::new()
+            }
         );
     }
 
@@ -362,13 +442,52 @@ mod tests {
                 ),
             ],
         };
-        let mix = probs.choose();
+        let mix = probs.choose(false);
         assert_eq!(mix.experts.len(), 1, "{}", mix.describe());
         assert_eq!(mix.experts[0].model, eeg_only);
         assert!(mix.expert(Modality::Eeg) >= 0.5 && mix.expert(Modality::Audio) == 0.0, "{}", mix.describe());
         let acc = probs.accuracies();
         assert_eq!((acc["eeg_only"], acc["audio_only"]), (1.0, 0.0));
         assert!(mix.describe().contains("eeg_only="), "{}", mix.describe());
+    }
+
+    /// Calibration: a video head that is right on every window but unsure (0.4 on the true class) loses
+    /// to a sure fused classifier that is wrong on a quarter of them when the probabilities are taken as
+    /// trained; tempered, the head is sharpened (temperature below 1) and takes the weight, and the mix
+    /// keeps its temperature. Tempering is dividing the logits.
+    #[test]
+    fn calibration_lets_a_right_but_unsure_output_count() {
+        let labels: Vec<usize> = (0..40).map(|i| i % 5).collect();
+        let sure =
+            labels.iter().enumerate().map(|(i, &c)| one_hot(if i % 4 == 3 { (c + 1) % 5 } else { c }, 0.97));
+        let unsure = labels.iter().map(|&c| one_hot(c, 0.4));
+        let out = |source, probs: Vec<_>| Output { source, probs, present: vec![true; 40] };
+        let probs = OutputProbs {
+            labels: labels.clone(),
+            outputs: vec![
+                out(Source::Fused, sure.collect()),
+                out(Source::Head(Modality::Video), unsure.collect()),
+            ],
+        };
+        let plain = probs.choose(false);
+        assert!(plain.fused > plain.head(Modality::Video), "{}", plain.describe());
+        assert!(plain.temperatures.is_empty());
+        let calibrated = probs.choose(true);
+        assert!(calibrated.head(Modality::Video) > calibrated.fused, "{}", calibrated.describe());
+        assert!(calibrated.temperature("video") < 1.0, "{}", calibrated.describe());
+        assert!(calibrated.describe().contains("temperatures"), "{}", calibrated.describe());
+        // softmax(ln p / t) is softmax(logits / t).
+        let logits = [0.3f64, -1.2, 2.0, 0.0, 0.7];
+        let softmax = |l: &[f64; 5]| {
+            let e = l.map(f64::exp);
+            let s: f64 = e.iter().sum();
+            e.map(|v| v / s)
+        };
+        let t = 0.6;
+        let got = temper(&softmax(&logits), t);
+        let want = softmax(&logits.map(|v| v / t));
+        assert!(got.iter().zip(want).all(|(g, w)| (g - w).abs() < 1e-12), "{got:?} vs {want:?}");
+        assert_eq!(temper(&one_hot(2, 0.5), 1.0), one_hot(2, 0.5));
     }
 
     /// An absent head leaves the mixture of the windows that lack its modality; with nothing weighted

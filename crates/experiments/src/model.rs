@@ -1,7 +1,7 @@
 //! [`EmotionModel`]: an emotion classifier over one modality (EEG, audio or video) or a fused set of them,
 //! with its own parameters and checkpoints.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use candle_core::{DType, Device, ModuleT, Tensor, Var};
@@ -64,7 +64,8 @@ pub struct ModelConfig {
 /// output's modality in the sample. An output whose modality a sample lacks leaves the mixture; a sample
 /// with no weighted output present gets the fused classifier's probabilities. Training is unchanged (the
 /// fused loss plus the unimodal losses); experts are trained on their own and copied in
-/// ([`EmotionModel::copy_expert`]).
+/// ([`EmotionModel::copy_expert`]). Each output's probabilities are `softmax(logits / T)` with its
+/// temperature `T` from [`OutputMix::temperatures`] (1 where not listed).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OutputMix {
     /// Weight of the fused classifier.
@@ -74,6 +75,11 @@ pub struct OutputMix {
     /// Single-modality experts with their weights (mixes without them, and older files: none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub experts: Vec<MixExpert>,
+    /// Temperature of each output's logits, by output name: `fused`, a head's modality (`video`), an
+    /// expert's `{modality}_only`; fitted on the same held-out windows as the weights ([`crate::mix`]).
+    /// Outputs not listed (and older files): 1, the probabilities as trained.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub temperatures: BTreeMap<String, f64>,
 }
 
 /// A single-modality model inside a fused model's [`OutputMix`]: trained on its own (the comparison's
@@ -99,7 +105,13 @@ impl OutputMix {
     /// The fused classifier alone.
     #[must_use]
     pub fn fused_only() -> Self {
-        Self { fused: 1.0, heads: Vec::new(), experts: Vec::new() }
+        Self { fused: 1.0, heads: Vec::new(), experts: Vec::new(), temperatures: BTreeMap::new() }
+    }
+
+    /// The temperature of the output named `output` (`fused`, `eeg`, `eeg_only`, …; 1 when not listed).
+    #[must_use]
+    pub fn temperature(&self, output: &str) -> f64 {
+        self.temperatures.get(output).copied().unwrap_or(1.0)
     }
 
     /// The weight of `modality`'s head (0 when not listed).
@@ -123,6 +135,10 @@ impl OutputMix {
         }
         for e in &self.experts {
             s.push_str(&format!(" {}_only={:.1}", e.modality(), e.weight));
+        }
+        if !self.temperatures.is_empty() {
+            let t: Vec<String> = self.temperatures.iter().map(|(o, t)| format!("{o}={t:.2}")).collect();
+            s.push_str(&format!(" (temperatures {})", t.join(" ")));
         }
         s
     }
@@ -162,6 +178,16 @@ impl OutputMix {
                 return Err(Error::Input(format!("the output mix has two {m} experts")));
             }
         }
+        for (output, t) in &self.temperatures {
+            let known = output == "fused"
+                || modalities.iter().any(|m| *output == m.to_string())
+                || self.experts.iter().any(|e| *output == format!("{}_only", e.modality()));
+            if !known || !t.is_finite() || *t <= 0.0 {
+                return Err(Error::Input(format!(
+                    "output mix temperature {output}={t}: temperatures must be finite and positive, for `fused`, a modality's head or an expert of the mix"
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -173,19 +199,25 @@ impl OutputMix {
         heads: &[(Modality, Tensor, Option<Tensor>)],
         experts: &[(Modality, Tensor, Option<Tensor>)],
     ) -> Result<Tensor> {
-        let p_fused = candle_nn::ops::softmax(fused, candle_core::D::Minus1)?;
+        let softmax = |logits: &Tensor, output: &str| -> Result<Tensor> {
+            let t = self.temperature(output);
+            #[allow(clippy::float_cmp)] // 1 exactly: the logits as trained, bit for bit
+            let logits = if t == 1.0 { logits.clone() } else { logits.affine(1.0 / t, 0.0)? };
+            Ok(candle_nn::ops::softmax(&logits, candle_core::D::Minus1)?)
+        };
+        let p_fused = softmax(fused, "fused")?;
         let b = p_fused.dim(0)?;
         let mut num = p_fused.affine(self.fused, 0.0)?;
         let mut den = Tensor::full(self.fused as f32, (b, 1), fused.device())?.to_dtype(fused.dtype())?;
         let weighted = heads
             .iter()
-            .map(|(m, l, p)| (self.head(*m), l, p))
-            .chain(experts.iter().map(|(m, l, p)| (self.expert(*m), l, p)));
-        for (w, logits, present) in weighted {
+            .map(|(m, l, p)| (self.head(*m), m.to_string(), l, p))
+            .chain(experts.iter().map(|(m, l, p)| (self.expert(*m), format!("{m}_only"), l, p)));
+        for (w, name, logits, present) in weighted {
             if w == 0.0 {
                 continue;
             }
-            let p = candle_nn::ops::softmax(logits, candle_core::D::Minus1)?;
+            let p = softmax(logits, &name)?;
             let mask = match present {
                 Some(t) => t.to_dtype(p.dtype())?.reshape((b, 1))?.affine(w, 0.0)?,
                 None => Tensor::full(w as f32, (b, 1), p.device())?.to_dtype(p.dtype())?,

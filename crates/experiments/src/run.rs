@@ -520,7 +520,7 @@ fn run_split(
                     probs.push_expert(single, val)?;
                 }
             }
-            model.set_output_mix(Some(probs.choose()))?;
+            model.set_output_mix(Some(probs.choose(cfg.late_fusion_temperatures)))?;
         }
         let weighted: Vec<Modality> = model.experts().iter().map(|(m, _)| *m).collect();
         train_singles(&weighted, &mut singles)?;
@@ -706,7 +706,7 @@ impl Probes<'_> {
         }
         Ok(out_of_fold.map(|oof| {
             tracing::info!(name = self.name, accuracy = ?oof.accuracies(), nll = ?oof.nlls(), "out-of-fold outputs");
-            oof.choose()
+            oof.choose(self.cfg.late_fusion_temperatures)
         }))
     }
 }

@@ -389,7 +389,7 @@ mod runs {
         let mut cfg = ExperimentConfig::new(root, vec![FusionMode::Concat]);
         cfg.train.epochs = 3;
         (cfg.eeg_only, cfg.audio_only) = (false, false);
-        cfg.late_fusion_experts = false;
+        (cfg.late_fusion_experts, cfg.late_fusion_temperatures) = (false, false);
         let seen = Settings(Mutex::new(Vec::new()));
         let mixed = run(&cfg, &seen).unwrap();
         assert_eq!(
@@ -405,12 +405,13 @@ mod runs {
         let mix = r.output_mix.as_ref().expect("a mix");
         let total = mix.fused + mix.heads.iter().map(|(_, w)| w).sum::<f64>();
         assert!((total - 1.0).abs() < 1e-9 && mix.experts.is_empty(), "{}", mix.describe());
+        assert!(mix.temperatures.is_empty(), "untempered: {}", mix.describe());
         let outputs = r.output_accuracy.as_ref().unwrap();
         assert_eq!(outputs.keys().collect::<Vec<_>>(), ["audio", "eeg", "fused"]);
-        // With experts (the default), single-modality models are trained on every fold, and, for the
-        // experts the mix weights, on every training window (here for the mix alone: the comparison's
-        // rows are off); the model tested is the same fused model.
-        cfg.late_fusion_experts = true;
+        // With experts and tempered outputs (the defaults), single-modality models are trained on every
+        // fold, and, for the experts the mix weights, on every training window (here for the mix alone:
+        // the comparison's rows are off); the model tested is the same fused model.
+        (cfg.late_fusion_experts, cfg.late_fusion_temperatures) = (true, true);
         let seen = Settings(Mutex::new(Vec::new()));
         let with_experts = run(&cfg, &seen).unwrap();
         let r = &with_experts.runs[0];
@@ -440,13 +441,28 @@ mod runs {
             + mix.heads.iter().map(|(_, w)| w).sum::<f64>()
             + mix.experts.iter().map(|e| e.weight).sum::<f64>();
         assert!((total - 1.0).abs() < 1e-9, "{}", mix.describe());
+        // Temperatures from the grid 2^(k/4), |k| ≤ 12, for the fused classifier and weighted outputs.
+        for (output, t) in &mix.temperatures {
+            let k = 4.0 * t.log2();
+            assert!((k - k.round()).abs() < 1e-9 && k.abs() <= 12.0 && k != 0.0, "{output}={t}");
+            let weight = match output.as_str() {
+                "fused" => 1.0,
+                o => match o.strip_suffix("_only") {
+                    Some(m) => {
+                        mix.experts.iter().find(|e| e.modality().to_string() == m).map_or(0.0, |e| e.weight)
+                    }
+                    None => mix.heads.iter().find(|(m, _)| m.to_string() == o).map_or(0.0, |(_, w)| *w),
+                },
+            };
+            assert!(weight > 0.0, "a temperature for an unweighted output: {}", mix.describe());
+        }
         let with = r.output_accuracy.as_ref().unwrap();
         assert_eq!(with["fused"], outputs["fused"], "the same fused model");
         for e in &mix.experts {
             assert!(e.weight > 0.0 && with.contains_key(&format!("{}_only", e.modality())), "{with:?}");
         }
         let dir = tempfile::tempdir().unwrap();
-        experiments::report::write_results(dir.path(), &cfg, &mixed).unwrap();
+        experiments::report::write_results(dir.path(), &cfg, &with_experts).unwrap();
         let report = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
         assert!(report.contains("late fusion over 3 folds") && report.contains(&mix.describe()), "{report}");
         cfg.late_fusion_folds = 0;
@@ -679,15 +695,21 @@ fn unimodal_heads_leave_the_fused_model_as_it_was() {
 
 /// The output mix: in evaluation the prediction is the weighted mixture of the fused classifier's and
 /// the heads' probabilities, with a head leaving the mixture of samples that lack its modality; training
-/// mode and the classifier's own logits are untouched; weights the model cannot use are errors, and the
-/// mix survives a checkpoint.
+/// mode and the classifier's own logits are untouched; each output's logits are divided by its temperature
+/// (1 where none is given); weights and temperatures the model cannot use are errors, and the mix survives
+/// a checkpoint.
 #[test]
 fn output_mix_mixes_the_present_outputs_in_evaluation() {
     use core_types::Modality::{Audio, Eeg, Video};
     use experiments::OutputMix;
     use experiments::checkpoint::load;
     let dev = Device::Cpu;
-    let mix = OutputMix { fused: 0.2, heads: vec![(Eeg, 0.5), (Audio, 0.3)], experts: Vec::new() };
+    let mix = OutputMix {
+        fused: 0.2,
+        heads: vec![(Eeg, 0.5), (Audio, 0.3)],
+        experts: Vec::new(),
+        temperatures: [("fused".to_owned(), 0.5), ("audio".to_owned(), 2.0)].into(),
+    };
     let cfg = ModelConfig {
         unimodal_loss: 1.0,
         output_mix: Some(mix.clone()),
@@ -699,10 +721,11 @@ fn output_mix_mixes_the_present_outputs_in_evaluation() {
     let present = audio_mask(&Tensor::new(&[1f32, 0.0, 1.0], &dev).unwrap());
     let out = model.forward_present(&eeg, Some(&audio), &present, false).unwrap();
     let softmax = |t: &Tensor| candle_nn::ops::softmax(t, 1).unwrap().to_vec2::<f32>().unwrap();
+    let tempered = |t: &Tensor, temperature: f64| softmax(&t.affine(1.0 / temperature, 0.0).unwrap());
     let (pf, pe, pa) = (
-        softmax(&out.classifier_logits),
+        tempered(&out.classifier_logits, 0.5),
         softmax(&out.unimodal_logits[0].1),
-        softmax(&out.unimodal_logits[1].1),
+        tempered(&out.unimodal_logits[1].1, 2.0),
     );
     let got = softmax(&out.logits);
     for i in 0..3 {
@@ -723,17 +746,33 @@ fn output_mix_mixes_the_present_outputs_in_evaluation() {
         "training predicts with the classifier"
     );
     // With every weighted output absent, the fused classifier speaks.
-    let only_audio = OutputMix { fused: 0.0, heads: vec![(Audio, 1.0)], experts: Vec::new() };
+    let only_audio = OutputMix {
+        fused: 0.0,
+        heads: vec![(Audio, 1.0)],
+        experts: Vec::new(),
+        temperatures: Default::default(),
+    };
     let mut m2 = EmotionModel::new(&cfg, &dev, 3).unwrap();
     m2.set_output_mix(Some(only_audio)).unwrap();
     let o2 = m2.forward_present(&eeg, Some(&audio), &present, false).unwrap();
     let got = softmax(&o2.logits);
+    let (pf, pa) = (softmax(&out.classifier_logits), softmax(&out.unimodal_logits[1].1));
     assert!((0..5).all(|c| (got[1][c] - pf[1][c]).abs() < 1e-6 && (got[0][c] - pa[0][c]).abs() < 1e-6));
     // Weights the model cannot use.
+    let weights =
+        |fused, heads| OutputMix { fused, heads, experts: Vec::new(), temperatures: Default::default() };
+    let temperature = |output: &str, t| OutputMix {
+        temperatures: [(output.to_owned(), t)].into(),
+        ..weights(0.5, vec![(Eeg, 0.5)])
+    };
     for bad in [
-        OutputMix { fused: 0.0, heads: vec![(Eeg, 0.0)], experts: Vec::new() },
-        OutputMix { fused: -0.5, heads: vec![(Eeg, 1.0)], experts: Vec::new() },
-        OutputMix { fused: 0.5, heads: vec![(Video, 0.5)], experts: Vec::new() },
+        weights(0.0, vec![(Eeg, 0.0)]),
+        weights(-0.5, vec![(Eeg, 1.0)]),
+        weights(0.5, vec![(Video, 0.5)]),
+        temperature("video", 1.0),
+        temperature("eeg_only", 1.0),
+        temperature("eeg", 0.0),
+        temperature("fused", f64::NAN),
     ] {
         assert!(matches!(m2.set_output_mix(Some(bad.clone())), Err(Error::Input(_))), "{bad:?}");
     }
@@ -772,6 +811,7 @@ fn output_mix_experts_predict_as_the_single_model_and_survive_a_checkpoint() {
             fused: 0.0,
             heads: vec![(Eeg, 0.0), (Audio, 0.0)],
             experts: vec![expert(&single, 1.0)],
+            temperatures: Default::default(),
         }))
         .unwrap();
     let params: Vec<String> = model.parameters().into_iter().map(|(n, _)| n).collect();
@@ -794,6 +834,7 @@ fn output_mix_experts_predict_as_the_single_model_and_survive_a_checkpoint() {
         fused: 0.0,
         heads: vec![(Eeg, 0.0), (Audio, 0.0)],
         experts: vec![expert(&single, 0.5), expert(&audio_single, 0.5)],
+        temperatures: Default::default(),
     };
     model.set_output_mix(Some(mix.clone())).unwrap();
     model.copy_expert(&single).unwrap();
@@ -832,11 +873,16 @@ fn output_mix_experts_predict_as_the_single_model_and_survive_a_checkpoint() {
     assert!(matches!(model.copy_expert(&other), Err(Error::Input(_))));
     let video = EmotionModel::new(&ModelConfig::video_only(4), &dev, 1).unwrap();
     for experts in [vec![expert(&video, 1.0)], vec![expert(&single, 0.5), expert(&single, 0.5)]] {
-        let bad = OutputMix { fused: 0.0, heads: Vec::new(), experts };
+        let bad = OutputMix { fused: 0.0, heads: Vec::new(), experts, temperatures: Default::default() };
         assert!(matches!(model.set_output_mix(Some(bad)), Err(Error::Input(_))));
     }
     let fused_expert = MixExpert { weight: 1.0, model: fused_cfg.clone() };
-    let bad = OutputMix { fused: 0.0, heads: Vec::new(), experts: vec![fused_expert] };
+    let bad = OutputMix {
+        fused: 0.0,
+        heads: Vec::new(),
+        experts: vec![fused_expert],
+        temperatures: Default::default(),
+    };
     assert!(matches!(model.set_output_mix(Some(bad)), Err(Error::Input(_))));
 }
 
