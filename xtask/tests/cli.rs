@@ -577,6 +577,21 @@ fn one_and_two_threads_train_identical_models() {
     let report = std::fs::read_to_string(one.join("report.md")).unwrap();
     assert!(report.contains("Adaptive router") && report.contains("entropy relative to uniform"));
     assert!(one.join("router_eeg_audio_adaptive.svg").is_file());
+    // `predict` with the adaptive checkpoint writes each window's router weights beside its probabilities.
+    let ckpt = one.join("checkpoints").join("subject1_fold0_eeg_audio_adaptive.safetensors");
+    let preds = tmp("threads-predict");
+    let (c, p) = (ckpt.display().to_string(), preds.display().to_string());
+    let out = xtask(&["predict", "--checkpoint", &c, "--data-dir", &r, "--out", &p]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let csv = std::fs::read_to_string(preds.join("predictions.csv")).unwrap();
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    let routed: Vec<usize> = (0..header.len()).filter(|&i| header[i].starts_with("router_")).collect();
+    assert_eq!(routed.len(), 4, "{header:?}");
+    for row in csv.lines().skip(1) {
+        let v: Vec<&str> = row.split(',').collect();
+        let total: f64 = routed.iter().map(|&i| v[i].parse::<f64>().unwrap()).sum();
+        assert!((total - 1.0).abs() < 1e-4, "{row}");
+    }
     for n in names {
         let a = std::fs::read(one.join("checkpoints").join(&n)).unwrap();
         let b = std::fs::read(two.join("checkpoints").join(&n)).unwrap();

@@ -182,10 +182,9 @@ pub fn predict(
         let (_, probs) = evaluate(model, &set, 64)?;
         let mut routers: Vec<Option<Vec<f32>>> = vec![None; idx.len()];
         if meta.model.fusion.as_ref().is_some_and(|f| f.mode == core_types::FusionMode::Adaptive) {
-            let ids: Vec<u32> = (0..u32::try_from(idx.len()).unwrap_or(u32::MAX)).collect();
             let mut rows = Vec::with_capacity(idx.len());
-            for chunk in ids.chunks(64) {
-                let batch = set.batch(chunk)?;
+            for batch in set.in_order(64) {
+                let batch = batch?;
                 if let Some(w) = model.inspect_inputs(batch.inputs(), &batch.presence)?.and_then(|i| i.router)
                 {
                     rows.extend(w.to_vec2::<f32>()?.into_iter().map(Some));
