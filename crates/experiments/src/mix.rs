@@ -24,6 +24,16 @@ pub const MIX_STEPS: usize = 10;
 /// `k = −TEMPERATURE_STEPS..=TEMPERATURE_STEPS`, i.e. 0.125 to 8 (ties go to the one nearest 1).
 pub const TEMPERATURE_STEPS: i32 = 12;
 
+/// Rounds of [`OutputProbs::refine`] at most.
+const REFINE_ROUNDS: usize = 3;
+
+/// The temperatures of [`TEMPERATURE_STEPS`]'s grid, nearest 1 first.
+fn temperature_grid() -> impl Iterator<Item = f64> {
+    let mut steps: Vec<i32> = (-TEMPERATURE_STEPS..=TEMPERATURE_STEPS).collect();
+    steps.sort_by_key(|k| k.abs());
+    steps.into_iter().map(|k| 2f64.powf(f64::from(k) / 4.0))
+}
+
 /// `p` with its logits divided by `t`: `softmax(ln p / t)` (`p` itself for `t` = 1).
 fn temper(p: &[f64; Emotion::COUNT], t: f64) -> [f64; Emotion::COUNT] {
     #[allow(clippy::float_cmp)] // 1 exactly: untouched
@@ -69,11 +79,8 @@ impl Output {
     /// The temperature of [`TEMPERATURE_STEPS`]'s grid with the lowest mean negative log-likelihood of
     /// this output alone on the windows where it is present (1 where it is never present).
     fn fitted_temperature(&self, labels: &[usize]) -> f64 {
-        let mut steps: Vec<i32> = (-TEMPERATURE_STEPS..=TEMPERATURE_STEPS).collect();
-        steps.sort_by_key(|k| k.abs());
         let mut best = (f64::INFINITY, 1.0);
-        for k in steps {
-            let t = 2f64.powf(f64::from(k) / 4.0);
+        for t in temperature_grid() {
             let nll: f64 = self
                 .probs
                 .iter()
@@ -230,48 +237,93 @@ impl OutputProbs {
         (0..self.labels.len()).map(|i| -self.true_class_prob(weights, i).max(1e-30).ln()).sum::<f64>() / n
     }
 
-    /// The weights on the grid of [`MIX_STEPS`] steps with the lowest mean negative log-likelihood; ties
-    /// go to the weights met first, which start from the fused classifier alone and move weight to the
-    /// heads in the model's modality order, then to the experts. Experts left at weight 0 are dropped
-    /// from the mix (a checkpoint carries only the experts it uses).
-    ///
-    /// With `calibrate`, each output's probabilities are first tempered with the temperature that
-    /// minimises its own negative log-likelihood on these windows ([`TEMPERATURE_STEPS`]), and the weights
-    /// are chosen among the tempered outputs: an output that is right but unsure (a slow learner) is no
-    /// longer outweighed by a sure but less accurate one. The mix keeps the temperatures of the fused
-    /// classifier and of the weighted outputs (those at 1 are left out).
-    #[must_use]
-    pub fn choose(&self, calibrate: bool) -> OutputMix {
-        let temperatures: Vec<f64> = self
-            .outputs
-            .iter()
-            .map(|o| if calibrate { o.fitted_temperature(&self.labels) } else { 1.0 })
-            .collect();
-        let tempered = Self {
-            labels: self.labels.clone(),
-            outputs: self
-                .outputs
-                .iter()
-                .zip(&temperatures)
-                .map(|(o, &t)| Output {
-                    source: o.source.clone(),
-                    probs: o.probs.iter().map(|p| temper(p, t)).collect(),
-                    present: o.present.clone(),
-                })
-                .collect(),
-        };
+    /// These outputs with output `j`'s probabilities tempered with `t` (from the untempered `raw`).
+    fn with_temperature(&mut self, raw: &Self, j: usize, t: f64) {
+        self.outputs[j].probs = raw.outputs[j].probs.iter().map(|p| temper(p, t)).collect();
+    }
+
+    /// The weights on the grid of [`MIX_STEPS`] steps with the lowest mean negative log-likelihood, with
+    /// it; ties go to the weights met first, which start from the fused classifier alone and move weight
+    /// to the heads in the model's modality order, then to the experts.
+    fn best_weights(&self) -> (f64, Vec<f64>) {
         let k = self.outputs.len();
         let mut best: Option<(f64, Vec<usize>)> = None;
         let mut grid = vec![0usize; k];
         compositions(MIX_STEPS, &mut grid, 0, &mut |w| {
             let weights: Vec<f64> = w.iter().map(|&s| s as f64 / MIX_STEPS as f64).collect();
-            let nll = tempered.nll(&weights);
+            let nll = self.nll(&weights);
             if best.as_ref().is_none_or(|(b, _)| nll < b - 1e-12) {
                 best = Some((nll, w.to_vec()));
             }
         });
-        let w = best.map_or_else(|| vec![MIX_STEPS], |(_, w)| w);
-        let weights: Vec<f64> = w.iter().map(|&s| s as f64 / MIX_STEPS as f64).collect();
+        let (nll, w) = best.unwrap_or_else(|| (f64::INFINITY, vec![MIX_STEPS]));
+        (nll, w.iter().map(|&s| s as f64 / MIX_STEPS as f64).collect())
+    }
+
+    /// From the temperatures `start`: the best weights, then, in turns (at most [`REFINE_ROUNDS`]), the
+    /// temperature of each weighted output that lowers the mixture's negative log-likelihood most with
+    /// the others fixed, and the best weights again. Returns the negative log-likelihood, the
+    /// temperatures and the weights.
+    fn refine(&self, start: Vec<f64>) -> (f64, Vec<f64>, Vec<f64>) {
+        let mut tempered = self.clone();
+        for (j, &t) in start.iter().enumerate() {
+            tempered.with_temperature(self, j, t);
+        }
+        let mut temperatures = start;
+        let (mut nll, mut weights) = tempered.best_weights();
+        for _ in 0..REFINE_ROUNDS {
+            let mut moved = false;
+            for j in 0..self.outputs.len() {
+                if weights[j] == 0.0 {
+                    continue;
+                }
+                for t in temperature_grid() {
+                    tempered.with_temperature(self, j, t);
+                    let n = tempered.nll(&weights);
+                    if n < nll - 1e-12 {
+                        (nll, temperatures[j], moved) = (n, t, true);
+                    }
+                }
+                tempered.with_temperature(self, j, temperatures[j]);
+            }
+            let (n, w) = tempered.best_weights();
+            if n < nll - 1e-12 {
+                (nll, weights, moved) = (n, w, true);
+            }
+            if !moved {
+                break;
+            }
+        }
+        (nll, temperatures, weights)
+    }
+
+    /// The mix of these outputs: the weights on the grid of [`MIX_STEPS`] steps with the lowest mean
+    /// negative log-likelihood; ties go to the weights met first, which start from the fused classifier
+    /// alone and move weight to the heads in the model's modality order, then to the experts. Experts
+    /// left at weight 0 are dropped from the mix (a checkpoint carries only the experts it uses).
+    ///
+    /// With `calibrate`, each output's logits may also be divided by a temperature from
+    /// [`TEMPERATURE_STEPS`]'s grid. Two starts: every output as trained, and every output at the
+    /// temperature that fits it best alone (an output that is right but unsure, a slow learner, is then
+    /// no longer outweighed by a sure but less accurate one); from each, the temperatures of the weighted
+    /// outputs are refined for the mixture ([`OutputProbs::refine`]), and the start whose mixture has
+    /// the lower negative log-likelihood is kept (ties: the untempered one), so the chosen mixture fits
+    /// these windows at least as well as the untempered choice. The mix keeps the temperatures of the
+    /// fused classifier and of the weighted outputs (those at 1 are left out).
+    #[must_use]
+    pub fn choose(&self, calibrate: bool) -> OutputMix {
+        let k = self.outputs.len();
+        let (mut nll, mut weights) = self.best_weights();
+        let mut temperatures = vec![1.0; k];
+        if calibrate {
+            let fitted: Vec<f64> = self.outputs.iter().map(|o| o.fitted_temperature(&self.labels)).collect();
+            for start in [vec![1.0; k], fitted] {
+                let (n, t, w) = self.refine(start);
+                if n < nll - 1e-12 {
+                    (nll, temperatures, weights) = (n, t, w);
+                }
+            }
+        }
         let mut mix = self.mix(&weights);
         mix.temperatures = self
             .outputs
@@ -476,6 +528,15 @@ mod tests {
         assert!(calibrated.head(Modality::Video) > calibrated.fused, "{}", calibrated.describe());
         assert!(calibrated.temperature("video") < 1.0, "{}", calibrated.describe());
         assert!(calibrated.describe().contains("temperatures"), "{}", calibrated.describe());
+        // The tempered choice fits the windows at least as well as the untempered one.
+        let nll_of = |mix: &OutputMix| {
+            let mut t = probs.clone();
+            for j in 0..t.outputs.len() {
+                t.with_temperature(&probs, j, mix.temperature(&probs.outputs[j].name()));
+            }
+            t.nll(&[mix.fused, mix.head(Modality::Video)])
+        };
+        assert!(nll_of(&calibrated) < nll_of(&plain) - 0.1, "{} vs {}", nll_of(&calibrated), nll_of(&plain));
         // softmax(ln p / t) is softmax(logits / t).
         let logits = [0.3f64, -1.2, 2.0, 0.0, 0.7];
         let softmax = |l: &[f64; 5]| {
