@@ -306,7 +306,7 @@ impl OutputProbs {
     /// [`TEMPERATURE_STEPS`]'s grid. Two starts: every output as trained, and every output at the
     /// temperature that fits it best alone (an output that is right but unsure, a slow learner, is then
     /// no longer outweighed by a sure but less accurate one); from each, the temperatures of the weighted
-    /// outputs are refined for the mixture ([`OutputProbs::refine`]), and the start whose mixture has
+    /// outputs are refined for the mixture (in turns with the weights), and the start whose mixture has
     /// the lower negative log-likelihood is kept (ties: the untempered one), so the chosen mixture fits
     /// these windows at least as well as the untempered choice. The mix keeps the temperatures of the
     /// fused classifier and of the weighted outputs (those at 1 are left out).
