@@ -72,7 +72,7 @@ impl Output {
         match &self.source {
             Source::Fused => "fused".to_owned(),
             Source::Head(m) => m.to_string(),
-            Source::Expert(cfg) => format!("{}_only", cfg.single),
+            Source::Expert(cfg) => cfg.name().to_owned(),
         }
     }
 
@@ -313,17 +313,16 @@ impl OutputProbs {
     #[must_use]
     pub fn choose(&self, calibrate: bool) -> OutputMix {
         let k = self.outputs.len();
-        let (mut nll, mut weights) = self.best_weights();
-        let mut temperatures = vec![1.0; k];
-        if calibrate {
+        // Refining moves only on a gain above 1e-12, so the refinement from "as trained" is the
+        // untempered choice itself or better than it by more than that.
+        let (_, temperatures, weights) = if calibrate {
             let fitted: Vec<f64> = self.outputs.iter().map(|o| o.fitted_temperature(&self.labels)).collect();
-            for start in [vec![1.0; k], fitted] {
-                let (n, t, w) = self.refine(start);
-                if n < nll - 1e-12 {
-                    (nll, temperatures, weights) = (n, t, w);
-                }
-            }
-        }
+            let (trained, own) = (self.refine(vec![1.0; k]), self.refine(fitted));
+            if own.0 < trained.0 - 1e-12 { own } else { trained }
+        } else {
+            let (nll, weights) = self.best_weights();
+            (nll, vec![1.0; k], weights)
+        };
         let mut mix = self.mix(&weights);
         mix.temperatures = self
             .outputs

@@ -181,7 +181,7 @@ impl OutputMix {
         for (output, t) in &self.temperatures {
             let known = output == "fused"
                 || modalities.iter().any(|m| *output == m.to_string())
-                || self.experts.iter().any(|e| *output == format!("{}_only", e.modality()));
+                || self.experts.iter().any(|e| output == e.model.name());
             if !known || !t.is_finite() || *t <= 0.0 {
                 return Err(Error::Input(format!(
                     "output mix temperature {output}={t}: temperatures must be finite and positive, for `fused`, a modality's head or an expert of the mix"
