@@ -1,5 +1,6 @@
 //! `cargo xtask stream --checkpoint FILE`: recorded trials replayed as live streams through
-//! [`online::Predictor`], one row per hop, with latency, real-time factor and accuracy.
+//! [`online::Predictor`], one row per hop, with latency, real-time factor and accuracy; with
+//! `--lsl-eeg NAME` (feature `lsl`), live Lab Streaming Layer streams instead.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -38,6 +39,16 @@ pub struct Args {
     /// Write every hop as CSV here.
     #[arg(long)]
     csv: Option<PathBuf>,
+    /// Predict live from this Lab Streaming Layer EEG stream (by name) instead of replaying recorded
+    /// trials (needs the `lsl` feature and liblsl: see docs/guide.md).
+    #[arg(long)]
+    lsl_eeg: Option<String>,
+    /// With `--lsl-eeg`: the LSL audio stream (by name); without it, EEG alone.
+    #[arg(long, requires = "lsl_eeg")]
+    lsl_audio: Option<String>,
+    /// With `--lsl-eeg`: stop after this many seconds of EEG have arrived.
+    #[arg(long, default_value_t = 60.0, requires = "lsl_eeg")]
+    lsl_seconds: f64,
 }
 
 /// One hop of a replayed trial.
@@ -117,6 +128,9 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 /// Runs the command.
 pub fn run(args: &Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.chunk_ms > 0.0 && args.chunk_ms.is_finite(), "--chunk-ms must be positive");
+    if let Some(eeg) = &args.lsl_eeg {
+        return live(args, eeg);
+    }
     let data_dir = match &args.data_dir {
         Some(d) => d.clone(),
         None => crate::compare::default_data()?,
@@ -321,4 +335,134 @@ fn replay(
     }
     timed(&mut || p.end_audio())?;
     Ok(Replay { hops, wall })
+}
+
+/// One hop of a live stream.
+#[cfg(feature = "lsl")]
+#[derive(Debug, Serialize)]
+struct LiveRow {
+    /// The window's end on LSL's clock (seconds).
+    end_s: f64,
+    predicted: String,
+    probabilities: Vec<f32>,
+    modalities: Vec<String>,
+    audio: AudioState,
+    /// The poll that completed the hop: pulling what had arrived, preprocessing, the model.
+    latency_ms: f64,
+}
+
+/// What `--json` holds for a live stream.
+#[cfg(feature = "lsl")]
+#[derive(Debug, Serialize)]
+struct LiveSummary {
+    cpu: String,
+    checkpoint: PathBuf,
+    model: String,
+    trained_causal: bool,
+    lsl_eeg: String,
+    lsl_audio: Option<String>,
+    liblsl_version: i32,
+    /// EEG and audio frames received.
+    eeg_frames: usize,
+    audio_frames: usize,
+    hops: usize,
+    latency_ms_p50: f64,
+    latency_ms_p99: f64,
+    latency_ms_max: f64,
+    peak_rss_mib: Option<f64>,
+    events: Vec<online::Event>,
+    rows: Vec<LiveRow>,
+}
+
+#[cfg(not(feature = "lsl"))]
+fn live(_args: &Args, _eeg: &str) -> anyhow::Result<()> {
+    anyhow::bail!(
+        "--lsl-eeg needs the lsl feature: cargo run -p xtask --release --features lsl -- stream … (and liblsl: docs/guide.md)"
+    )
+}
+
+/// Predicts from live LSL streams until `--lsl-seconds` of EEG have arrived.
+#[cfg(feature = "lsl")]
+fn live(args: &Args, eeg: &str) -> anyhow::Result<()> {
+    use online::lsl::{LiveSource, Lsl};
+    anyhow::ensure!(args.csv.is_none(), "--csv is for replays; a live stream writes --json");
+    anyhow::ensure!(args.lsl_seconds > 0.0, "--lsl-seconds must be positive");
+    let lsl = Lsl::load()?;
+    say!(
+        "liblsl {}: waiting for LSL stream {eeg:?}{}",
+        lsl.version(),
+        args.lsl_audio.as_ref().map_or(String::new(), |a| format!(" and {a:?}"))
+    );
+    let mut source = LiveSource::open(&lsl, eeg, args.lsl_audio.as_deref(), 30.0)?;
+    let cfg = StreamConfig { hop_s: args.hop_ms / 1000.0, ..StreamConfig::default() };
+    let mut p = Predictor::from_checkpoint(&args.checkpoint, source.source(), cfg)
+        .with_context(|| format!("loading {}", args.checkpoint.display()))?;
+    let eeg_rate = source.source().eeg_rate;
+    let mut rows = Vec::new();
+    let push = |hops: Vec<Hop>, took: Duration, rows: &mut Vec<LiveRow>| {
+        for hop in hops {
+            say!(
+                "{:.2} s: {} ({})",
+                hop.end_s,
+                hop.predicted,
+                hop.modalities.iter().map(ToString::to_string).collect::<Vec<_>>().join("+")
+            );
+            rows.push(LiveRow {
+                end_s: hop.end_s,
+                predicted: hop.predicted.to_string(),
+                probabilities: hop.probabilities,
+                modalities: hop.modalities.iter().map(ToString::to_string).collect(),
+                audio: hop.audio,
+                latency_ms: took.as_secs_f64() * 1e3,
+            });
+        }
+    };
+    while (source.received().0 as f64) < args.lsl_seconds * eeg_rate {
+        // Without waiting inside the poll, its time is the work alone; sleep while nothing arrives.
+        let t0 = Instant::now();
+        let hops = source.poll(&mut p, 0.0)?;
+        let took = t0.elapsed();
+        if hops.is_empty() {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        push(hops, took, &mut rows);
+    }
+    let t0 = Instant::now();
+    let hops = source.flush(&mut p)?;
+    push(hops, t0.elapsed(), &mut rows);
+    let mut lat: Vec<f64> = rows.iter().map(|r| r.latency_ms).collect();
+    lat.sort_by(f64::total_cmp);
+    let (eeg_frames, audio_frames) = source.received();
+    let summary = LiveSummary {
+        cpu: crate::inspect::cpu_field("model name").unwrap_or_default(),
+        checkpoint: args.checkpoint.clone(),
+        model: p.meta().model.name().to_owned(),
+        trained_causal: p.trained_causal(),
+        lsl_eeg: eeg.to_owned(),
+        lsl_audio: args.lsl_audio.clone(),
+        liblsl_version: lsl.version(),
+        eeg_frames,
+        audio_frames,
+        hops: rows.len(),
+        latency_ms_p50: percentile(&lat, 0.5),
+        latency_ms_p99: percentile(&lat, 0.99),
+        latency_ms_max: lat.last().copied().unwrap_or(f64::NAN),
+        peak_rss_mib: crate::inspect::peak_rss_mib(),
+        events: p.take_events(),
+        rows,
+    };
+    say!(
+        "{} hops of {} from {:.1} s of EEG: latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        summary.hops,
+        summary.model,
+        eeg_frames as f64 / eeg_rate,
+        summary.latency_ms_p50,
+        summary.latency_ms_p99,
+        summary.latency_ms_max
+    );
+    if let Some(path) = &args.json {
+        crate::output::write(path, serde_json::to_vec_pretty(&summary)?)?;
+        say!("wrote {}", path.display());
+    }
+    Ok(())
 }

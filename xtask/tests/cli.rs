@@ -1258,6 +1258,59 @@ fn stream_replays_trials_hop_by_hop() {
             assert!((x.as_f64().unwrap() - y.as_f64().unwrap()).abs() <= 1e-5, "{hop} vs {p}");
         }
     }
+    live_lsl(&ckpt, &run);
+}
+
+/// Without the `lsl` feature, `--lsl-eeg` says how to get it.
+#[cfg(not(feature = "lsl"))]
+fn live_lsl(ckpt: &std::path::Path, _run: &std::path::Path) {
+    let out = xtask(&["stream", "--checkpoint", &ckpt.display().to_string(), "--lsl-eeg", "EEG"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs the lsl feature"));
+}
+
+/// With the `lsl` feature (liblsl from `EMOFUSE_LIBLSL`): `stream --lsl-eeg --lsl-audio` in a child
+/// process predicts from outlets this test publishes, 6 s of EEG and speech: hops at 5.0, 5.5 and 6.0 s.
+#[cfg(feature = "lsl")]
+fn live_lsl(ckpt: &std::path::Path, run: &std::path::Path) {
+    use online::lsl::{Lsl, Outlet};
+    let lsl = Lsl::load().expect("liblsl (EMOFUSE_LIBLSL)");
+    let tag = std::process::id();
+    let (eeg_name, audio_name) = (format!("cli-eeg-{tag}"), format!("cli-audio-{tag}"));
+    let eeg = Outlet::new(&lsl, &eeg_name, "EEG", 30, 500.0).unwrap();
+    let audio = Outlet::new(&lsl, &audio_name, "Audio", 1, 16_000.0).unwrap();
+    let json = run.join("live.json");
+    let child = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["stream", "--checkpoint", &ckpt.display().to_string(), "--lsl-eeg", &eeg_name])
+        .args(["--lsl-audio", &audio_name, "--lsl-seconds", "6", "--json", &json.display().to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(eeg.wait_for_consumers(60.0) && audio.wait_for_consumers(60.0), "the child did not connect");
+    let base = lsl.local_clock();
+    for k in 0..150 {
+        let t = base + f64::from(k) * 0.04;
+        let e: Vec<f32> = (0..20 * 30).map(|i| ((i + k * 600) as f32 * 0.013).sin() * 20.0).collect();
+        let a: Vec<f32> = (0..640).map(|i| ((i + k * 640) as f32 * 0.07).sin() * 0.2).collect();
+        eeg.push(t, &e).unwrap();
+        audio.push(t, &a).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s = read_json(&json);
+    assert_eq!((s["eeg_frames"].as_u64(), s["audio_frames"].as_u64()), (Some(3000), Some(96_000)), "{s}");
+    let rows = s["rows"].as_array().unwrap();
+    let ends: Vec<f64> = rows.iter().map(|r| r["end_s"].as_f64().unwrap() - base).collect();
+    assert_eq!(ends.len(), 3, "{ends:?}");
+    for (end, want) in ends.iter().zip([5.0, 5.5, 6.0]) {
+        assert!((end - want).abs() < 0.02, "{ends:?}");
+    }
+    for row in rows {
+        assert_eq!(row["modalities"], serde_json::json!(["eeg", "audio"]), "{row}");
+        let sum: f64 = row["probabilities"].as_array().unwrap().iter().map(|p| p.as_f64().unwrap()).sum();
+        assert!((sum - 1.0).abs() < 1e-4, "{row}");
+    }
 }
 
 /// `video` prints a clip's header (JSON with `--json`, every frame decoded with `--decode`) and fails,

@@ -14,6 +14,9 @@ pub enum Error {
     /// The MFCC pass failed.
     #[error(transparent)]
     Mfcc(#[from] mfcc::Error),
+    /// Lab Streaming Layer: liblsl missing, a stream not found, lost or refused (the message says which).
+    #[error("{0}")]
+    Lsl(String),
     /// Settings that cannot work together (the message says which).
     #[error("{0}")]
     Config(String),

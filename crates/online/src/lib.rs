@@ -45,6 +45,8 @@
 //! ```
 
 mod error;
+#[cfg(feature = "lsl")]
+pub mod lsl;
 
 use std::path::Path;
 

@@ -411,3 +411,94 @@ fn gaps_stopped_and_silent_audio_are_recovered_and_marked() {
             && hops.iter().all(|h| h.audio == AudioState::Silent && h.modalities == [Modality::Eeg])
     );
 }
+
+/// Lab Streaming Layer (feature `lsl`, liblsl from `EMOFUSE_LIBLSL`): samples pushed into local outlets
+/// arrive as pushed (values, stamps), and a predictor fed by [`online::lsl::LiveSource`] gives the hops
+/// of the same trial pushed directly.
+#[cfg(feature = "lsl")]
+#[test]
+fn lsl_streams_reach_the_predictor_as_pushed() {
+    use online::lsl::{Inlet, LiveSource, Lsl, Outlet};
+    use std::time::{Duration, Instant};
+    let lsl = Lsl::load().expect("liblsl (set EMOFUSE_LIBLSL: docs/guide.md, section 4)");
+    let tag = std::process::id();
+    let deadline = || Instant::now() + Duration::from_secs(30);
+
+    // Raw: three channels, values and stamps as pushed.
+    let name = format!("emofuse-test-raw-{tag}");
+    let out = Outlet::new(&lsl, &name, "EEG", 3, 250.0).unwrap();
+    let mut inlet = Inlet::resolve(&lsl, &name, 10.0).unwrap();
+    assert_eq!((inlet.shape().channels, inlet.shape().rate), (3, 250.0));
+    assert!(out.wait_for_consumers(10.0));
+    let sent: Vec<f32> = (0..300).map(|k| (k as f32 * 0.731).sin() * 80.0).collect();
+    let base = lsl.local_clock();
+    out.push(base, &sent[..150]).unwrap();
+    out.push(base + 50.0 / 250.0, &sent[150..]).unwrap();
+    let (mut got, mut stamps) = (Vec::new(), Vec::new());
+    let end = deadline();
+    while got.len() < sent.len() && Instant::now() < end {
+        if let Some(c) = inlet.pull(0.2).unwrap() {
+            got.extend_from_slice(c.data);
+            stamps.extend_from_slice(c.stamps);
+        }
+    }
+    assert_eq!(got, sent);
+    let shift = stamps[0] - base; // liblsl's clock correction (0 up to jitter on one machine)
+    assert!(shift.abs() < 0.01, "{shift}");
+    for (k, s) in stamps.iter().enumerate() {
+        assert!((s - shift - (base + k as f64 / 250.0)).abs() < 1e-6, "frame {k}: {s}");
+    }
+    assert!(
+        matches!(Inlet::resolve(&lsl, &format!("emofuse-absent-{tag}"), 0.5), Err(Error::Lsl(m)) if m.contains("no LSL stream"))
+    );
+
+    // A speaking trial through EEG and audio outlets, in 40 ms chunks, into a fused model's predictor.
+    let t = tree(16_000);
+    let path = checkpoint(t, 2);
+    let s = &t.subject;
+    let (eeg, audio) = trial_data(s, 1);
+    let (speech, rate) = audio.expect("trial 1 speaks");
+    let (eeg_name, audio_name) = (format!("emofuse-test-eeg-{tag}"), format!("emofuse-test-audio-{tag}"));
+    let eeg_out = Outlet::new(&lsl, &eeg_name, "EEG", s.channels, 500.0).unwrap();
+    let audio_out = Outlet::new(&lsl, &audio_name, "Audio", 1, f64::from(rate)).unwrap();
+    let mut live = LiveSource::open(&lsl, &eeg_name, Some(&audio_name), 10.0).unwrap();
+    assert_eq!(live.source(), Source::eav(16_000));
+    assert!(eeg_out.wait_for_consumers(10.0) && audio_out.wait_for_consumers(10.0));
+    let mut p = Predictor::from_checkpoint(&path, live.source(), StreamConfig::default()).unwrap();
+    let base = lsl.local_clock();
+    let (frames, per_chunk) = (eeg.len() / s.channels, 20);
+    for (i, start) in (0..frames).step_by(per_chunk).enumerate() {
+        let end = (start + per_chunk).min(frames);
+        eeg_out.push(base + start as f64 / 500.0, &eeg[start * s.channels..end * s.channels]).unwrap();
+        let (a, b) = (i * 640, ((i + 1) * 640).min(speech.len()));
+        if a < b {
+            audio_out.push(base + a as f64 / f64::from(rate), &speech[a..b]).unwrap();
+        }
+    }
+    let mut hops = Vec::new();
+    let end = deadline();
+    while live.received() != (frames, speech.len()) && Instant::now() < end {
+        hops.extend(live.poll(&mut p, 0.2).unwrap());
+    }
+    assert_eq!(live.received(), (frames, speech.len()));
+    hops.extend(live.flush(&mut p).unwrap());
+    hops.extend(p.end_audio().unwrap());
+    let mut direct = Predictor::from_checkpoint(&path, Source::eav(16_000), StreamConfig::default()).unwrap();
+    let want = replay(&mut direct, s, 1, &[20], &[640]);
+    assert_eq!(hops.len(), want.len());
+    for (h, w) in hops.iter().zip(&want) {
+        assert!((h.end_s - base - w.end_s).abs() < 0.01, "{} vs {}", h.end_s - base, w.end_s);
+        assert!(
+            max_diff(&h.probabilities, &w.probabilities) <= 1e-6,
+            "hop {}: {:?} {:?} vs {:?} {:?} ({:?})",
+            w.end_s,
+            h.probabilities,
+            h.audio,
+            w.probabilities,
+            w.audio,
+            p.take_events()
+        );
+        assert_eq!((&h.modalities, h.audio), (&w.modalities, w.audio));
+    }
+    assert!(hops.iter().any(|h| h.audio == AudioState::Used));
+}
