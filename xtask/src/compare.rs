@@ -91,6 +91,10 @@ pub struct Training {
     /// predictions best before choosing the weights (kept in the mix); `false`: as trained.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub late_fusion_temperatures: bool,
+    /// Late fusion: average the weight choices of this many bootstrap resamples of the held-out trials
+    /// (bagging; the temperatures are fitted on every held-out window); 0: one choice on all of them.
+    #[arg(long, default_value_t = experiments::config::DEFAULT_LATE_FUSION_BOOTSTRAP)]
+    pub late_fusion_bootstrap: usize,
     /// Fused models with unimodal heads: on-the-fly gradient modulation with this α (0: off).
     #[arg(long, default_value_t = 0.0)]
     pub gradient_modulation: f64,
@@ -129,6 +133,7 @@ impl Training {
         cfg.late_fusion_folds = self.late_fusion_folds;
         cfg.late_fusion_experts = self.late_fusion_experts;
         cfg.late_fusion_temperatures = self.late_fusion_temperatures;
+        cfg.late_fusion_bootstrap = self.late_fusion_bootstrap;
         cfg.train.gradient_modulation = self.gradient_modulation;
         cfg.preprocess.causal = self.causal;
         cfg.train.recompute_batch_norm = self.batch_norm_stats == BatchNormStats::Recomputed;
@@ -154,6 +159,7 @@ impl Training {
             ("--late-fusion-folds", self.late_fusion_folds.to_string()),
             ("--late-fusion-experts", self.late_fusion_experts.to_string()),
             ("--late-fusion-temperatures", self.late_fusion_temperatures.to_string()),
+            ("--late-fusion-bootstrap", self.late_fusion_bootstrap.to_string()),
             ("--gradient-modulation", self.gradient_modulation.to_string()),
         ]
         .into_iter()

@@ -73,6 +73,11 @@ pub struct ExperimentConfig {
     /// probabilities as trained.
     #[serde(default)]
     pub late_fusion_temperatures: bool,
+    /// Late fusion: the weights are the mean of the choices on this many bootstrap resamples of the
+    /// held-out trials ([`crate::mix::OutputProbs::choose_bagged`]); the temperatures are fitted on
+    /// every held-out window. 0 (and configs without the field): one choice on every held-out window.
+    #[serde(default)]
+    pub late_fusion_bootstrap: usize,
     /// Seed of weights, dropout and shuffling.
     pub seed: u64,
     /// `cpu` or `cuda`.
@@ -119,6 +124,7 @@ impl ExperimentConfig {
             late_fusion_folds: DEFAULT_LATE_FUSION_FOLDS,
             late_fusion_experts: true,
             late_fusion_temperatures: true,
+            late_fusion_bootstrap: DEFAULT_LATE_FUSION_BOOTSTRAP,
             seed: 42,
             device: "cpu".into(),
             checkpoint_dir: None,
@@ -187,6 +193,9 @@ pub const DEFAULT_UNIMODAL_LOSS: f64 = 3.0;
 
 /// The default folds of the fused models' output-mix choice ([`ExperimentConfig::late_fusion_folds`]).
 pub const DEFAULT_LATE_FUSION_FOLDS: usize = 3;
+
+/// The default bootstrap resamples of the output-mix choice ([`ExperimentConfig::late_fusion_bootstrap`]).
+pub const DEFAULT_LATE_FUSION_BOOTSTRAP: usize = 0;
 
 /// Which trials' windows a run trains on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]

@@ -12,6 +12,9 @@
 use candle_core::D;
 use core_types::{Emotion, Modality};
 
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
 use crate::data::TensorSet;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -45,6 +48,17 @@ fn temper(p: &[f64; Emotion::COUNT], t: f64) -> [f64; Emotion::COUNT] {
     let e = logits.map(|v| (v - max).exp());
     let sum: f64 = e.iter().sum();
     e.map(|v| v / sum)
+}
+
+/// How [`OutputProbs::choose_bagged`] resamples the held-out windows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bagging {
+    /// The trial of each window (any id; a trial's windows are drawn together).
+    pub groups: Vec<u64>,
+    /// Bootstrap resamples (0: no bagging).
+    pub resamples: usize,
+    /// Seed of the resampling.
+    pub seed: u64,
 }
 
 /// Which output of a fused model's mixture.
@@ -312,30 +326,126 @@ impl OutputProbs {
     /// fused classifier and of the weighted outputs (those at 1 are left out).
     #[must_use]
     pub fn choose(&self, calibrate: bool) -> OutputMix {
+        let (temperatures, weights) = self.choice(calibrate);
+        self.mix(&weights, &temperatures)
+    }
+
+    /// The temperatures and weights of [`OutputProbs::choose`].
+    fn choice(&self, calibrate: bool) -> (Vec<f64>, Vec<f64>) {
         let k = self.outputs.len();
         // Refining moves only on a gain above 1e-12, so the refinement from "as trained" is the
         // untempered choice itself or better than it by more than that.
-        let (_, temperatures, weights) = if calibrate {
+        if calibrate {
             let fitted: Vec<f64> = self.outputs.iter().map(|o| o.fitted_temperature(&self.labels)).collect();
             let (trained, own) = (self.refine(vec![1.0; k]), self.refine(fitted));
-            if own.0 < trained.0 - 1e-12 { own } else { trained }
+            let (_, temperatures, weights) = if own.0 < trained.0 - 1e-12 { own } else { trained };
+            (temperatures, weights)
         } else {
-            let (nll, weights) = self.best_weights();
-            (nll, vec![1.0; k], weights)
-        };
-        let mut mix = self.mix(&weights);
+            (vec![1.0; k], self.best_weights().1)
+        }
+    }
+
+    /// [`OutputProbs::choose`] with bagged weights: the temperatures as `choose` fits them on every
+    /// window, the weights the mean of the grid choices on `bagging.resamples` bootstrap resamples of
+    /// the windows' groups (`bagging.groups[i]` is window `i`'s trial: a trial's windows are drawn
+    /// together), from `bagging.seed` (multiples of 1/(10·resamples)). One choice on a few dozen held-out trials
+    /// is all or nothing where two outputs fit them almost equally well; the mean over resamples keeps
+    /// a share for each output in proportion to how often it wins, which is what the evidence says.
+    /// `resamples` = 0: `choose` itself.
+    ///
+    /// # Errors
+    /// [`Error::Input`] when `bagging.groups` does not have one entry per window, or a group holds
+    /// windows of two classes.
+    pub fn choose_bagged(&self, calibrate: bool, bagging: &Bagging) -> Result<OutputMix> {
+        let n = self.labels.len();
+        if bagging.groups.len() != n {
+            return Err(Error::Input(format!(
+                "bagging an output mix needs one group per window ({} groups for {n} windows)",
+                bagging.groups.len()
+            )));
+        }
+        // A trial has one emotion: groups that mix labels are not these windows' trials.
+        let mut label_of = std::collections::BTreeMap::new();
+        for (g, &c) in bagging.groups.iter().zip(&self.labels) {
+            if *label_of.entry(g).or_insert(c) != c {
+                return Err(Error::Input(format!(
+                    "bagging an output mix: group {g} holds windows of two classes (the groups are not these windows' trials)"
+                )));
+            }
+        }
+        let (temperatures, weights) = self.choice(calibrate);
+        if bagging.resamples == 0 || n == 0 {
+            return Ok(self.mix(&weights, &temperatures));
+        }
+        let mut tempered = self.clone();
+        for (j, &t) in temperatures.iter().enumerate() {
+            tempered.with_temperature(self, j, t);
+        }
+        // Each group as an index 0..G, in order of first appearance.
+        let mut ids: Vec<u64> = Vec::new();
+        let group: Vec<usize> = bagging
+            .groups
+            .iter()
+            .map(|g| {
+                ids.iter().position(|x| x == g).unwrap_or_else(|| {
+                    ids.push(*g);
+                    ids.len() - 1
+                })
+            })
+            .collect();
+        // Every grid point's negative log-likelihood summed per group.
+        let mut grid: Vec<Vec<usize>> = Vec::new();
+        let mut per_group: Vec<Vec<f64>> = Vec::new();
+        compositions(MIX_STEPS, &mut vec![0usize; self.outputs.len()], 0, &mut |w| {
+            let weights: Vec<f64> = w.iter().map(|&s| s as f64 / MIX_STEPS as f64).collect();
+            let mut sums = vec![0.0; ids.len()];
+            for (i, &g) in group.iter().enumerate() {
+                sums[g] -= tempered.true_class_prob(&weights, i).max(1e-30).ln();
+            }
+            grid.push(w.to_vec());
+            per_group.push(sums);
+        });
+        let mut rng = ChaCha8Rng::seed_from_u64(bagging.seed);
+        let mut total = vec![0usize; self.outputs.len()];
+        let mut counts = vec![0.0f64; ids.len()];
+        for _ in 0..bagging.resamples {
+            counts.fill(0.0);
+            for _ in 0..ids.len() {
+                counts[rng.random_range(0..ids.len())] += 1.0;
+            }
+            // Ties go to the grid point met first, as in `best_weights`.
+            let mut best = (f64::INFINITY, 0);
+            for (c, sums) in per_group.iter().enumerate() {
+                let nll: f64 = sums.iter().zip(&counts).map(|(s, k)| s * k).sum();
+                if nll < best.0 - 1e-9 {
+                    best = (nll, c);
+                }
+            }
+            for (t, s) in total.iter_mut().zip(&grid[best.1]) {
+                *t += s;
+            }
+        }
+        let scale = (MIX_STEPS * bagging.resamples) as f64;
+        let weights: Vec<f64> = total.iter().map(|&s| s as f64 / scale).collect();
+        Ok(self.mix(&weights, &temperatures))
+    }
+
+    /// The mix of `weights`, keeping the temperatures of the fused classifier and of the weighted
+    /// outputs (those at 1 left out).
+    fn mix(&self, weights: &[f64], temperatures: &[f64]) -> OutputMix {
+        let mut mix = self.weights_mix(weights);
         mix.temperatures = self
             .outputs
             .iter()
-            .zip(&temperatures)
-            .zip(&weights)
+            .zip(temperatures)
+            .zip(weights)
             .filter(|((o, t), w)| **t != 1.0 && (**w > 0.0 || o.source == Source::Fused))
             .map(|((o, t), _)| (o.name(), *t))
             .collect();
         mix
     }
 
-    fn mix(&self, weights: &[f64]) -> OutputMix {
+    fn weights_mix(&self, weights: &[f64]) -> OutputMix {
         let outputs = || self.outputs.iter().zip(weights);
         OutputMix {
             fused: weights[0],
@@ -548,6 +658,49 @@ mod tests {
         let want = softmax(&logits.map(|v| v / t));
         assert!(got.iter().zip(want).all(|(g, w)| (g - w).abs() < 1e-12), "{got:?} vs {want:?}");
         assert_eq!(temper(&one_hot(2, 0.5), 1.0), one_hot(2, 0.5));
+    }
+
+    /// Bagging: where a second output is nearly as good (better on 11 of 20 trials, worse on the rest),
+    /// one choice on every window gives it nothing, the mean over bootstrap resamples a share; a
+    /// confidently wrong output stays at 0 either way. Same seed, same mix; no resamples: `choose`.
+    #[test]
+    fn bagged_weights_share_between_near_equals_and_skip_a_decoy() {
+        let groups: Vec<u64> = (0..40).map(|i| i / 2).collect();
+        let labels: Vec<usize> = groups.iter().map(|&g| g as usize % 5).collect();
+        let out = |source, probs: Vec<_>| Output { source, probs, present: vec![true; 40] };
+        let steady = labels.iter().map(|&c| one_hot(c, 0.6)).collect();
+        let uneven = labels.iter().zip(&groups).map(|(&c, &g)| one_hot(c, if g < 11 { 0.9 } else { 0.2 }));
+        let decoy = labels.iter().map(|&c| one_hot((c + 1) % 5, 0.9)).collect();
+        let probs = OutputProbs {
+            labels: labels.clone(),
+            outputs: vec![
+                out(Source::Fused, steady),
+                out(Source::Head(Modality::Eeg), uneven.collect()),
+                out(Source::Head(Modality::Audio), decoy),
+            ],
+        };
+        let single = probs.choose(false);
+        assert_eq!((single.fused, single.head(Modality::Eeg)), (1.0, 0.0), "{}", single.describe());
+        let bagging = Bagging { groups: groups.clone(), resamples: 200, seed: 7 };
+        let bagged = probs.choose_bagged(false, &bagging).unwrap();
+        let eeg = bagged.head(Modality::Eeg);
+        assert!((0.03..0.3).contains(&eeg), "{}", bagged.describe());
+        assert_eq!(bagged.head(Modality::Audio), 0.0, "{}", bagged.describe());
+        assert!((bagged.fused + eeg - 1.0).abs() < 1e-9, "{}", bagged.describe());
+        assert!(
+            [bagged.fused, eeg].iter().all(|w| ((w * 2000.0).round() - w * 2000.0).abs() < 1e-9),
+            "{}",
+            bagged.describe()
+        );
+        assert_eq!(probs.choose_bagged(false, &bagging).unwrap(), bagged);
+        assert_eq!(
+            probs.choose_bagged(true, &Bagging { resamples: 0, ..bagging.clone() }).unwrap(),
+            probs.choose(true)
+        );
+        let short = Bagging { groups: groups[..39].to_vec(), ..bagging };
+        assert!(
+            matches!(probs.choose_bagged(false, &short), Err(Error::Input(m)) if m.contains("39 groups for 40 windows"))
+        );
     }
 
     /// An absent head leaves the mixture of the windows that lack its modality; with nothing weighted

@@ -126,15 +126,15 @@ impl OutputMix {
         self.experts.iter().filter(|e| e.modality() == modality).map(|e| e.weight).sum()
     }
 
-    /// `fused=0.2 eeg=0.5 audio=0.0 eeg_only=0.3` (heads by modality, experts as `{modality}_only`).
+    /// `fused=0.20 eeg=0.50 audio=0.00 eeg_only=0.30` (heads by modality, experts as `{modality}_only`).
     #[must_use]
     pub fn describe(&self) -> String {
-        let mut s = format!("fused={:.1}", self.fused);
+        let mut s = format!("fused={:.2}", self.fused);
         for (m, w) in &self.heads {
-            s.push_str(&format!(" {m}={w:.1}"));
+            s.push_str(&format!(" {m}={w:.2}"));
         }
         for e in &self.experts {
-            s.push_str(&format!(" {}_only={:.1}", e.modality(), e.weight));
+            s.push_str(&format!(" {}_only={:.2}", e.modality(), e.weight));
         }
         if !self.temperatures.is_empty() {
             let t: Vec<String> = self.temperatures.iter().map(|(o, t)| format!("{o}={t:.2}")).collect();

@@ -187,10 +187,15 @@ pub fn write_results(dir: &Path, cfg: &ExperimentConfig, results: &Results) -> R
         cfg.unimodal_loss,
         if cfg.late_fusion_folds > 1 && cfg.unimodal_loss > 0.0 {
             format!(
-                "over {} folds{}{}",
+                "over {} folds{}{}{}",
                 cfg.late_fusion_folds,
                 if cfg.late_fusion_experts { ", with single-modality experts" } else { "" },
-                if cfg.late_fusion_temperatures { ", tempered outputs" } else { "" }
+                if cfg.late_fusion_temperatures { ", tempered outputs" } else { "" },
+                if cfg.late_fusion_bootstrap > 0 {
+                    format!(", weights bagged over {} resamples", cfg.late_fusion_bootstrap)
+                } else {
+                    String::new()
+                }
             )
         } else {
             "off".to_owned()

@@ -14,7 +14,7 @@ use crate::config::{ExperimentConfig, Trials, device};
 use crate::data::{Normalisation, TensorSet};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::mix::OutputProbs;
+use crate::mix::{Bagging, OutputProbs};
 use crate::model::{EmotionModel, ModelConfig};
 use crate::results::{Results, RunResult, ScaleSummary, Skipped, summarise, summarise_runs};
 use crate::robustness::{ConditionSets, SplitData};
@@ -484,6 +484,7 @@ fn run_split(
             }
             Ok(())
         };
+        let trial_of = |i: usize| (u64::from(samples[i].subject) << 32) | samples[i].trial as u64;
         if late && val_set.is_none() {
             let start = std::time::Instant::now();
             let folds = eav::split::trial_folds(samples, &split.train, cfg.late_fusion_folds);
@@ -498,7 +499,7 @@ fn run_split(
                 single_windows: &single_windows,
                 fold_singles: &fold_singles,
             };
-            model_cfg.output_mix = probes.out_of_fold_mix(&model_cfg, folds, &set)?;
+            model_cfg.output_mix = probes.out_of_fold_mix(&model_cfg, folds, &set, &trial_of)?;
             mix_seconds += start.elapsed().as_secs_f64();
             if let Some(mix) = &model_cfg.output_mix {
                 tracing::info!(subject, fold, modality, mode = %mode, mix = %mix.describe(), "output mix chosen");
@@ -520,7 +521,12 @@ fn run_split(
                     probs.push_expert(single, val)?;
                 }
             }
-            model.set_output_mix(Some(probs.choose(cfg.late_fusion_temperatures)))?;
+            let bagging = Bagging {
+                groups: split.val.iter().map(|&i| trial_of(i)).collect(),
+                resamples: cfg.late_fusion_bootstrap,
+                seed: cfg.seed,
+            };
+            model.set_output_mix(Some(probs.choose_bagged(cfg.late_fusion_temperatures, &bagging)?))?;
         }
         let weighted: Vec<Modality> = model.experts().iter().map(|(m, _)| *m).collect();
         train_singles(&weighted, &mut singles)?;
@@ -625,6 +631,7 @@ impl Probes<'_> {
         model_cfg: &ModelConfig,
         folds: Vec<Vec<usize>>,
         set: &dyn Fn(&[usize]) -> Result<TensorSet>,
+        trial_of: &dyn Fn(usize) -> u64,
     ) -> Result<Option<crate::model::OutputMix>> {
         let folds: Vec<Vec<usize>> = folds.into_iter().filter(|f| !f.is_empty()).collect();
         let k = folds.len();
@@ -704,9 +711,14 @@ impl Probes<'_> {
                 None => out_of_fold = Some(probs),
             }
         }
-        Ok(out_of_fold.map(|oof| {
-            tracing::info!(name = self.name, accuracy = ?oof.accuracies(), nll = ?oof.nlls(), "out-of-fold outputs");
-            oof.choose(self.cfg.late_fusion_temperatures)
-        }))
+        let Some(oof) = out_of_fold else { return Ok(None) };
+        tracing::info!(name = self.name, accuracy = ?oof.accuracies(), nll = ?oof.nlls(), "out-of-fold outputs");
+        // The held-out windows in the order they were collected: fold by fold.
+        let bagging = Bagging {
+            groups: folds.iter().flatten().map(|&i| trial_of(i)).collect(),
+            resamples: self.cfg.late_fusion_bootstrap,
+            seed: self.cfg.seed,
+        };
+        Ok(Some(oof.choose_bagged(self.cfg.late_fusion_temperatures, &bagging)?))
     }
 }

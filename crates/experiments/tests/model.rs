@@ -465,6 +465,23 @@ mod runs {
         experiments::report::write_results(dir.path(), &cfg, &with_experts).unwrap();
         let report = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
         assert!(report.contains("late fusion over 3 folds") && report.contains(&mix.describe()), "{report}");
+        // Bagged weights: the held-out windows grouped by their trials (a misaligned grouping mixes
+        // classes and is an error), weights in steps of 1/(10 · resamples), the same tested model.
+        cfg.late_fusion_bootstrap = 40;
+        let bagged = run(&cfg, &Quiet).unwrap();
+        let r = &bagged.runs[0];
+        let mix = r.output_mix.as_ref().expect("a mix");
+        let weights: Vec<f64> = std::iter::once(mix.fused)
+            .chain(mix.heads.iter().map(|(_, w)| *w))
+            .chain(mix.experts.iter().map(|e| e.weight))
+            .collect();
+        assert!((weights.iter().sum::<f64>() - 1.0).abs() < 1e-9, "{}", mix.describe());
+        assert!(weights.iter().all(|w| ((w * 400.0).round() - w * 400.0).abs() < 1e-9), "{}", mix.describe());
+        assert_eq!(r.output_accuracy.as_ref().unwrap()["fused"], outputs["fused"], "the same fused model");
+        experiments::report::write_results(dir.path(), &cfg, &bagged).unwrap();
+        let report = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+        assert!(report.contains("weights bagged over 40 resamples"), "{report}");
+        cfg.late_fusion_bootstrap = 0;
         cfg.late_fusion_folds = 0;
         let plain = run(&cfg, &Quiet).unwrap();
         assert!(plain.runs[0].output_mix.is_none() && plain.runs[0].output_accuracy.is_none());
@@ -474,10 +491,13 @@ mod runs {
         );
         // With a validation split the mix comes from its windows, without models on folds (the
         // experts are the single-modality models, trained here because the comparison's rows are off).
+        // (Bagged over the validation windows' trials.)
         cfg.late_fusion_folds = 3;
         cfg.val_fraction = 0.34;
+        cfg.late_fusion_bootstrap = 40;
         let seen = Settings(Mutex::new(Vec::new()));
         let val = run(&cfg, &seen).unwrap();
+        cfg.late_fusion_bootstrap = 0;
         assert_eq!(
             *seen.0.lock().unwrap(),
             [
