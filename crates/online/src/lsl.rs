@@ -560,6 +560,8 @@ impl LiveSource {
             let (data, stamps) = (chunk.data.to_vec(), chunk.stamps.to_vec());
             for start in (0..frames).step_by(piece) {
                 let end = (start + piece).min(frames);
+                // Audio stamped before the piece goes first (the stream that is behind is pushed first).
+                self.push_audio_until(predictor, stamps[start], &mut pushed);
                 pushed.push(predictor.push_eeg(
                     stamps[start],
                     eeg.channels,
