@@ -346,8 +346,7 @@ impl OutputProbs {
     }
 
     /// [`OutputProbs::choose`] with bagged weights: the temperatures as `choose` fits them on every
-    /// window (calibrated, an output `choose` leaves at weight 0 takes the temperature that fits it
-    /// best alone), the weights the mean of the grid choices on `bagging.resamples` bootstrap resamples of
+    /// window, the weights the mean of the grid choices on `bagging.resamples` bootstrap resamples of
     /// the windows' groups (`bagging.groups[i]` is window `i`'s trial: a trial's windows are drawn
     /// together), from `bagging.seed` (multiples of 1/(10·resamples)). One choice on a few dozen held-out trials
     /// is all or nothing where two outputs fit them almost equally well; the mean over resamples keeps
@@ -374,12 +373,9 @@ impl OutputProbs {
                 )));
             }
         }
-        let (mut temperatures, weights) = self.choice(calibrate);
+        let (temperatures, weights) = self.choice(calibrate);
         if bagging.resamples == 0 || n == 0 {
             return Ok(self.mix(&weights, &temperatures));
-        }
-        if calibrate {
-            self.own_temperatures_where_unweighted(&mut temperatures, &weights);
         }
         let mut tempered = self.clone();
         for (j, &t) in temperatures.iter().enumerate() {
@@ -432,16 +428,6 @@ impl OutputProbs {
         let scale = (MIX_STEPS * bagging.resamples) as f64;
         let weights: Vec<f64> = total.iter().map(|&s| s as f64 / scale).collect();
         Ok(self.mix(&weights, &temperatures))
-    }
-
-    /// An output at weight 0 had its temperature fitted for no mixture: it takes its own best
-    /// temperature, so that a share for it in a bagged mix does not carry overconfidence in.
-    fn own_temperatures_where_unweighted(&self, temperatures: &mut [f64], weights: &[f64]) {
-        for ((t, &w), o) in temperatures.iter_mut().zip(weights).zip(&self.outputs) {
-            if w == 0.0 {
-                *t = o.fitted_temperature(&self.labels);
-            }
-        }
     }
 
     /// The mix of `weights`, keeping the temperatures of the fused classifier and of the weighted
@@ -707,13 +693,6 @@ mod tests {
             bagged.describe()
         );
         assert_eq!(probs.choose_bagged(false, &bagging).unwrap(), bagged);
-        // Calibrated, an output at weight 0 takes its own best temperature (the decoy, sure and wrong:
-        // softened), a weighted one keeps the temperature chosen with the mixture.
-        let mut temperatures = vec![0.5, 0.5, 0.5];
-        probs.own_temperatures_where_unweighted(&mut temperatures, &[1.0, 0.0, 0.0]);
-        let own: Vec<f64> = probs.outputs.iter().map(|o| o.fitted_temperature(&probs.labels)).collect();
-        assert_eq!(temperatures, [0.5, own[1], own[2]]);
-        assert!(own[2] > 1.0, "{own:?}");
         assert_eq!(
             probs.choose_bagged(true, &Bagging { resamples: 0, ..bagging.clone() }).unwrap(),
             probs.choose(true)
