@@ -364,15 +364,21 @@ impl OutputProbs {
                 bagging.groups.len()
             )));
         }
-        // A trial has one emotion: groups that mix labels are not these windows' trials.
-        let mut label_of = std::collections::BTreeMap::new();
+        // Each group as an index 0..G in order of first appearance, with its class: a trial has one
+        // emotion, so groups that mix labels are not these windows' trials.
+        let mut index_of = std::collections::BTreeMap::new();
+        let mut group = Vec::with_capacity(n);
         for (g, &c) in bagging.groups.iter().zip(&self.labels) {
-            if *label_of.entry(g).or_insert(c) != c {
+            let next = index_of.len();
+            let &mut (index, class) = index_of.entry(g).or_insert((next, c));
+            if class != c {
                 return Err(Error::Input(format!(
                     "bagging an output mix: group {g} holds windows of two classes (the groups are not these windows' trials)"
                 )));
             }
+            group.push(index);
         }
+        let groups = index_of.len();
         let (temperatures, weights) = self.choice(calibrate);
         if bagging.resamples == 0 || n == 0 {
             return Ok(self.mix(&weights, &temperatures));
@@ -381,24 +387,12 @@ impl OutputProbs {
         for (j, &t) in temperatures.iter().enumerate() {
             tempered.with_temperature(self, j, t);
         }
-        // Each group as an index 0..G, in order of first appearance.
-        let mut ids: Vec<u64> = Vec::new();
-        let group: Vec<usize> = bagging
-            .groups
-            .iter()
-            .map(|g| {
-                ids.iter().position(|x| x == g).unwrap_or_else(|| {
-                    ids.push(*g);
-                    ids.len() - 1
-                })
-            })
-            .collect();
         // Every grid point's negative log-likelihood summed per group.
         let mut grid: Vec<Vec<usize>> = Vec::new();
         let mut per_group: Vec<Vec<f64>> = Vec::new();
         compositions(MIX_STEPS, &mut vec![0usize; self.outputs.len()], 0, &mut |w| {
             let weights: Vec<f64> = w.iter().map(|&s| s as f64 / MIX_STEPS as f64).collect();
-            let mut sums = vec![0.0; ids.len()];
+            let mut sums = vec![0.0; groups];
             for (i, &g) in group.iter().enumerate() {
                 sums[g] -= tempered.true_class_prob(&weights, i).max(1e-30).ln();
             }
@@ -407,11 +401,11 @@ impl OutputProbs {
         });
         let mut rng = ChaCha8Rng::seed_from_u64(bagging.seed);
         let mut total = vec![0usize; self.outputs.len()];
-        let mut counts = vec![0.0f64; ids.len()];
+        let mut counts = vec![0.0f64; groups];
         for _ in 0..bagging.resamples {
             counts.fill(0.0);
-            for _ in 0..ids.len() {
-                counts[rng.random_range(0..ids.len())] += 1.0;
+            for _ in 0..groups {
+                counts[rng.random_range(0..groups)] += 1.0;
             }
             // Ties go to the grid point met first, as in `best_weights`.
             let mut best = (f64::INFINITY, 0);

@@ -487,11 +487,7 @@ impl LiveSource {
     #[must_use]
     pub fn source(&self) -> Source {
         let eeg = self.eeg.shape();
-        Source {
-            eeg_rate: eeg.rate,
-            eeg_channels: eeg.channels,
-            audio_rate: self.audio.as_ref().map_or(16_000, |a| a.shape().rate as u32),
-        }
+        Source { eeg_rate: eeg.rate, eeg_channels: eeg.channels, audio_rate: self.audio_rate() as u32 }
     }
 
     /// Frames received so far: EEG, audio.
