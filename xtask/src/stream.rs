@@ -2,6 +2,7 @@
 //! [`online::Predictor`], one row per hop, with latency, real-time factor and accuracy; with
 //! `--lsl-eeg NAME` (feature `lsl`), live Lab Streaming Layer streams instead.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -81,6 +82,10 @@ struct Summary {
     latency_ms_p50: f64,
     latency_ms_p99: f64,
     latency_ms_max: f64,
+    /// The same figures for each set of modalities the hops used (`"eeg+audio"`, `"eeg"`, `"audio"`):
+    /// a hop with speech runs the audio pathway and every attention over its steps, one without runs
+    /// the EEG pathway alone, so the two cost differently and the overall p99 is mostly the first's.
+    latency_by_modalities: BTreeMap<String, Latency>,
     /// Stream seconds replayed per wall second (unpaced: the pushes alone).
     real_time_factor: f64,
     accuracy: f64,
@@ -116,6 +121,51 @@ fn test_trials(s: &Subject) -> Vec<bool> {
         }
     }
     test
+}
+
+/// Latency percentiles of a group of hops.
+#[derive(Debug, Serialize)]
+struct Latency {
+    hops: usize,
+    latency_ms_p50: f64,
+    latency_ms_p99: f64,
+    latency_ms_max: f64,
+}
+
+/// One line per set of modalities when the hops used more than one.
+fn say_latency_groups(groups: &BTreeMap<String, Latency>) {
+    if groups.len() > 1 {
+        for (k, g) in groups {
+            say!(
+                "  hops with {k}: {} (latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms)",
+                g.hops,
+                g.latency_ms_p50,
+                g.latency_ms_p99,
+                g.latency_ms_max
+            );
+        }
+    }
+}
+
+/// [`Latency`] per set of modalities (joined with `+`), from `(modalities, latency)` pairs.
+fn latency_by_modalities<'a>(hops: impl Iterator<Item = (&'a [String], f64)>) -> BTreeMap<String, Latency> {
+    let mut groups: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for (modalities, ms) in hops {
+        groups.entry(modalities.join("+")).or_default().push(ms);
+    }
+    groups
+        .into_iter()
+        .map(|(k, mut v)| {
+            v.sort_by(f64::total_cmp);
+            let stats = Latency {
+                hops: v.len(),
+                latency_ms_p50: percentile(&v, 0.5),
+                latency_ms_p99: percentile(&v, 0.99),
+                latency_ms_max: v.last().copied().unwrap_or(f64::NAN),
+            };
+            (k, stats)
+        })
+        .collect()
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -210,6 +260,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         latency_ms_p50: percentile(&lat, 0.5),
         latency_ms_p99: percentile(&lat, 0.99),
         latency_ms_max: lat.last().copied().unwrap_or(f64::NAN),
+        latency_by_modalities: latency_by_modalities(rows.iter().map(|r| (&r.modalities[..], r.latency_ms))),
         real_time_factor: stream_s / wall.as_secs_f64().max(1e-9),
         accuracy: accuracy(&mut rows.iter()),
         accuracy_test: accuracy(&mut rows.iter().filter(|r| r.test)),
@@ -237,6 +288,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         summary.accuracy_test,
         summary.peak_rss_mib.unwrap_or(f64::NAN)
     );
+    say_latency_groups(&summary.latency_by_modalities);
     for e in &summary.events {
         say!("{} at {:.3} s: {}", e.stream, e.at_s, e.what);
     }
@@ -369,6 +421,8 @@ struct LiveSummary {
     latency_ms_p50: f64,
     latency_ms_p99: f64,
     latency_ms_max: f64,
+    /// As [`Summary`]'s.
+    latency_by_modalities: BTreeMap<String, Latency>,
     peak_rss_mib: Option<f64>,
     events: Vec<online::Event>,
     rows: Vec<LiveRow>,
@@ -447,6 +501,7 @@ fn live(args: &Args, eeg: &str) -> anyhow::Result<()> {
         latency_ms_p50: percentile(&lat, 0.5),
         latency_ms_p99: percentile(&lat, 0.99),
         latency_ms_max: lat.last().copied().unwrap_or(f64::NAN),
+        latency_by_modalities: latency_by_modalities(rows.iter().map(|r| (&r.modalities[..], r.latency_ms))),
         peak_rss_mib: crate::inspect::peak_rss_mib(),
         events: p.take_events(),
         rows,
@@ -460,6 +515,7 @@ fn live(args: &Args, eeg: &str) -> anyhow::Result<()> {
         summary.latency_ms_p99,
         summary.latency_ms_max
     );
+    say_latency_groups(&summary.latency_by_modalities);
     if let Some(path) = &args.json {
         crate::output::write(path, serde_json::to_vec_pretty(&summary)?)?;
         say!("wrote {}", path.display());

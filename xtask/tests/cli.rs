@@ -1236,6 +1236,26 @@ fn stream_replays_trials_hop_by_hop() {
         assert_eq!(mods, want, "{row}");
     }
     assert!(s["latency_ms_p50"].as_f64().unwrap() > 0.0 && s["real_time_factor"].as_f64().unwrap() > 1.0);
+    // Latency per set of modalities: one group per set the rows used, the hops split between them, and
+    // each group's maximum is that of its rows.
+    let groups = s["latency_by_modalities"].as_object().unwrap();
+    assert_eq!(groups.keys().map(String::as_str).collect::<Vec<_>>(), ["eeg", "eeg+audio"]);
+    for (set, g) in groups {
+        let mine: Vec<f64> = rows
+            .iter()
+            .filter(|r| {
+                let m: Vec<&str> =
+                    r["modalities"].as_array().unwrap().iter().map(|m| m.as_str().unwrap()).collect();
+                m.join("+") == *set
+            })
+            .map(|r| r["latency_ms"].as_f64().unwrap())
+            .collect();
+        assert_eq!(g["hops"].as_u64().unwrap() as usize, mine.len(), "{set}");
+        assert_eq!(g["latency_ms_max"].as_f64().unwrap(), mine.iter().copied().fold(f64::MIN, f64::max));
+        let (p50, p99) = (g["latency_ms_p50"].as_f64().unwrap(), g["latency_ms_p99"].as_f64().unwrap());
+        assert!(0.0 < p50 && p50 <= p99, "{set}: {g}");
+    }
+    assert_eq!(groups.values().map(|g| g["hops"].as_u64().unwrap()).sum::<u64>(), 620);
     assert_eq!(std::fs::read_to_string(&csv_path).unwrap().lines().count(), 621);
 
     let preds = tmp("stream-predict");
