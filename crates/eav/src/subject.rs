@@ -134,7 +134,6 @@ fn find_one(dir: &Path, pred: impl Fn(&str) -> bool, what: &str) -> Result<PathB
     }
 }
 
-/// An audio file name understood: the 1-based trial number and the emotion it names.
 /// `(NNN, speaking, emotion)` of a clip named `{NNN}_Trial_{TT}_{Listening|Speaking}_{Emotion}.mp4`.
 fn parse_video_name(name: &str) -> Option<(usize, bool, Emotion)> {
     let stem = name.strip_suffix(".mp4").or_else(|| name.strip_suffix(".MP4"))?;
@@ -145,17 +144,24 @@ fn parse_video_name(name: &str) -> Option<(usize, bool, Emotion)> {
         "listening" => false,
         _ => return None,
     };
-    if num.len() != 3 {
+    if !trial_number(num) {
         return None;
     }
     Some((num.parse().ok()?, speaking, emotion.parse().ok()?))
 }
 
+/// A file name's trial number `NNN`: EAV writes three digits (`001`…`200`), zero-padded; longer numbers
+/// (a synthetic tree of 1000 trials or more) are read too.
+fn trial_number(num: &str) -> bool {
+    num.len() >= 3 && num.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// An audio file name understood: the 1-based trial number and the emotion it names.
 fn parse_audio_name(name: &str) -> Option<(usize, Emotion)> {
     let stem = name.strip_suffix(".wav").or_else(|| name.strip_suffix(".WAV"))?;
     let parts: Vec<&str> = stem.split('_').collect();
     let [num, .., speaking, emotion, aud] = parts.as_slice() else { return None };
-    if !aud.eq_ignore_ascii_case("aud") || !speaking.eq_ignore_ascii_case("speaking") || num.len() != 3 {
+    if !aud.eq_ignore_ascii_case("aud") || !speaking.eq_ignore_ascii_case("speaking") || !trial_number(num) {
         return None;
     }
     Some((num.parse().ok()?, emotion.parse().ok()?))
@@ -304,4 +310,31 @@ pub fn load_subject(sd: &SubjectDir) -> Result<Subject> {
         unmatched_audio,
         eeg,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_give_their_trial_numbers_with_three_digits_or_more() {
+        assert_eq!(parse_audio_name("002_Trial_01_Speaking_Neutral_aud.wav"), Some((2, Emotion::Neutral)));
+        assert_eq!(
+            parse_audio_name("1000_Trial_500_Speaking_Calmness_aud.wav"),
+            Some((1000, Emotion::Calmness))
+        );
+        assert_eq!(
+            parse_video_name("1999_Trial_1000_Listening_Anger.mp4"),
+            Some((1999, false, Emotion::Anger))
+        );
+        assert_eq!(parse_video_name("010_Trial_05_Speaking_Sadness.mp4"), Some((10, true, Emotion::Sadness)));
+        for bad in [
+            "02_Trial_01_Speaking_Neutral_aud.wav",
+            "0a2_Trial_01_Speaking_Neutral_aud.wav",
+            "+12_Trial_01_Speaking_Neutral_aud.wav",
+        ] {
+            assert_eq!(parse_audio_name(bad), None, "{bad}");
+        }
+        assert_eq!(parse_video_name("12_Trial_01_Speaking_Neutral.mp4"), None);
+    }
 }

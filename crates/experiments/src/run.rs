@@ -199,6 +199,17 @@ pub fn load_samples(sd: &SubjectDir, cfg: &ExperimentConfig) -> Result<(Vec<Samp
     if !pre.samples.iter().any(|s| s.mfcc.is_some()) {
         return Err(Error::Input(format!("subject {}: no speaking windows with audio", sd.id)));
     }
+    let mut silent: Vec<usize> =
+        pre.samples.iter().filter(|s| s.speaking && s.mfcc.is_none()).map(|s| s.trial + 1).collect();
+    silent.dedup();
+    if !silent.is_empty() {
+        tracing::warn!(
+            subject = sd.id,
+            trials = silent.len(),
+            first = silent[0],
+            "speaking trials without an audio file: left out of the speaking windows, audio absent with --trials all (`cargo xtask inspect` lists them)"
+        );
+    }
     let samples = match cfg.trials {
         Trials::Speaking => keep_speaking(pre.samples),
         Trials::All => pre.samples,
