@@ -14,7 +14,10 @@ use crate::dataset::{PreprocessConfig, SubjectSamples, preprocess};
 use crate::error::{Error, Result};
 use crate::subject::{SubjectDir, load_subject};
 
-const MAGIC: &[u8; 16] = b"EMOFUSE-CACHE-1\n";
+/// The cache files' format and the version of what the loader and preprocessing make of a subject's files;
+/// part of every key, so a change to either (2: trial numbers of four digits in file names) misses every
+/// older entry instead of returning windows the current code would not compute.
+const MAGIC: &[u8; 16] = b"EMOFUSE-CACHE-2\n";
 
 /// Whether [`preprocess_cached`] found the windows in the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
