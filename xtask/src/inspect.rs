@@ -214,7 +214,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 s.speaking_trials,
                 s.audio_files,
                 classes.join("/"),
-                s.problems.join("; ")
+                first_problems(&s.problems, SHOWN_PROBLEMS)
             );
         }
         for p in &report.problems {
@@ -226,4 +226,33 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     let problems = report.problems.len() + report.subjects.iter().map(|s| s.problems.len()).sum::<usize>();
     if problems == 0 { Ok(()) } else { anyhow::bail!("{problems} problem(s) found") }
+}
+
+/// Problems per subject in the table; `--json` lists every one.
+const SHOWN_PROBLEMS: usize = 3;
+
+/// The first `shown` of `problems`, and how many more `--json` lists.
+fn first_problems(problems: &[String], shown: usize) -> String {
+    let mut text = problems.iter().take(shown).cloned().collect::<Vec<_>>().join("; ");
+    if problems.len() > shown {
+        text.push_str(&format!("; … and {} more (`--json` lists every one)", problems.len() - shown));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_shows_the_first_problems_and_counts_the_rest() {
+        let p: Vec<String> = (1..=5).map(|i| format!("problem {i}")).collect();
+        assert_eq!(first_problems(&p[..2], 3), "problem 1; problem 2");
+        assert_eq!(first_problems(&p[..3], 3), "problem 1; problem 2; problem 3");
+        assert_eq!(
+            first_problems(&p, 3),
+            "problem 1; problem 2; problem 3; … and 2 more (`--json` lists every one)"
+        );
+        assert_eq!(first_problems(&[], 3), "");
+    }
 }
