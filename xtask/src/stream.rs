@@ -78,10 +78,9 @@ struct Summary {
     trained_causal: bool,
     chunk_ms: f64,
     hop_ms: f64,
-    hops: usize,
-    latency_ms_p50: f64,
-    latency_ms_p99: f64,
-    latency_ms_max: f64,
+    /// `hops` and their latency: `latency_ms_p50`, `latency_ms_p99`, `latency_ms_max`.
+    #[serde(flatten)]
+    latency: Latency,
     /// The same figures for each set of modalities the hops used (`"eeg+audio"`, `"eeg"`, `"audio"`):
     /// a hop with speech runs the audio pathway and every attention over its steps, one without runs
     /// the EEG pathway alone, so the two cost differently and the overall p99 is mostly the first's.
@@ -153,19 +152,20 @@ fn latency_by_modalities<'a>(hops: impl Iterator<Item = (&'a [String], f64)>) ->
     for (modalities, ms) in hops {
         groups.entry(modalities.join("+")).or_default().push(ms);
     }
-    groups
-        .into_iter()
-        .map(|(k, mut v)| {
-            v.sort_by(f64::total_cmp);
-            let stats = Latency {
-                hops: v.len(),
-                latency_ms_p50: percentile(&v, 0.5),
-                latency_ms_p99: percentile(&v, 0.99),
-                latency_ms_max: v.last().copied().unwrap_or(f64::NAN),
-            };
-            (k, stats)
-        })
-        .collect()
+    groups.into_iter().map(|(k, v)| (k, Latency::of(v))).collect()
+}
+
+impl Latency {
+    /// The figures of hops that took `ms` milliseconds each.
+    fn of(mut ms: Vec<f64>) -> Self {
+        ms.sort_by(f64::total_cmp);
+        Self {
+            hops: ms.len(),
+            latency_ms_p50: percentile(&ms, 0.5),
+            latency_ms_p99: percentile(&ms, 0.99),
+            latency_ms_max: ms.last().copied().unwrap_or(f64::NAN),
+        }
+    }
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -243,8 +243,6 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     bar.finish_and_clear();
     let p = predictor.context("no trial to replay")?;
-    let mut lat: Vec<f64> = rows.iter().map(|r| r.latency_ms).collect();
-    lat.sort_by(f64::total_cmp);
     let accuracy = |rows: &mut dyn Iterator<Item = &Row>| {
         let (n, ok) = rows.fold((0, 0), |(n, ok), r| (n + 1, ok + usize::from(r.label == r.predicted)));
         if n == 0 { f64::NAN } else { ok as f64 / n as f64 }
@@ -256,10 +254,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         trained_causal: p.trained_causal(),
         chunk_ms: args.chunk_ms,
         hop_ms: args.hop_ms,
-        hops: rows.len(),
-        latency_ms_p50: percentile(&lat, 0.5),
-        latency_ms_p99: percentile(&lat, 0.99),
-        latency_ms_max: lat.last().copied().unwrap_or(f64::NAN),
+        latency: Latency::of(rows.iter().map(|r| r.latency_ms).collect()),
         latency_by_modalities: latency_by_modalities(rows.iter().map(|r| (&r.modalities[..], r.latency_ms))),
         real_time_factor: stream_s / wall.as_secs_f64().max(1e-9),
         accuracy: accuracy(&mut rows.iter()),
@@ -276,13 +271,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     say!(
         "{} hops of {} ({} ms chunks, hop {} ms): latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; \
          {:.0}× real time; accuracy {:.3} (test trials {:.3}); peak memory {:.0} MiB",
-        summary.hops,
+        summary.latency.hops,
         summary.model,
         args.chunk_ms,
         args.hop_ms,
-        summary.latency_ms_p50,
-        summary.latency_ms_p99,
-        summary.latency_ms_max,
+        summary.latency.latency_ms_p50,
+        summary.latency.latency_ms_p99,
+        summary.latency.latency_ms_max,
         summary.real_time_factor,
         summary.accuracy,
         summary.accuracy_test,
@@ -417,10 +412,9 @@ struct LiveSummary {
     /// EEG and audio frames received.
     eeg_frames: usize,
     audio_frames: usize,
-    hops: usize,
-    latency_ms_p50: f64,
-    latency_ms_p99: f64,
-    latency_ms_max: f64,
+    /// `hops` and their latency: `latency_ms_p50`, `latency_ms_p99`, `latency_ms_max`.
+    #[serde(flatten)]
+    latency: Latency,
     /// As [`Summary`]'s.
     latency_by_modalities: BTreeMap<String, Latency>,
     peak_rss_mib: Option<f64>,
@@ -484,8 +478,6 @@ fn live(args: &Args, eeg: &str) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let hops = source.flush(&mut p)?;
     push(hops, t0.elapsed(), &mut rows);
-    let mut lat: Vec<f64> = rows.iter().map(|r| r.latency_ms).collect();
-    lat.sort_by(f64::total_cmp);
     let (eeg_frames, audio_frames) = source.received();
     let summary = LiveSummary {
         cpu: crate::inspect::cpu_field("model name").unwrap_or_default(),
@@ -497,10 +489,7 @@ fn live(args: &Args, eeg: &str) -> anyhow::Result<()> {
         liblsl_version: lsl.version(),
         eeg_frames,
         audio_frames,
-        hops: rows.len(),
-        latency_ms_p50: percentile(&lat, 0.5),
-        latency_ms_p99: percentile(&lat, 0.99),
-        latency_ms_max: lat.last().copied().unwrap_or(f64::NAN),
+        latency: Latency::of(rows.iter().map(|r| r.latency_ms).collect()),
         latency_by_modalities: latency_by_modalities(rows.iter().map(|r| (&r.modalities[..], r.latency_ms))),
         peak_rss_mib: crate::inspect::peak_rss_mib(),
         events: p.take_events(),
@@ -508,12 +497,12 @@ fn live(args: &Args, eeg: &str) -> anyhow::Result<()> {
     };
     say!(
         "{} hops of {} from {:.1} s of EEG: latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        summary.hops,
+        summary.latency.hops,
         summary.model,
         eeg_frames as f64 / eeg_rate,
-        summary.latency_ms_p50,
-        summary.latency_ms_p99,
-        summary.latency_ms_max
+        summary.latency.latency_ms_p50,
+        summary.latency.latency_ms_p99,
+        summary.latency.latency_ms_max
     );
     say_latency_groups(&summary.latency_by_modalities);
     if let Some(path) = &args.json {
