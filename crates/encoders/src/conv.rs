@@ -321,11 +321,14 @@ mod cross_check {
         let cases = [2usize, 5, 32].into_iter().flat_map(|b| layers.into_iter().map(move |l| (b, l)));
         for (batch, (cin, cout, kernel, padding, len)) in cases {
             let cfg = Conv1dConfig { in_channels: cin, out_channels: cout, kernel, stride: 2, padding };
-            let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (batch, cin, len), &dev).unwrap()).unwrap();
-            let w = Var::from_tensor(&Tensor::randn(0f32, 0.1, (cout, cin, kernel), &dev).unwrap()).unwrap();
-            let b = Var::from_tensor(&Tensor::randn(0f32, 0.1, cout, &dev).unwrap()).unwrap();
+            let x = Var::from_tensor(&crate::seeded_randn(0.0, 1.0, &[batch, cin, len], 1, &dev).unwrap())
+                .unwrap();
+            let w = Var::from_tensor(&crate::seeded_randn(0.0, 0.1, &[cout, cin, kernel], 2, &dev).unwrap())
+                .unwrap();
+            let b = Var::from_tensor(&crate::seeded_randn(0.0, 0.1, &[cout], 3, &dev).unwrap()).unwrap();
             let conv = Conv1d::from_tensors(&cfg, w.as_tensor().clone(), b.as_tensor().clone()).unwrap();
-            let r = Tensor::randn(0f32, 1.0, (batch, cout, cfg.out_len(len).unwrap()), &dev).unwrap();
+            let r =
+                crate::seeded_randn(0.0, 1.0, &[batch, cout, cfg.out_len(len).unwrap()], 4, &dev).unwrap();
             let fast = conv.try_forward(x.as_tensor()).unwrap();
             let slow = conv.forward_generic(x.as_tensor(), w.as_tensor(), b.as_tensor()).unwrap();
             let gf = (&fast * &r).unwrap().sum_all().unwrap().backward().unwrap();

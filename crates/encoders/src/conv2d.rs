@@ -318,12 +318,14 @@ mod tests {
         for (batch, cin, cout, side) in [(6, 1, 16, 64), (6, 16, 32, 32), (5, 32, 64, 16), (3, 1, 16, 24)] {
             let cfg = Conv2dConfig { in_channels: cin, out_channels: cout, kernel: 3, stride: 2, padding: 1 };
             let x =
-                Var::from_tensor(&Tensor::randn(0f32, 1.0, (batch, cin, side, side), &dev).unwrap()).unwrap();
-            let w = Var::from_tensor(&Tensor::randn(0f32, 0.1, (cout, cin, 3, 3), &dev).unwrap()).unwrap();
-            let b = Var::from_tensor(&Tensor::randn(0f32, 0.1, cout, &dev).unwrap()).unwrap();
+                Var::from_tensor(&crate::seeded_randn(0.0, 1.0, &[batch, cin, side, side], 1, &dev).unwrap())
+                    .unwrap();
+            let w = Var::from_tensor(&crate::seeded_randn(0.0, 0.1, &[cout, cin, 3, 3], 2, &dev).unwrap())
+                .unwrap();
+            let b = Var::from_tensor(&crate::seeded_randn(0.0, 0.1, &[cout], 3, &dev).unwrap()).unwrap();
             let conv = Conv2d::from_tensors(&cfg, w.as_tensor().clone(), b.as_tensor().clone()).unwrap();
             let o = cfg.out_len(side).unwrap();
-            let r = Tensor::randn(0f32, 1.0, (batch, cout, o, o), &dev).unwrap();
+            let r = crate::seeded_randn(0.0, 1.0, &[batch, cout, o, o], 4, &dev).unwrap();
             let fast = conv.try_forward(x.as_tensor()).unwrap();
             let slow = conv.forward_generic(x.as_tensor(), w.as_tensor(), b.as_tensor()).unwrap();
             let gf = (&fast * &r).unwrap().sum_all().unwrap().backward().unwrap();

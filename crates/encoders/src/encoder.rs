@@ -321,7 +321,7 @@ mod tests {
         let eeg = EegEncoder::new(&EncoderConfig::eeg(4), vb.pp("eeg")).unwrap();
         let audio = AudioEncoder::new(&EncoderConfig::audio(), vb.pp("audio")).unwrap();
         crate::init_pytorch_default(&varmap, 1).unwrap();
-        let x = Tensor::randn(0f32, 1.0, (3, 4, 500), &Device::Cpu).unwrap();
+        let x = crate::seeded_randn(0.0, 1.0, &[3, 4, 500], 1, &Device::Cpu).unwrap();
         let (seq, latent) = eeg.encode_sequence(&x, 100.0, false).unwrap();
         assert_eq!((seq.batch(), seq.steps(), seq.dim()), (3, 32, 128));
         let pooled = seq.tensor().mean(1).unwrap();
@@ -337,7 +337,7 @@ mod tests {
             t[0].abs() < 1e-12 && (t[1] - 0.16).abs() < 1e-12 && (t[31] - 31.0 * 0.16).abs() < 1e-9,
             "{t:?}"
         );
-        let m = Tensor::randn(0f32, 1.0, (2, 13, 500), &Device::Cpu).unwrap();
+        let m = crate::seeded_randn(0.0, 1.0, &[2, 13, 500], 2, &Device::Cpu).unwrap();
         let (seq, _) = audio.encode_sequence(&m, 100.0, false).unwrap();
         assert_eq!(seq.steps(), 125);
         assert!((seq.times()[124] - 124.0 * 0.04).abs() < 1e-9, "{:?}", &seq.times()[120..]);
@@ -364,14 +364,18 @@ mod tests {
                     let enc = ConvEncoder::new(&EncoderConfig::audio(), vb).unwrap();
                     crate::init_pytorch_default(&varmap, 5).unwrap();
                     // Move BatchNorm parameters and running statistics away from their defaults.
-                    for (name, var) in varmap.data().lock().unwrap().iter() {
-                        if name.contains(".1.") {
-                            let t = (var.as_tensor().ones_like().unwrap() * 0.7).unwrap();
-                            let t =
-                                (t + var.as_tensor().randn_like(0.0, 0.2).unwrap().abs().unwrap()).unwrap();
-                            var.set(&t).unwrap();
-                        }
+                    let data = varmap.data().lock().unwrap();
+                    let mut names: Vec<&String> = data.keys().filter(|n| n.contains(".1.")).collect();
+                    names.sort();
+                    for (i, name) in names.into_iter().enumerate() {
+                        let var = &data[name];
+                        let noise = crate::seeded_randn(0.0, 0.2, var.dims(), 100 + i as u64, &Device::Cpu)
+                            .unwrap()
+                            .abs()
+                            .unwrap();
+                        var.set(&(noise + 0.7).unwrap().to_dtype(dtype).unwrap()).unwrap();
                     }
+                    drop(data);
                     (varmap, enc)
                 };
                 let (vm_fast, fast) = make();
@@ -379,9 +383,15 @@ mod tests {
                 for (name, a) in vm_fast.data().lock().unwrap().iter() {
                     vm_slow.data().lock().unwrap()[name].set(a.as_tensor()).unwrap();
                 }
-                let x =
-                    Tensor::randn(0.0, 1.0, (batch, 13, 60), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
-                let r = Tensor::randn(0.0, 1.0, (batch, 128), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+                // Seeded inputs: with random ones, an F32 pre-activation within rounding of 0 now and then
+                // falls on the other side of a ReLU in one path (about 1 draw in 4000), and the gradients
+                // of the layers before it then differ by a whole term although both paths are right.
+                let seed = 10 * batch as u64 + u64::from(train);
+                let seeded = |shape: &[usize], seed| {
+                    crate::seeded_randn(0.0, 1.0, shape, seed, &Device::Cpu).unwrap().to_dtype(dtype).unwrap()
+                };
+                let x = seeded(&[batch, 13, 60], seed);
+                let r = seeded(&[batch, 128], seed + 1);
                 let yf = fast.forward_t(&x, train).unwrap();
                 let mut h = x.clone();
                 for b in &slow.blocks {

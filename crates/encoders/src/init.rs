@@ -82,3 +82,31 @@ pub fn init_pytorch_default(varmap: &VarMap, seed: u64) -> Result<()> {
     }
     Ok(())
 }
+
+/// A tensor of `N(mean, std²)` values (f32) drawn from a ChaCha generator seeded with `seed`: the same
+/// seed gives the same tensor on every machine, which candle's own `Tensor::randn` (an unseedable CPU
+/// generator) cannot promise. Tests and benchmarks use it so that every run sees the same numbers.
+///
+/// ```
+/// use candle_core::Device;
+/// let a = encoders::seeded_randn(0.0, 1.0, &[2, 3], 7, &Device::Cpu)?;
+/// let b = encoders::seeded_randn(0.0, 1.0, &[2, 3], 7, &Device::Cpu)?;
+/// assert_eq!(a.to_vec2::<f32>()?, b.to_vec2::<f32>()?);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Errors
+/// A candle error while building the tensor.
+pub fn seeded_randn(
+    mean: f32,
+    std: f32,
+    shape: &[usize],
+    seed: u64,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let n = shape.iter().product();
+    let values: Vec<f32> =
+        (0..n).map(|_| mean + std * rng.sample::<f32, _>(rand_distr::StandardNormal)).collect();
+    Ok(Tensor::from_vec(values, shape, device)?)
+}

@@ -52,7 +52,7 @@ pub use conv2d::{Conv2d, Conv2dConfig};
 pub use dropout::Dropout;
 pub use encoder::{AudioEncoder, BN_EPS, BN_MOMENTUM, ConvSpec, EegEncoder, EncoderConfig, LATENT_DIM};
 pub use error::{Error, Result};
-pub use init::init_pytorch_default;
+pub use init::{init_pytorch_default, seeded_randn};
 pub use kernels::{Isa, IsaError, force_isa, isa, matmul_instruction_set};
 pub use linear::{Linear, linear};
 pub use video::{VideoEncoder, VideoEncoderConfig};

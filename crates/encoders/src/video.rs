@@ -212,7 +212,7 @@ mod tests {
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
         let enc = VideoEncoder::new(&VideoEncoderConfig::default(), vb.pp("video_encoder")).unwrap();
         crate::init_pytorch_default(&varmap, 1).unwrap();
-        let x = Tensor::randn(0f32, 1.0, (2, 25, 64, 64), &Device::Cpu).unwrap();
+        let x = crate::seeded_randn(0.0, 1.0, &[2, 25, 64, 64], 1, &Device::Cpu).unwrap();
         let (seq, latent) = enc.encode_sequence(&x, 5.0, false).unwrap();
         assert_eq!((seq.batch(), seq.steps(), seq.dim()), (2, 25, 128));
         assert_eq!((latent.batch(), latent.dim()), (2, 128));
@@ -233,8 +233,11 @@ mod tests {
     fn gradients_match_finite_differences() {
         let (varmap, enc) = encoder(DType::F64);
         let dev = Device::Cpu;
-        let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, (2, 4, 7, 6), &dev).unwrap()).unwrap();
-        let r = Tensor::randn(0f64, 1.0, (2, 5), &dev).unwrap();
+        let x = Var::from_tensor(
+            &crate::seeded_randn(0.0, 1.0, &[2, 4, 7, 6], 2, &dev).unwrap().to_dtype(DType::F64).unwrap(),
+        )
+        .unwrap();
+        let r = crate::seeded_randn(0.0, 1.0, &[2, 5], 3, &dev).unwrap().to_dtype(DType::F64).unwrap();
         // Training mode updates running statistics but does not read them: the loss is a pure function.
         let loss = |xt: &Tensor| -> f64 {
             (enc.encode(xt, true).unwrap().into_tensor() * &r)

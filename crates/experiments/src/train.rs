@@ -749,11 +749,19 @@ mod tests {
         assert!(v3.contains(&0.0) && v3.contains(&1.0));
     }
 
-    fn tiny_set(n: usize, audio_present: Option<Vec<f32>>, dev: &candle_core::Device) -> TensorSet {
+    /// `n` windows of seeded noise (different `seed`, different windows).
+    fn tiny_set(
+        n: usize,
+        audio_present: Option<Vec<f32>>,
+        seed: u64,
+        dev: &candle_core::Device,
+    ) -> TensorSet {
         let labels: Vec<u32> = (0..n as u32).map(|i| i % 5).collect();
         TensorSet {
-            eeg: Tensor::randn(0f32, 1.0, (n, 4, 2000), dev).unwrap(),
-            mfcc: Some((Tensor::randn(0f32, 1.0, (n, 13, 1000), dev).unwrap() + 0.5).unwrap()),
+            eeg: encoders::seeded_randn(0.0, 1.0, &[n, 4, 2000], 2 * seed, dev).unwrap(),
+            mfcc: Some(
+                (encoders::seeded_randn(0.0, 1.0, &[n, 13, 1000], 2 * seed + 1, dev).unwrap() + 0.5).unwrap(),
+            ),
             audio_present: audio_present.map(|v| Tensor::from_vec(v, n, dev).unwrap()),
             eeg_present: None,
             video: None,
@@ -782,7 +790,7 @@ mod tests {
         let dev = candle_core::Device::Cpu;
         let cfg = crate::model::ModelConfig::fused(4, core_types::FusionMode::Concat);
         let model = EmotionModel::new(&cfg, &dev, 7).unwrap();
-        let set = tiny_set(12, None, &dev);
+        let set = tiny_set(12, None, 1, &dev);
         let params: Vec<Vec<f32>> = model
             .parameters()
             .iter()
@@ -839,14 +847,14 @@ mod tests {
         // A forward pass that fails (EEG with the wrong channel count): an error, and every layer keeps
         // the statistics it had.
         let before = stats(&model);
-        let mut bad = tiny_set(12, None, &dev);
-        bad.eeg = Tensor::randn(0f32, 1.0, (12, 3, 2000), &dev).unwrap();
+        let mut bad = tiny_set(12, None, 2, &dev);
+        bad.eeg = encoders::seeded_randn(0.0, 1.0, &[12, 3, 2000], 99, &dev).unwrap();
         assert!(recompute_batch_norm(&model, &bad, 4, 1).is_err());
         assert_eq!(stats(&model), before, "a failed recomputation changes nothing");
 
         // No window with audio: the audio encoder's statistics stay; the EEG encoder's are recomputed.
         let before = stats(&model);
-        let silent = tiny_set(12, Some(vec![0.0; 12]), &dev);
+        let silent = tiny_set(12, Some(vec![0.0; 12]), 3, &dev);
         recompute_batch_norm(&model, &silent, 4, 1).unwrap();
         for ((name, old), (_, new)) in before.iter().zip(stats(&model)) {
             if name.starts_with("audio_encoder") {

@@ -581,8 +581,8 @@ fn absent_audio_samples_ignore_their_audio_rows() {
     let dev = Device::Cpu;
     for &mode in FusionMode::ALL {
         let model = EmotionModel::new(&ModelConfig::fused(4, mode).with_dropout(0.0), &dev, 3).unwrap();
-        let eeg = Tensor::randn(0f32, 1.0, (3, 4, 200), &dev).unwrap();
-        let audio = Tensor::randn(0f32, 1.0, (3, 13, 200), &dev).unwrap();
+        let eeg = encoders::seeded_randn(0.0, 1.0, &[3, 4, 200], 1, &dev).unwrap();
+        let audio = encoders::seeded_randn(0.0, 1.0, &[3, 13, 200], 2, &dev).unwrap();
         let present = Tensor::new(&[1f32, 0.0, 1.0], &dev).unwrap();
         let logits = |a: &Tensor, p: &Tensor| {
             model.forward_present(&eeg, Some(a), &audio_mask(p), false).unwrap().logits
@@ -622,8 +622,8 @@ fn absent_eeg_samples_ignore_their_eeg_rows() {
     let dev = Device::Cpu;
     for &mode in FusionMode::ALL {
         let model = EmotionModel::new(&ModelConfig::fused(4, mode).with_dropout(0.0), &dev, 5).unwrap();
-        let eeg = Tensor::randn(0f32, 1.0, (3, 4, 200), &dev).unwrap();
-        let audio = Tensor::randn(0f32, 1.0, (3, 13, 200), &dev).unwrap();
+        let eeg = encoders::seeded_randn(0.0, 1.0, &[3, 4, 200], 3, &dev).unwrap();
+        let audio = encoders::seeded_randn(0.0, 1.0, &[3, 13, 200], 4, &dev).unwrap();
         let mask =
             Presence { eeg: Some(Tensor::new(&[1f32, 1.0, 0.0], &dev).unwrap()), ..Default::default() };
         let base = model.forward_present(&eeg, Some(&audio), &mask, false).unwrap().logits;
@@ -660,9 +660,9 @@ fn audio_only_model_reads_audio_alone() {
         names.iter().all(|n| n.starts_with("audio_encoder.") || n.starts_with("classifier.")),
         "{names:?}"
     );
-    let eeg = Tensor::randn(0f32, 1.0, (2, 4, 200), &dev).unwrap();
-    let other = Tensor::randn(0f32, 1.0, (2, 4, 200), &dev).unwrap();
-    let audio = Tensor::randn(0f32, 1.0, (2, 13, 200), &dev).unwrap();
+    let eeg = encoders::seeded_randn(0.0, 1.0, &[2, 4, 200], 5, &dev).unwrap();
+    let other = encoders::seeded_randn(0.0, 1.0, &[2, 4, 200], 6, &dev).unwrap();
+    let audio = encoders::seeded_randn(0.0, 1.0, &[2, 13, 200], 7, &dev).unwrap();
     let a = model.forward(&eeg, Some(&audio), false).unwrap();
     assert_eq!(a.dims(), &[2, 5]);
     assert!(max_abs_diff(&a, &model.forward(&other, Some(&audio), false).unwrap()) == 0.0);
@@ -700,8 +700,8 @@ fn unimodal_heads_leave_the_fused_model_as_it_was() {
             "unimodal_heads.eeg.weight"
         ]
     );
-    let eeg = Tensor::randn(0f32, 1.0, (3, 4, 200), &dev).unwrap();
-    let audio = Tensor::randn(0f32, 1.0, (3, 13, 200), &dev).unwrap();
+    let eeg = encoders::seeded_randn(0.0, 1.0, &[3, 4, 200], 8, &dev).unwrap();
+    let audio = encoders::seeded_randn(0.0, 1.0, &[3, 13, 200], 9, &dev).unwrap();
     let a = plain.forward(&eeg, Some(&audio), false).unwrap();
     let b = heads.forward_intermediates(&eeg, Some(&audio), false).unwrap();
     assert_eq!(max_abs_diff(&a, &b.logits), 0.0, "same initialisation, same fused logits");
@@ -736,8 +736,8 @@ fn output_mix_mixes_the_present_outputs_in_evaluation() {
         ..ModelConfig::fused(4, FusionMode::Concat)
     };
     let model = EmotionModel::new(&cfg, &dev, 3).unwrap();
-    let eeg = Tensor::randn(0f32, 1.0, (3, 4, 200), &dev).unwrap();
-    let audio = Tensor::randn(0f32, 1.0, (3, 13, 200), &dev).unwrap();
+    let eeg = encoders::seeded_randn(0.0, 1.0, &[3, 4, 200], 10, &dev).unwrap();
+    let audio = encoders::seeded_randn(0.0, 1.0, &[3, 13, 200], 11, &dev).unwrap();
     let present = audio_mask(&Tensor::new(&[1f32, 0.0, 1.0], &dev).unwrap());
     let out = model.forward_present(&eeg, Some(&audio), &present, false).unwrap();
     let softmax = |t: &Tensor| candle_nn::ops::softmax(t, 1).unwrap().to_vec2::<f32>().unwrap();
@@ -837,8 +837,8 @@ fn output_mix_experts_predict_as_the_single_model_and_survive_a_checkpoint() {
     let params: Vec<String> = model.parameters().into_iter().map(|(n, _)| n).collect();
     assert_eq!(params, params_before, "experts are no parameters of the fused model");
     model.copy_expert(&single).unwrap();
-    let eeg = Tensor::randn(0f32, 1.0, (3, 4, 200), &dev).unwrap();
-    let audio = Tensor::randn(0f32, 1.0, (3, 13, 200), &dev).unwrap();
+    let eeg = encoders::seeded_randn(0.0, 1.0, &[3, 4, 200], 12, &dev).unwrap();
+    let audio = encoders::seeded_randn(0.0, 1.0, &[3, 13, 200], 13, &dev).unwrap();
     let present = audio_mask(&Tensor::new(&[1f32, 0.0, 1.0], &dev).unwrap());
     let out = model.forward_present(&eeg, Some(&audio), &present, false).unwrap();
     let softmax = |t: &Tensor| candle_nn::ops::softmax(t, 1).unwrap().to_vec2::<f32>().unwrap();
@@ -914,9 +914,9 @@ fn three_modalities_mask_absent_rows_in_every_mode() {
     use core_types::Modality::{Audio, Eeg, Video};
     use experiments::Inputs;
     let dev = Device::Cpu;
-    let eeg = Tensor::randn(0f32, 1.0, (4, 4, 200), &dev).unwrap();
-    let audio = Tensor::randn(0f32, 1.0, (4, 13, 200), &dev).unwrap();
-    let video = Tensor::randn(0f32, 1.0, (4, 10, 16, 16), &dev).unwrap();
+    let eeg = encoders::seeded_randn(0.0, 1.0, &[4, 4, 200], 14, &dev).unwrap();
+    let audio = encoders::seeded_randn(0.0, 1.0, &[4, 13, 200], 15, &dev).unwrap();
+    let video = encoders::seeded_randn(0.0, 1.0, &[4, 10, 16, 16], 16, &dev).unwrap();
     let mask = |v: [f32; 4]| Some(Tensor::new(&v, &dev).unwrap());
     // Sample 0 has all three, 1 EEG alone, 2 audio alone, 3 video alone.
     let presence = Presence {
