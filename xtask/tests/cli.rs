@@ -635,9 +635,7 @@ fn inspect_names_every_audio_file_compare_would_trip_on() {
     one_second[4..8].copy_from_slice(&riff.to_le_bytes());
     std::fs::write(&short, one_second).unwrap();
 
-    let t0 = std::time::Instant::now();
     let out = xtask(&["inspect", "--data-dir", &r, "--json"]);
-    let seconds = t0.elapsed().as_secs_f64();
     assert!(!out.status.success(), "a damaged file must fail inspect");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let problems = |i: usize| -> Vec<String> {
@@ -656,7 +654,6 @@ fn inspect_names_every_audio_file_compare_would_trip_on() {
     let usable: Vec<bool> =
         report["subjects"].as_array().unwrap().iter().map(|s| s["usable"].as_bool().unwrap()).collect();
     assert_eq!(usable, [false, false, true]);
-    assert!(seconds < 30.0, "inspect took {seconds:.1} s for three small subjects");
 }
 
 /// `--skip-bad-subjects`: one broken subject of three is skipped with its reason in results.json,
