@@ -1,10 +1,13 @@
 //! AdamW whose state (moments and step count) can be saved and restored, so an interrupted training run
 //! continues with exactly the numbers of an uninterrupted one. The update is candle-nn's `AdamW`:
 //! decoupled weight decay, bias-corrected moments. On the CPU each variable is updated in place by one
-//! pass over its values (the same operations in the same order, so the same numbers as the tensor-op
-//! path used on other devices).
+//! vectorised pass over its values, variables spread over the thread pool (the same operations in the same
+//! order, so the same numbers as the tensor-op path used on other devices, on every instruction set and
+//! at every thread count).
 
 use std::sync::Mutex;
+
+use rayon::prelude::*;
 
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Tensor, Var, WithDType, bail};
@@ -81,15 +84,73 @@ struct InPlaceStep<'a> {
     moments: Mutex<&'a mut Moments>,
 }
 
-fn step_values<T: WithDType>(c: StepConsts, p: &mut [T], g: &[T], m: &mut [T], v: &mut [T]) {
+/// The square root of `T` (the one operation of the step that `WithDType` does not give).
+trait Sqrt: WithDType {
+    fn sqrt(self) -> Self;
+}
+
+impl Sqrt for f32 {
+    /// `f32::sqrt`: the correctly rounded root, which equals the f64 root rounded to f32 (double rounding is
+    /// exact for square roots), so this path has the bits of candle's tensor-op step.
+    #[inline(always)]
+    fn sqrt(self) -> Self {
+        self.sqrt()
+    }
+}
+
+impl Sqrt for f64 {
+    #[inline(always)]
+    fn sqrt(self) -> Self {
+        self.sqrt()
+    }
+}
+
+#[inline(always)]
+fn step_values<T: Sqrt>(c: StepConsts, p: &mut [T], g: &[T], m: &mut [T], v: &mut [T]) {
     let k = |x: f64| T::from_f64(x);
     let (b1, ob1, b2, ob2) = (k(c.beta1), k(1.0 - c.beta1), k(c.beta2), k(1.0 - c.beta2));
     let (sm, sv, eps, decay, lr) = (k(c.scale_m), k(c.scale_v), k(c.eps), k(c.decay), k(c.lr));
     for (((p, g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
         *m = *m * b1 + *g * ob1;
         *v = *v * b2 + (*g * *g) * ob2;
-        let update = (*m * sm) / (k((*v * sv).to_f64().sqrt()) + eps);
+        let update = (*m * sm) / ((*v * sv).sqrt() + eps);
         *p = *p * decay - update * lr;
+    }
+}
+
+/// [`step_values`] compiled for the instruction set of the matrix products ([`encoders::isa`]): the same
+/// element-wise operations in the same order (no fused multiply-adds), so the same bits on every path.
+struct Step<'a, T> {
+    c: StepConsts,
+    p: &'a mut [T],
+    g: &'a [T],
+    m: &'a mut [T],
+    v: &'a mut [T],
+}
+
+impl<T: Sqrt> pulp::WithSimd for Step<'_, T> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        step_values(self.c, self.p, self.g, self.m, self.v);
+    }
+}
+
+fn step_dispatch<T: Sqrt>(step: Step<'_, T>) {
+    match encoders::isa() {
+        #[cfg(target_arch = "x86_64")]
+        encoders::Isa::Avx512 => match pulp::x86::V4::try_new() {
+            Some(simd) => pulp::Simd::vectorize(simd, step),
+            None => pulp::Arch::new().dispatch(step),
+        },
+        #[cfg(target_arch = "x86_64")]
+        encoders::Isa::Avx2 => match pulp::x86::V3::try_new() {
+            Some(simd) => pulp::Simd::vectorize(simd, step),
+            None => pulp::Arch::new().dispatch(step),
+        },
+        encoders::Isa::Scalar => pulp::Simd::vectorize(pulp::Scalar::new(), step),
+        _ => pulp::Arch::new().dispatch(step),
     }
 }
 
@@ -111,10 +172,10 @@ impl InplaceOp2 for InPlaceStep<'_> {
         let mut moments = self.moments.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         match (s1, s2, &mut **moments) {
             (CpuStorage::F32(p), CpuStorage::F32(g), Moments::F32(m, v)) => {
-                step_values(self.c, &mut p[a..b], &g[ga..gb], m, v);
+                step_dispatch(Step { c: self.c, p: &mut p[a..b], g: &g[ga..gb], m, v });
             }
             (CpuStorage::F64(p), CpuStorage::F64(g), Moments::F64(m, v)) => {
-                step_values(self.c, &mut p[a..b], &g[ga..gb], m, v);
+                step_dispatch(Step { c: self.c, p: &mut p[a..b], g: &g[ga..gb], m, v });
             }
             _ => bail!("AdamW: variable, gradient and moments have different dtypes"),
         }
@@ -179,8 +240,9 @@ impl AdamW {
             decay: 1.0 - self.lr * self.weight_decay,
             lr: self.lr,
         };
-        for (_, var, moments) in &mut self.vars {
-            let Some(g) = grads.get(var.as_tensor()) else { continue };
+        // Variables are independent: spread over the pool (the same numbers whatever the thread count).
+        self.vars.par_iter_mut().try_for_each(|(_, var, moments)| -> Result<()> {
+            let Some(g) = grads.get(var.as_tensor()) else { return Ok(()) };
             if let Moments::Tensors(m, v) = moments {
                 *m = ((&*m * c.beta1)? + (g * (1.0 - c.beta1))?)?;
                 *v = ((&*v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
@@ -191,8 +253,8 @@ impl AdamW {
                 let op = InPlaceStep { c, moments: Mutex::new(moments) };
                 var.as_tensor().inplace_op2(&g.contiguous()?, &op)?;
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// The moments by name (`m.<name>`, `v.<name>`), for a checkpoint.
