@@ -98,6 +98,10 @@ pub struct Training {
     /// Fused models with unimodal heads: on-the-fly gradient modulation with this α (0: off).
     #[arg(long, default_value_t = 0.0)]
     pub gradient_modulation: f64,
+    /// `adaptive`: weight of a penalty on the router's mean weights that keeps it from settling on one
+    /// mode (0: off; the router starts uniform).
+    #[arg(long, default_value_t = 0.0)]
+    pub router_balance: f32,
     /// Causal preprocessing (forward-only band-pass, MFCC frames that end at their hop): what `stream`
     /// computes live, so a model trained with it sees the same windows online.
     #[arg(long)]
@@ -135,6 +139,7 @@ impl Training {
         cfg.late_fusion_temperatures = self.late_fusion_temperatures;
         cfg.late_fusion_bootstrap = self.late_fusion_bootstrap;
         cfg.train.gradient_modulation = self.gradient_modulation;
+        cfg.router_balance = self.router_balance;
         cfg.preprocess.causal = self.causal;
         cfg.train.recompute_batch_norm = self.batch_norm_stats == BatchNormStats::Recomputed;
     }
@@ -161,6 +166,7 @@ impl Training {
             ("--late-fusion-temperatures", self.late_fusion_temperatures.to_string()),
             ("--late-fusion-bootstrap", self.late_fusion_bootstrap.to_string()),
             ("--gradient-modulation", self.gradient_modulation.to_string()),
+            ("--router-balance", self.router_balance.to_string()),
         ]
         .into_iter()
         .flat_map(|(k, v)| [k.to_owned(), v])

@@ -541,6 +541,33 @@ fn sweeps_shard_merge_resume_and_emit_slurm() {
     assert!(Command::new("bash").arg("-n").arg(&script).status().unwrap().success());
 }
 
+/// `--router-balance W` reaches the adaptive model (its checkpoint's fusion config) and the run's config;
+/// without the flag neither holds the field.
+#[test]
+fn router_balance_reaches_the_adaptive_model() {
+    let root = tmp("router-tree");
+    let r = root.display().to_string();
+    assert!(xtask(&["synth", "--out", &r, "--subjects", "1", "--trials", "20"]).status.success());
+    let run = |extra: &[&str]| {
+        let out = tmp("router-run");
+        let o = out.display().to_string();
+        let args =
+            ["baseline", "--use-audio", "--data-dir", &r, "--fusion-mode", "adaptive", "--epochs", "1"];
+        let args = [&args[..], &["--late-fusion-folds", "0", "--out", &o], extra].concat();
+        let status = xtask(&args);
+        assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+        let ckpt = read_json(&out.join("checkpoints").join("subject1_fold0_eeg_audio_adaptive.json"));
+        let config = read_json(&out.join("config.json"));
+        (ckpt["model"]["fusion"]["router_balance"].as_f64(), config.get("router_balance").cloned())
+    };
+    let (model, config) = run(&["--router-balance", "2.5"]);
+    assert_eq!(model, Some(2.5));
+    assert_eq!(config, Some(serde_json::json!(2.5)));
+    let (model, config) = run(&[]);
+    assert_eq!(model, Some(0.0));
+    assert_eq!(config, None);
+}
+
 /// The kernels' parallel reductions sum fixed chunks in a fixed order: one thread and two threads train
 /// bit-identical models (every checkpoint byte) with the same results.
 #[test]

@@ -78,6 +78,10 @@ pub struct ExperimentConfig {
     /// every held-out window. 0 (and configs without the field): one choice on every held-out window.
     #[serde(default)]
     pub late_fusion_bootstrap: usize,
+    /// Adaptive fused models: weight of the router's balance penalty (`FusionConfig::router_balance`),
+    /// which keeps the router from settling on one mode; 0 (and configs without the field): none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub router_balance: f32,
     /// Seed of weights, dropout and shuffling.
     pub seed: u64,
     /// `cpu` or `cuda`.
@@ -125,6 +129,7 @@ impl ExperimentConfig {
             late_fusion_experts: true,
             late_fusion_temperatures: true,
             late_fusion_bootstrap: DEFAULT_LATE_FUSION_BOOTSTRAP,
+            router_balance: 0.0,
             seed: 42,
             device: "cpu".into(),
             checkpoint_dir: None,
@@ -247,4 +252,11 @@ pub fn device(name: &str) -> Result<Device> {
         )),
         other => Err(Error::Input(format!("unknown device `{other}`; expected cpu or cuda"))),
     }
+}
+
+/// `skip_serializing_if` for settings whose 0 is the default (the configs of runs without them stay as
+/// they were).
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_zero(x: &f32) -> bool {
+    *x == 0.0
 }

@@ -438,6 +438,9 @@ fn run_split(
         for &mode in &cfg.fusion_modes {
             let mut fused = ModelConfig::fused_over(channels, mode, &set);
             fused.unimodal_loss = cfg.unimodal_loss;
+            if let Some(f) = fused.fusion.as_mut() {
+                f.router_balance = cfg.router_balance;
+            }
             settings.push((fused, crate::config::row_name(&set), mode.to_string()));
         }
     }
