@@ -240,8 +240,7 @@ impl AdamW {
             decay: 1.0 - self.lr * self.weight_decay,
             lr: self.lr,
         };
-        // Variables are independent: spread over the pool (the same numbers whatever the thread count).
-        self.vars.par_iter_mut().try_for_each(|(_, var, moments)| -> Result<()> {
+        let update = |(_, var, moments): &mut (String, Var, Moments)| -> Result<()> {
             let Some(g) = grads.get(var.as_tensor()) else { return Ok(()) };
             if let Moments::Tensors(m, v) = moments {
                 *m = ((&*m * c.beta1)? + (g * (1.0 - c.beta1))?)?;
@@ -254,7 +253,14 @@ impl AdamW {
                 var.as_tensor().inplace_op2(&g.contiguous()?, &op)?;
             }
             Ok(())
-        })
+        };
+        // On the CPU the variables are independent passes over host memory: spread over the pool (the
+        // same numbers whatever the thread count). Device tensors keep one thread's order of launches.
+        if self.vars.iter().any(|(_, _, m)| matches!(m, Moments::Tensors(..))) {
+            self.vars.iter_mut().try_for_each(update)
+        } else {
+            self.vars.par_iter_mut().try_for_each(update)
+        }
     }
 
     /// The moments by name (`m.<name>`, `v.<name>`), for a checkpoint.
