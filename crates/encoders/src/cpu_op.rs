@@ -1,7 +1,8 @@
 //! Helpers for candle custom ops with CPU kernels in f32 and f64, shared by this crate's kernels and the
 //! `fusion` crate's attention op: whether a tensor qualifies, the CPU storage behind a tensor, the
-//! contiguous slice a layout describes, a tensor from kernel output, and [`dispatch_float`] to run code
-//! typed by a storage's element type.
+//! contiguous slice a layout describes, a tensor from kernel output, [`dispatch_float`] to run code
+//! typed by a storage's element type, and [`vectorize`] to compile an element-wise pass for the matrix
+//! products' instruction set.
 
 /// The bounds-checked, single-threaded matrix product of this crate's kernels, for other crates' CPU ops:
 /// `matmul(dst, accumulate, lhs, rhs)` over strided [`View`]s of slices, in the [`Real`] types; and
@@ -12,6 +13,27 @@ use std::cell::Cell;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{DType, Layout, Storage, StorageRef, Tensor, WithDType, bail};
+
+/// Runs `op` compiled for the instruction set of the matrix products ([`crate::isa`]: x86-64-v4 for
+/// AVX-512, x86-64-v3 for AVX2, baseline for scalar; `pulp`'s own choice elsewhere), so that forcing a
+/// path (`force_isa`) moves element-wise passes with the products. Rust does not fuse multiply-adds on its
+/// own, so a pass written as plain scalar code gives the same bits on every path.
+pub fn vectorize<W: pulp::WithSimd>(op: W) -> W::Output {
+    match crate::isa() {
+        #[cfg(target_arch = "x86_64")]
+        crate::Isa::Avx512 => match pulp::x86::V4::try_new() {
+            Some(simd) => pulp::Simd::vectorize(simd, op),
+            None => pulp::Arch::new().dispatch(op),
+        },
+        #[cfg(target_arch = "x86_64")]
+        crate::Isa::Avx2 => match pulp::x86::V3::try_new() {
+            Some(simd) => pulp::Simd::vectorize(simd, op),
+            None => pulp::Arch::new().dispatch(op),
+        },
+        crate::Isa::Scalar => pulp::Simd::vectorize(pulp::Scalar::new(), op),
+        _ => pulp::Arch::new().dispatch(op),
+    }
+}
 
 /// Whether CPU kernels can run on `t` (CPU, f32 or f64), unless this thread is inside
 /// [`with_generic_ops`].

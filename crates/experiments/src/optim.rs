@@ -118,8 +118,8 @@ fn step_values<T: Sqrt>(c: StepConsts, p: &mut [T], g: &[T], m: &mut [T], v: &mu
     }
 }
 
-/// [`step_values`] compiled for the instruction set of the matrix products ([`encoders::isa`]): the same
-/// element-wise operations in the same order (no fused multiply-adds), so the same bits on every path.
+/// [`step_values`] as a `pulp` operation, run by [`encoders::cpu_op::vectorize`] in the matrix products'
+/// instruction set: the same element-wise operations in the same order, so the same bits on every path.
 struct Step<'a, T> {
     c: StepConsts,
     p: &'a mut [T],
@@ -134,23 +134,6 @@ impl<T: Sqrt> pulp::WithSimd for Step<'_, T> {
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _simd: S) {
         step_values(self.c, self.p, self.g, self.m, self.v);
-    }
-}
-
-fn step_dispatch<T: Sqrt>(step: Step<'_, T>) {
-    match encoders::isa() {
-        #[cfg(target_arch = "x86_64")]
-        encoders::Isa::Avx512 => match pulp::x86::V4::try_new() {
-            Some(simd) => pulp::Simd::vectorize(simd, step),
-            None => pulp::Arch::new().dispatch(step),
-        },
-        #[cfg(target_arch = "x86_64")]
-        encoders::Isa::Avx2 => match pulp::x86::V3::try_new() {
-            Some(simd) => pulp::Simd::vectorize(simd, step),
-            None => pulp::Arch::new().dispatch(step),
-        },
-        encoders::Isa::Scalar => pulp::Simd::vectorize(pulp::Scalar::new(), step),
-        _ => pulp::Arch::new().dispatch(step),
     }
 }
 
@@ -172,10 +155,10 @@ impl InplaceOp2 for InPlaceStep<'_> {
         let mut moments = self.moments.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         match (s1, s2, &mut **moments) {
             (CpuStorage::F32(p), CpuStorage::F32(g), Moments::F32(m, v)) => {
-                step_dispatch(Step { c: self.c, p: &mut p[a..b], g: &g[ga..gb], m, v });
+                encoders::cpu_op::vectorize(Step { c: self.c, p: &mut p[a..b], g: &g[ga..gb], m, v });
             }
             (CpuStorage::F64(p), CpuStorage::F64(g), Moments::F64(m, v)) => {
-                step_dispatch(Step { c: self.c, p: &mut p[a..b], g: &g[ga..gb], m, v });
+                encoders::cpu_op::vectorize(Step { c: self.c, p: &mut p[a..b], g: &g[ga..gb], m, v });
             }
             _ => bail!("AdamW: variable, gradient and moments have different dtypes"),
         }

@@ -180,21 +180,7 @@ impl SoftmaxRow for f32 {
     /// x86-64-v3 for AVX2, baseline for scalar; through `pulp`), compiled from the same scalar code
     /// without fused multiply-adds, so every path gives the same bits (tested).
     fn softmax_rows(rows: &mut [f32], len: usize, scale: f64) {
-        let op = SoftmaxF32 { rows, len, scale: scale as f32 };
-        match encoders::isa() {
-            #[cfg(target_arch = "x86_64")]
-            encoders::Isa::Avx512 => match pulp::x86::V4::try_new() {
-                Some(simd) => pulp::Simd::vectorize(simd, op),
-                None => pulp::Arch::new().dispatch(op),
-            },
-            #[cfg(target_arch = "x86_64")]
-            encoders::Isa::Avx2 => match pulp::x86::V3::try_new() {
-                Some(simd) => pulp::Simd::vectorize(simd, op),
-                None => pulp::Arch::new().dispatch(op),
-            },
-            encoders::Isa::Scalar => pulp::Simd::vectorize(pulp::Scalar::new(), op),
-            _ => pulp::Arch::new().dispatch(op),
-        }
+        encoders::cpu_op::vectorize(SoftmaxF32 { rows, len, scale: scale as f32 });
     }
 }
 
