@@ -95,6 +95,10 @@ pub struct Training {
     /// (bagging; the temperatures are fitted on every held-out window); 0: one choice on all of them.
     #[arg(long, default_value_t = experiments::config::DEFAULT_LATE_FUSION_BOOTSTRAP)]
     pub late_fusion_bootstrap: usize,
+    /// Late fusion: predict with the mean of the model and the out-of-fold models that chose its mix
+    /// (a cross-validation ensemble carried in the checkpoint; each prediction runs folds + 1 models).
+    #[arg(long)]
+    pub late_fusion_ensemble: bool,
     /// Fused models with unimodal heads: on-the-fly gradient modulation with this α (0: off).
     #[arg(long, default_value_t = 0.0)]
     pub gradient_modulation: f64,
@@ -138,6 +142,7 @@ impl Training {
         cfg.late_fusion_experts = self.late_fusion_experts;
         cfg.late_fusion_temperatures = self.late_fusion_temperatures;
         cfg.late_fusion_bootstrap = self.late_fusion_bootstrap;
+        cfg.late_fusion_ensemble = self.late_fusion_ensemble;
         cfg.train.gradient_modulation = self.gradient_modulation;
         cfg.router_balance = self.router_balance;
         cfg.preprocess.causal = self.causal;
@@ -171,6 +176,7 @@ impl Training {
         .into_iter()
         .flat_map(|(k, v)| [k.to_owned(), v])
         .chain(self.causal.then(|| "--causal".to_owned()))
+        .chain(self.late_fusion_ensemble.then(|| "--late-fusion-ensemble".to_owned()))
         .chain(
             (self.batch_norm_stats == BatchNormStats::Running)
                 .then(|| "--batch-norm-stats=running".to_owned()),

@@ -78,6 +78,13 @@ pub struct ExperimentConfig {
     /// every held-out window. 0 (and configs without the field): one choice on every held-out window.
     #[serde(default)]
     pub late_fusion_bootstrap: usize,
+    /// Late fusion, out-of-fold choice: predict with the mean of the mixed probabilities of the model
+    /// trained on every training window and of the fold models whose out-of-fold predictions chose the
+    /// mix (a cross-validation ensemble; the checkpoint carries the fold models and their experts, and
+    /// a prediction costs `late_fusion_folds + 1` models). The mix is then used by the models it was
+    /// chosen on. `false` (and configs without the field): the model trained on every window alone.
+    #[serde(default)]
+    pub late_fusion_ensemble: bool,
     /// Adaptive fused models: weight of the router's balance penalty (`FusionConfig::router_balance`),
     /// which keeps the router from settling on one mode; 0 (and configs without the field): none.
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -129,6 +136,7 @@ impl ExperimentConfig {
             late_fusion_experts: true,
             late_fusion_temperatures: true,
             late_fusion_bootstrap: DEFAULT_LATE_FUSION_BOOTSTRAP,
+            late_fusion_ensemble: false,
             router_balance: 0.0,
             seed: 42,
             device: "cpu".into(),

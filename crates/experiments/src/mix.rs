@@ -453,6 +453,7 @@ impl OutputProbs {
                 })
                 .collect(),
             temperatures: std::collections::BTreeMap::new(),
+            members: 0,
         }
     }
 
@@ -565,7 +566,8 @@ mod tests {
                 fused: 1.0,
                 heads: vec![(Modality::Eeg, 0.0)],
                 experts: Vec::new(),
-                temperatures: std::collections::BTreeMap::new()
+                temperatures: std::collections::BTreeMap::new(),
+                members: 0,
             }
         );
     }

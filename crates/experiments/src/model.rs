@@ -80,6 +80,12 @@ pub struct OutputMix {
     /// Outputs not listed (and older files): 1, the probabilities as trained.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub temperatures: BTreeMap<String, f64>,
+    /// Cross-validation ensemble: the number of fold models (the models whose out-of-fold predictions
+    /// chose this mix, each with the same mix over its own outputs and its fold's experts) that the
+    /// model carries under `members.{i}.`. In evaluation the prediction is the mean of the mixed class
+    /// probabilities of the model and its members. 0 (and older files): the model alone.
+    #[serde(default, skip_serializing_if = "is_zero_count")]
+    pub members: usize,
 }
 
 /// A single-modality model inside a fused model's [`OutputMix`]: trained on its own (the comparison's
@@ -105,7 +111,7 @@ impl OutputMix {
     /// The fused classifier alone.
     #[must_use]
     pub fn fused_only() -> Self {
-        Self { fused: 1.0, heads: Vec::new(), experts: Vec::new(), temperatures: BTreeMap::new() }
+        Self { fused: 1.0, heads: Vec::new(), experts: Vec::new(), temperatures: BTreeMap::new(), members: 0 }
     }
 
     /// The temperature of the output named `output` (`fused`, `eeg`, `eeg_only`, …; 1 when not listed).
@@ -139,6 +145,9 @@ impl OutputMix {
         if !self.temperatures.is_empty() {
             let t: Vec<String> = self.temperatures.iter().map(|(o, t)| format!("{o}={t:.2}")).collect();
             s.push_str(&format!(" (temperatures {})", t.join(" ")));
+        }
+        if self.members > 0 {
+            s.push_str(&format!(", mean over the model and {} fold models", self.members));
         }
         s
     }
@@ -248,6 +257,12 @@ fn is_five(v: &f64) -> bool {
 
 fn eeg() -> Modality {
     Modality::Eeg
+}
+
+/// Whether a count is 0 (serde's `skip_serializing_if` for settings that older files lack).
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_zero_count(v: &usize) -> bool {
+    *v == 0
 }
 
 /// Whether a setting is 0 (serde's `skip_serializing_if` for settings that older files lack).
@@ -485,6 +500,8 @@ pub struct EmotionModel {
     /// The output mix's single-modality experts (their own parameters, outside `varmap`: training the
     /// fused model leaves them alone).
     experts: Vec<(Modality, EmotionModel)>,
+    /// The cross-validation ensemble's fold models ([`OutputMix::members`]; their own parameters).
+    members: Vec<EmotionModel>,
 }
 
 impl std::fmt::Debug for EmotionModel {
@@ -547,6 +564,7 @@ impl EmotionModel {
             }
             None => Vec::new(),
         };
+        let members = Self::build_members(cfg, device, seed)?;
         Ok(Self {
             cfg: cfg.clone(),
             varmap,
@@ -558,7 +576,19 @@ impl EmotionModel {
             classifier,
             heads,
             experts,
+            members,
         })
+    }
+
+    /// The (untrained) fold models of `cfg`'s cross-validation ensemble: `cfg` with an output mix
+    /// without members.
+    fn build_members(cfg: &ModelConfig, device: &Device, seed: u64) -> Result<Vec<EmotionModel>> {
+        let Some(mix) = cfg.output_mix.as_ref().filter(|m| m.members > 0) else { return Ok(Vec::new()) };
+        let mut member_cfg = cfg.clone();
+        if let Some(m) = member_cfg.output_mix.as_mut() {
+            m.members = 0;
+        }
+        (0..mix.members).map(|_| EmotionModel::new(&member_cfg, device, seed)).collect()
     }
 
     /// The (untrained) expert models of `mix`.
@@ -587,6 +617,28 @@ impl EmotionModel {
         };
         self.cfg.output_mix = mix;
         self.experts = experts;
+        self.members = Self::build_members(&self.cfg, &self.device, 0)?;
+        Ok(())
+    }
+
+    /// Copies every tensor of `trained` (a fold model with the same configuration, its output mix
+    /// without members, and its experts) into member `i` of the cross-validation ensemble.
+    ///
+    /// # Errors
+    /// [`Error::Input`] when there is no member `i` or `trained`'s configuration differs.
+    pub fn copy_member(&self, i: usize, trained: &EmotionModel) -> Result<()> {
+        let Some(member) = self.members.get(i) else {
+            return Err(Error::Input(format!("the {} model has no ensemble member {i}", self.cfg.name())));
+        };
+        if member.cfg != trained.cfg {
+            return Err(Error::Input(format!(
+                "ensemble member {i} of the {} model: the given model's configuration differs",
+                self.cfg.name()
+            )));
+        }
+        for ((_, to), (_, from)) in member.stored_tensors().iter().zip(trained.stored_tensors()) {
+            to.set(from.as_tensor())?;
+        }
         Ok(())
     }
 
@@ -743,7 +795,19 @@ impl EmotionModel {
         }
         let classifier_logits = logits.clone();
         let logits = match &self.cfg.output_mix {
-            Some(mix) if !train && fused.is_some() => mix.apply(&logits, &unimodal_logits, &expert_logits)?,
+            Some(mix) if !train && fused.is_some() => {
+                let mixed = mix.apply(&logits, &unimodal_logits, &expert_logits)?;
+                if self.members.is_empty() {
+                    mixed
+                } else {
+                    // The mean of the members' and this model's mixed probabilities.
+                    let mut p = mixed.exp()?;
+                    for member in &self.members {
+                        p = (p + member.forward_inputs(inputs, presence, false)?.logits.exp()?)?;
+                    }
+                    p.affine(1.0 / (self.members.len() + 1) as f64, 0.0)?.clamp(1e-30, 1.0)?.log()?
+                }
+            }
             _ => logits,
         };
         Ok(Intermediates {
@@ -944,12 +1008,15 @@ impl EmotionModel {
         Ok(self.encode_with(Modality::Eeg, eeg, false, train)?.0)
     }
 
-    /// Every tensor a checkpoint holds: [`EmotionModel::named_tensors`] and each expert's under
-    /// `experts.{modality}.`.
+    /// Every tensor a checkpoint holds: [`EmotionModel::named_tensors`], each expert's under
+    /// `experts.{modality}.` and each ensemble member's (with its experts) under `members.{i}.`.
     fn stored_tensors(&self) -> Vec<(String, Var)> {
         let mut v = self.named_tensors();
         for (m, e) in &self.experts {
             v.extend(e.named_tensors().into_iter().map(|(n, t)| (format!("experts.{m}.{n}"), t)));
+        }
+        for (i, member) in self.members.iter().enumerate() {
+            v.extend(member.stored_tensors().into_iter().map(|(n, t)| (format!("members.{i}.{n}"), t)));
         }
         v
     }

@@ -187,7 +187,7 @@ pub fn write_results(dir: &Path, cfg: &ExperimentConfig, results: &Results) -> R
         cfg.unimodal_loss,
         if cfg.late_fusion_folds > 1 && cfg.unimodal_loss > 0.0 {
             format!(
-                "over {} folds{}{}{}",
+                "over {} folds{}{}{}{}",
                 cfg.late_fusion_folds,
                 if cfg.late_fusion_experts { ", with single-modality experts" } else { "" },
                 if cfg.late_fusion_temperatures { ", tempered outputs" } else { "" },
@@ -195,6 +195,11 @@ pub fn write_results(dir: &Path, cfg: &ExperimentConfig, results: &Results) -> R
                     format!(", weights bagged over {} resamples", cfg.late_fusion_bootstrap)
                 } else {
                     String::new()
+                },
+                if cfg.late_fusion_ensemble && cfg.val_fraction == 0.0 {
+                    ", predicting with the fold models too (cross-validation ensemble)"
+                } else {
+                    ""
                 }
             )
         } else {

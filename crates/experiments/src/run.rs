@@ -499,6 +499,8 @@ fn run_split(
             Ok(())
         };
         let trial_of = |i: usize| (u64::from(samples[i].subject) << 32) | samples[i].trial as u64;
+        // The fold models of a cross-validation ensemble (`late_fusion_ensemble`).
+        let mut ensemble: Vec<EmotionModel> = Vec::new();
         if late && val_set.is_none() {
             let start = std::time::Instant::now();
             let folds = eav::split::trial_folds(samples, &split.train, cfg.late_fusion_folds);
@@ -513,7 +515,9 @@ fn run_split(
                 single_windows: &single_windows,
                 fold_singles: &fold_singles,
             };
-            model_cfg.output_mix = probes.out_of_fold_mix(&model_cfg, folds, &set, &trial_of)?;
+            let (mix, members) = probes.out_of_fold_mix(&model_cfg, folds, &set, &trial_of)?;
+            model_cfg.output_mix = mix;
+            ensemble = members;
             mix_seconds += start.elapsed().as_secs_f64();
             if let Some(mix) = &model_cfg.output_mix {
                 tracing::info!(subject, fold, modality, mode = %mode, mix = %mix.describe(), "output mix chosen");
@@ -549,6 +553,9 @@ fn run_split(
                 Error::Input(format!("{name}: no trained {m}_only model for the output mix"))
             })?;
             model.copy_expert(trained)?;
+        }
+        for (i, member) in ensemble.iter().enumerate() {
+            model.copy_member(i, member)?;
         }
         mix_seconds += start.elapsed().as_secs_f64();
         let model_cfg = model.config().clone();
@@ -646,12 +653,13 @@ impl Probes<'_> {
         folds: Vec<Vec<usize>>,
         set: &dyn Fn(&[usize]) -> Result<TensorSet>,
         trial_of: &dyn Fn(usize) -> u64,
-    ) -> Result<Option<crate::model::OutputMix>> {
+    ) -> Result<(Option<crate::model::OutputMix>, Vec<EmotionModel>)> {
         let folds: Vec<Vec<usize>> = folds.into_iter().filter(|f| !f.is_empty()).collect();
         let k = folds.len();
         if k < 2 {
-            return Ok(None);
+            return Ok((None, Vec::new()));
         }
+        let mut probes = Vec::new();
         let mut out_of_fold: Option<OutputProbs> = None;
         let all: Vec<usize> = folds.iter().flatten().copied().collect();
         let total = all.len();
@@ -724,8 +732,11 @@ impl Probes<'_> {
                 Some(all) => all.append(probs),
                 None => out_of_fold = Some(probs),
             }
+            if self.cfg.late_fusion_ensemble {
+                probes.push(probe);
+            }
         }
-        let Some(oof) = out_of_fold else { return Ok(None) };
+        let Some(oof) = out_of_fold else { return Ok((None, Vec::new())) };
         tracing::info!(name = self.name, accuracy = ?oof.accuracies(), nll = ?oof.nlls(), "out-of-fold outputs");
         // The held-out windows in the order they were collected: fold by fold.
         let bagging = Bagging {
@@ -733,6 +744,23 @@ impl Probes<'_> {
             resamples: self.cfg.late_fusion_bootstrap,
             seed: self.cfg.seed,
         };
-        Ok(Some(oof.choose_bagged(self.cfg.late_fusion_temperatures, &bagging)?))
+        let mut mix = oof.choose_bagged(self.cfg.late_fusion_temperatures, &bagging)?;
+        // The ensemble's fold models predict with the mix chosen on them, each with its fold's experts.
+        for (f, probe) in probes.iter_mut().enumerate() {
+            probe.set_output_mix(Some(mix.clone()))?;
+            let singles = self.fold_singles.borrow();
+            for (_, expert) in probe.experts() {
+                let trained = singles
+                    .iter()
+                    .find(|(g, s)| *g == f && s.config() == expert.config())
+                    .map(|(_, s)| s)
+                    .ok_or_else(|| {
+                        Error::Input(format!("{}: no fold {f} expert for the ensemble", self.name))
+                    })?;
+                probe.copy_expert(trained)?;
+            }
+        }
+        mix.members = probes.len();
+        Ok((Some(mix), probes))
     }
 }

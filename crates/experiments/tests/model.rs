@@ -465,6 +465,32 @@ mod runs {
         experiments::report::write_results(dir.path(), &cfg, &with_experts).unwrap();
         let report = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
         assert!(report.contains("late fusion over 3 folds") && report.contains(&mix.describe()), "{report}");
+        // The cross-validation ensemble: no extra training (the fold models are those that chose the
+        // mix), the same mix over the model and its three fold models, the same model trained on every
+        // window; the checkpoint carries the members and loads back into a model that predicts.
+        cfg.late_fusion_ensemble = true;
+        let ckpt = tempfile::tempdir().unwrap();
+        cfg.checkpoint_dir = Some(ckpt.path().to_path_buf());
+        let seen = Settings(Mutex::new(Vec::new()));
+        let ensemble = run(&cfg, &seen).unwrap();
+        assert_eq!(seen.0.lock().unwrap().len(), 10 + mix.experts.len(), "no extra training");
+        let e = &ensemble.runs[0];
+        let emix = e.output_mix.as_ref().expect("a mix");
+        assert_eq!(emix.members, 3);
+        assert_eq!(experiments::OutputMix { members: 0, ..emix.clone() }, *mix, "the same choice");
+        assert_eq!(e.output_accuracy.as_ref().unwrap()["fused"], outputs["fused"], "the same fused model");
+        let path = e.checkpoint.as_ref().expect("a checkpoint");
+        let (loaded, meta) = experiments::checkpoint::load(std::path::Path::new(path), &Device::Cpu).unwrap();
+        assert_eq!(meta.model.output_mix.as_ref().map(|m| m.members), Some(3));
+        let predictions =
+            experiments::checkpoint::predict(&loaded, &meta, &cfg.data_dir, &[1], false).unwrap();
+        assert!(!predictions.is_empty());
+        for p in &predictions {
+            let sum: f32 = p.probabilities.iter().sum();
+            assert!((sum - 1.0).abs() < 1e-4 && p.probabilities.iter().all(|x| x.is_finite()), "{p:?}");
+        }
+        cfg.late_fusion_ensemble = false;
+        cfg.checkpoint_dir = None;
         // Bagged weights: the held-out windows grouped by their trials (a misaligned grouping mixes
         // classes and is an error), weights in steps of 1/(10 · resamples), the same tested model.
         cfg.late_fusion_bootstrap = 40;
@@ -729,6 +755,7 @@ fn output_mix_mixes_the_present_outputs_in_evaluation() {
         heads: vec![(Eeg, 0.5), (Audio, 0.3)],
         experts: Vec::new(),
         temperatures: [("fused".to_owned(), 0.5), ("audio".to_owned(), 2.0)].into(),
+        members: 0,
     };
     let cfg = ModelConfig {
         unimodal_loss: 1.0,
@@ -771,6 +798,7 @@ fn output_mix_mixes_the_present_outputs_in_evaluation() {
         heads: vec![(Audio, 1.0)],
         experts: Vec::new(),
         temperatures: Default::default(),
+        members: 0,
     };
     let mut m2 = EmotionModel::new(&cfg, &dev, 3).unwrap();
     m2.set_output_mix(Some(only_audio)).unwrap();
@@ -779,8 +807,13 @@ fn output_mix_mixes_the_present_outputs_in_evaluation() {
     let (pf, pa) = (softmax(&out.classifier_logits), softmax(&out.unimodal_logits[1].1));
     assert!((0..5).all(|c| (got[1][c] - pf[1][c]).abs() < 1e-6 && (got[0][c] - pa[0][c]).abs() < 1e-6));
     // Weights the model cannot use.
-    let weights =
-        |fused, heads| OutputMix { fused, heads, experts: Vec::new(), temperatures: Default::default() };
+    let weights = |fused, heads| OutputMix {
+        fused,
+        heads,
+        experts: Vec::new(),
+        temperatures: Default::default(),
+        members: 0,
+    };
     let temperature = |output: &str, t| OutputMix {
         temperatures: [(output.to_owned(), t)].into(),
         ..weights(0.5, vec![(Eeg, 0.5)])
@@ -832,6 +865,7 @@ fn output_mix_experts_predict_as_the_single_model_and_survive_a_checkpoint() {
             heads: vec![(Eeg, 0.0), (Audio, 0.0)],
             experts: vec![expert(&single, 1.0)],
             temperatures: Default::default(),
+            members: 0,
         }))
         .unwrap();
     let params: Vec<String> = model.parameters().into_iter().map(|(n, _)| n).collect();
@@ -855,6 +889,7 @@ fn output_mix_experts_predict_as_the_single_model_and_survive_a_checkpoint() {
         heads: vec![(Eeg, 0.0), (Audio, 0.0)],
         experts: vec![expert(&single, 0.5), expert(&audio_single, 0.5)],
         temperatures: Default::default(),
+        members: 0,
     };
     model.set_output_mix(Some(mix.clone())).unwrap();
     model.copy_expert(&single).unwrap();
@@ -893,7 +928,13 @@ fn output_mix_experts_predict_as_the_single_model_and_survive_a_checkpoint() {
     assert!(matches!(model.copy_expert(&other), Err(Error::Input(_))));
     let video = EmotionModel::new(&ModelConfig::video_only(4), &dev, 1).unwrap();
     for experts in [vec![expert(&video, 1.0)], vec![expert(&single, 0.5), expert(&single, 0.5)]] {
-        let bad = OutputMix { fused: 0.0, heads: Vec::new(), experts, temperatures: Default::default() };
+        let bad = OutputMix {
+            fused: 0.0,
+            heads: Vec::new(),
+            experts,
+            temperatures: Default::default(),
+            members: 0,
+        };
         assert!(matches!(model.set_output_mix(Some(bad)), Err(Error::Input(_))));
     }
     let fused_expert = MixExpert { weight: 1.0, model: fused_cfg.clone() };
@@ -902,8 +943,75 @@ fn output_mix_experts_predict_as_the_single_model_and_survive_a_checkpoint() {
         heads: Vec::new(),
         experts: vec![fused_expert],
         temperatures: Default::default(),
+        members: 0,
     };
     assert!(matches!(model.set_output_mix(Some(bad)), Err(Error::Input(_))));
+}
+
+/// The cross-validation ensemble: in evaluation the prediction is the mean of the model's and its
+/// members' mixed probabilities (training is the model's alone); members are stored under `members.{i}.`
+/// and loaded back; a member of another configuration, or one the mix does not have, is an error.
+#[test]
+fn ensemble_members_average_the_mixed_probabilities_and_survive_a_checkpoint() {
+    use core_types::Modality::{Audio, Eeg};
+    use experiments::OutputMix;
+    use experiments::checkpoint::load;
+    let dev = Device::Cpu;
+    let mix = OutputMix {
+        fused: 0.3,
+        heads: vec![(Eeg, 0.5), (Audio, 0.2)],
+        experts: Vec::new(),
+        temperatures: [("eeg".to_owned(), 2.0)].into(),
+        members: 0,
+    };
+    let single_cfg = ModelConfig {
+        unimodal_loss: 1.0,
+        output_mix: Some(mix.clone()),
+        ..ModelConfig::fused(4, FusionMode::Gated)
+    };
+    let cfg = ModelConfig { output_mix: Some(OutputMix { members: 2, ..mix.clone() }), ..single_cfg.clone() };
+    let model = EmotionModel::new(&cfg, &dev, 3).unwrap();
+    let alone = EmotionModel::new(&single_cfg, &dev, 3).unwrap();
+    let folds =
+        [EmotionModel::new(&single_cfg, &dev, 5).unwrap(), EmotionModel::new(&single_cfg, &dev, 6).unwrap()];
+    for (i, f) in folds.iter().enumerate() {
+        model.copy_member(i, f).unwrap();
+    }
+    let eeg = encoders::seeded_randn(0.0, 1.0, &[3, 4, 200], 20, &dev).unwrap();
+    let audio = encoders::seeded_randn(0.0, 1.0, &[3, 13, 200], 21, &dev).unwrap();
+    let present = audio_mask(&Tensor::new(&[1f32, 0.0, 1.0], &dev).unwrap());
+    let probs = |m: &EmotionModel| {
+        let logits = m.forward_present(&eeg, Some(&audio), &present, false).unwrap().logits;
+        candle_nn::ops::softmax(&logits, 1).unwrap().to_vec2::<f32>().unwrap()
+    };
+    let (got, own, a, b) = (probs(&model), probs(&alone), probs(&folds[0]), probs(&folds[1]));
+    for i in 0..3 {
+        for c in 0..5 {
+            let want = (own[i][c] + a[i][c] + b[i][c]) / 3.0;
+            assert!((got[i][c] - want).abs() < 1e-6, "sample {i} class {c}: {} vs {want}", got[i][c]);
+        }
+    }
+    assert!((0..3).any(|i| (got[i][0] - own[i][0]).abs() > 1e-4), "the members count");
+    // Training predicts with the model's own classifier.
+    let train = model.forward_present(&eeg, Some(&audio), &present, true).unwrap();
+    assert_eq!(max_abs_diff(&train.logits, &train.classifier_logits), 0.0);
+    // Wrong members.
+    assert!(matches!(model.copy_member(2, &folds[0]), Err(Error::Input(_))));
+    let concat =
+        ModelConfig { fusion: ModelConfig::fused(4, FusionMode::Concat).fusion, ..single_cfg.clone() };
+    let other = EmotionModel::new(&concat, &dev, 5).unwrap();
+    assert!(matches!(model.copy_member(0, &other), Err(Error::Input(_))));
+    // A checkpoint holds every member, and the loaded model predicts the same.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ensemble.safetensors");
+    save_identity(&path, &model);
+    let stored = candle_core::safetensors::load(&path, &dev).unwrap();
+    assert!(stored.keys().any(|k| k.starts_with("members.1.eeg_encoder.")), "{:?}", stored.keys());
+    let (loaded, meta) = load(&path, &dev).unwrap();
+    assert_eq!(meta.model.output_mix.as_ref().map(|m| m.members), Some(2));
+    let now = model.forward_present(&eeg, Some(&audio), &present, false).unwrap();
+    let again = loaded.forward_present(&eeg, Some(&audio), &present, false).unwrap();
+    assert_eq!(max_abs_diff(&again.logits, &now.logits), 0.0);
 }
 
 /// Three modalities in every fused mode: each sample's logits depend only on the modalities it has (the
