@@ -95,8 +95,9 @@ pub struct Training {
     /// (bagging; the temperatures are fitted on every held-out window); 0: one choice on all of them.
     #[arg(long, default_value_t = experiments::config::DEFAULT_LATE_FUSION_BOOTSTRAP)]
     pub late_fusion_bootstrap: usize,
-    /// Late fusion: predict with the mean of the model and the out-of-fold models that chose its mix
-    /// (a cross-validation ensemble carried in the checkpoint; each prediction runs folds + 1 models).
+    /// Cross-validation ensemble: every model (fused and single-modality rows alike) predicts with the
+    /// mean of itself and its kind's models trained without each late-fusion fold (carried in the
+    /// checkpoint; each prediction runs folds + 1 models).
     #[arg(long)]
     pub late_fusion_ensemble: bool,
     /// Fused models with unimodal heads: on-the-fly gradient modulation with this α (0: off).

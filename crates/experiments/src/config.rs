@@ -78,11 +78,13 @@ pub struct ExperimentConfig {
     /// every held-out window. 0 (and configs without the field): one choice on every held-out window.
     #[serde(default)]
     pub late_fusion_bootstrap: usize,
-    /// Late fusion, out-of-fold choice: predict with the mean of the mixed probabilities of the model
-    /// trained on every training window and of the fold models whose out-of-fold predictions chose the
-    /// mix (a cross-validation ensemble; the checkpoint carries the fold models and their experts, and
-    /// a prediction costs `late_fusion_folds + 1` models). The mix is then used by the models it was
-    /// chosen on. `false` (and configs without the field): the model trained on every window alone.
+    /// Cross-validation ensemble (with `late_fusion_folds` > 1 and no validation split): every model
+    /// predicts with the mean of its own class probabilities and those of the models of its kind
+    /// trained without each fold — for a fused model the fold models whose out-of-fold predictions chose
+    /// its mix (each with that mix and its fold's experts), for a single-modality row the fold models of
+    /// the experts (trained for it when no fused model needs them). The checkpoint carries the fold
+    /// models, and a prediction costs `late_fusion_folds + 1` models. `false` (and configs without the
+    /// field): each model alone.
     #[serde(default)]
     pub late_fusion_ensemble: bool,
     /// Adaptive fused models: weight of the router's balance penalty (`FusionConfig::router_balance`),

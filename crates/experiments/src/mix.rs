@@ -453,7 +453,6 @@ impl OutputProbs {
                 })
                 .collect(),
             temperatures: std::collections::BTreeMap::new(),
-            members: 0,
         }
     }
 
@@ -567,7 +566,6 @@ mod tests {
                 heads: vec![(Modality::Eeg, 0.0)],
                 experts: Vec::new(),
                 temperatures: std::collections::BTreeMap::new(),
-                members: 0,
             }
         );
     }

@@ -55,6 +55,14 @@ pub struct ModelConfig {
     /// [`crate::mix`]). `None`: the fused classifier alone (the design's model).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_mix: Option<OutputMix>,
+    /// Cross-validation ensemble: the number of fold models the model carries under `members.{i}.`
+    /// (models of this configuration with `ensemble` 0, each trained without one fold of the training
+    /// trials: for a fused model, those whose out-of-fold predictions chose its output mix, each with
+    /// that mix over its own outputs and its fold's experts). In evaluation the prediction is the mean of
+    /// the class probabilities of the model and its members; training is the model's alone. 0 (and
+    /// older files): the model alone.
+    #[serde(default, skip_serializing_if = "is_zero_count")]
+    pub ensemble: usize,
 }
 
 /// How a fused model with unimodal heads predicts in evaluation: a weighted mixture of class
@@ -80,12 +88,6 @@ pub struct OutputMix {
     /// Outputs not listed (and older files): 1, the probabilities as trained.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub temperatures: BTreeMap<String, f64>,
-    /// Cross-validation ensemble: the number of fold models (the models whose out-of-fold predictions
-    /// chose this mix, each with the same mix over its own outputs and its fold's experts) that the
-    /// model carries under `members.{i}.`. In evaluation the prediction is the mean of the mixed class
-    /// probabilities of the model and its members. 0 (and older files): the model alone.
-    #[serde(default, skip_serializing_if = "is_zero_count")]
-    pub members: usize,
 }
 
 /// A single-modality model inside a fused model's [`OutputMix`]: trained on its own (the comparison's
@@ -111,7 +113,7 @@ impl OutputMix {
     /// The fused classifier alone.
     #[must_use]
     pub fn fused_only() -> Self {
-        Self { fused: 1.0, heads: Vec::new(), experts: Vec::new(), temperatures: BTreeMap::new(), members: 0 }
+        Self { fused: 1.0, heads: Vec::new(), experts: Vec::new(), temperatures: BTreeMap::new() }
     }
 
     /// The temperature of the output named `output` (`fused`, `eeg`, `eeg_only`, …; 1 when not listed).
@@ -145,9 +147,6 @@ impl OutputMix {
         if !self.temperatures.is_empty() {
             let t: Vec<String> = self.temperatures.iter().map(|(o, t)| format!("{o}={t:.2}")).collect();
             s.push_str(&format!(" (temperatures {})", t.join(" ")));
-        }
-        if self.members > 0 {
-            s.push_str(&format!(", mean over the model and {} fold models", self.members));
         }
         s
     }
@@ -365,6 +364,7 @@ impl ModelConfig {
             video: None,
             video_rate: five(),
             output_mix: None,
+            ensemble: 0,
         }
     }
 
@@ -583,12 +583,29 @@ impl EmotionModel {
     /// The (untrained) fold models of `cfg`'s cross-validation ensemble: `cfg` with an output mix
     /// without members.
     fn build_members(cfg: &ModelConfig, device: &Device, seed: u64) -> Result<Vec<EmotionModel>> {
-        let Some(mix) = cfg.output_mix.as_ref().filter(|m| m.members > 0) else { return Ok(Vec::new()) };
-        let mut member_cfg = cfg.clone();
-        if let Some(m) = member_cfg.output_mix.as_mut() {
-            m.members = 0;
+        let member_cfg = ModelConfig { ensemble: 0, ..cfg.clone() };
+        (0..cfg.ensemble).map(|_| EmotionModel::new(&member_cfg, device, seed)).collect()
+    }
+
+    /// The cross-validation ensemble of `model` and `members` (trained models of `model`'s
+    /// configuration, which has no ensemble of its own): a model of that configuration with
+    /// [`ModelConfig::ensemble`] set, holding copies of every tensor.
+    ///
+    /// # Errors
+    /// [`Error::Input`] for a model that is an ensemble already or a member of another configuration.
+    pub fn ensemble_of(model: &EmotionModel, members: &[&EmotionModel]) -> Result<EmotionModel> {
+        if model.cfg.ensemble > 0 {
+            return Err(Error::Input(format!("the {} model is an ensemble already", model.cfg.name())));
         }
-        (0..mix.members).map(|_| EmotionModel::new(&member_cfg, device, seed)).collect()
+        let cfg = ModelConfig { ensemble: members.len(), ..model.cfg.clone() };
+        let out = EmotionModel::new(&cfg, &model.device, 0)?;
+        for ((_, to), (_, from)) in out.stored_tensors().iter().zip(model.stored_tensors()) {
+            to.set(from.as_tensor())?;
+        }
+        for (i, member) in members.iter().enumerate() {
+            out.copy_member(i, member)?;
+        }
+        Ok(out)
     }
 
     /// The (untrained) expert models of `mix`.
@@ -621,8 +638,8 @@ impl EmotionModel {
         Ok(())
     }
 
-    /// Copies every tensor of `trained` (a fold model with the same configuration, its output mix
-    /// without members, and its experts) into member `i` of the cross-validation ensemble.
+    /// Copies every tensor of `trained` (a fold model of this model's configuration without the
+    /// ensemble; with its output mix's experts) into member `i` of the cross-validation ensemble.
     ///
     /// # Errors
     /// [`Error::Input`] when there is no member `i` or `trained`'s configuration differs.
@@ -795,20 +812,19 @@ impl EmotionModel {
         }
         let classifier_logits = logits.clone();
         let logits = match &self.cfg.output_mix {
-            Some(mix) if !train && fused.is_some() => {
-                let mixed = mix.apply(&logits, &unimodal_logits, &expert_logits)?;
-                if self.members.is_empty() {
-                    mixed
-                } else {
-                    // The mean of the members' and this model's mixed probabilities.
-                    let mut p = mixed.exp()?;
-                    for member in &self.members {
-                        p = (p + member.forward_inputs(inputs, presence, false)?.logits.exp()?)?;
-                    }
-                    p.affine(1.0 / (self.members.len() + 1) as f64, 0.0)?.clamp(1e-30, 1.0)?.log()?
-                }
-            }
+            Some(mix) if !train && fused.is_some() => mix.apply(&logits, &unimodal_logits, &expert_logits)?,
             _ => logits,
+        };
+        let logits = if train || self.members.is_empty() {
+            logits
+        } else {
+            // The mean of this model's and the members' class probabilities.
+            let softmax = |l: &Tensor| candle_nn::ops::softmax(l, candle_core::D::Minus1);
+            let mut p = softmax(&logits)?;
+            for member in &self.members {
+                p = (p + softmax(&member.forward_inputs(inputs, presence, false)?.logits)?)?;
+            }
+            p.affine(1.0 / (self.members.len() + 1) as f64, 0.0)?.clamp(1e-30, 1.0)?.log()?
         };
         Ok(Intermediates {
             eeg_latent: latent(Modality::Eeg),

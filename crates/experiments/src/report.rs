@@ -197,7 +197,7 @@ pub fn write_results(dir: &Path, cfg: &ExperimentConfig, results: &Results) -> R
                     String::new()
                 },
                 if cfg.late_fusion_ensemble && cfg.val_fraction == 0.0 {
-                    ", predicting with the fold models too (cross-validation ensemble)"
+                    ", every model predicting with its fold models too (cross-validation ensemble)"
                 } else {
                     ""
                 }

@@ -501,21 +501,21 @@ fn run_split(
         let trial_of = |i: usize| (u64::from(samples[i].subject) << 32) | samples[i].trial as u64;
         // The fold models of a cross-validation ensemble (`late_fusion_ensemble`).
         let mut ensemble: Vec<EmotionModel> = Vec::new();
+        let probes = Probes {
+            cfg,
+            device,
+            name: &name,
+            progress,
+            state_file: &state_file,
+            experts: &experts,
+            single_cfg: &single_cfg,
+            single_windows: &single_windows,
+            fold_singles: &fold_singles,
+        };
+        let folds = || eav::split::trial_folds(samples, &split.train, cfg.late_fusion_folds);
         if late && val_set.is_none() {
             let start = std::time::Instant::now();
-            let folds = eav::split::trial_folds(samples, &split.train, cfg.late_fusion_folds);
-            let probes = Probes {
-                cfg,
-                device,
-                name: &name,
-                progress,
-                state_file: &state_file,
-                experts: &experts,
-                single_cfg: &single_cfg,
-                single_windows: &single_windows,
-                fold_singles: &fold_singles,
-            };
-            let (mix, members) = probes.out_of_fold_mix(&model_cfg, folds, &set, &trial_of)?;
+            let (mix, members) = probes.out_of_fold_mix(&model_cfg, folds(), &set, &trial_of)?;
             model_cfg.output_mix = mix;
             ensemble = members;
             mix_seconds += start.elapsed().as_secs_f64();
@@ -554,9 +554,40 @@ fn run_split(
             })?;
             model.copy_expert(trained)?;
         }
-        for (i, member) in ensemble.iter().enumerate() {
-            model.copy_member(i, member)?;
-        }
+        let model = if !ensemble.is_empty() {
+            let members: Vec<&EmotionModel> = ensemble.iter().collect();
+            EmotionModel::ensemble_of(&model, &members)?
+        } else if cfg.late_fusion_ensemble
+            && cfg.late_fusion_folds > 1
+            && model_cfg.fusion.is_none()
+            && val_set.is_none()
+        {
+            // A single-modality model's ensemble: the models of its kind trained without each fold (the
+            // experts' fold models of the fused models' mixes, trained here if not yet).
+            let m = model_cfg.single;
+            let folds = probes.fits(folds());
+            for (f, fit) in folds.fits.iter().enumerate() {
+                if !(single_windows)(m, fit).is_empty() {
+                    probes.fold_single(f, folds.fits.len(), m, fit, &folds.all, &set)?;
+                }
+            }
+            let fs = fold_singles.borrow();
+            let members: Vec<&EmotionModel> = (0..folds.fits.len())
+                .filter_map(|f| fs.iter().find(|(g, s)| *g == f && *s.config() == model_cfg).map(|(_, s)| s))
+                .collect();
+            if members.len() < 2 {
+                drop(fs);
+                model
+            } else {
+                let ens = EmotionModel::ensemble_of(&model, &members)?;
+                drop(fs);
+                // The model itself stays the source of the fused models' experts.
+                singles.push(model);
+                ens
+            }
+        } else {
+            model
+        };
         mix_seconds += start.elapsed().as_secs_f64();
         let model_cfg = model.config().clone();
         let outputs = if model_cfg.output_mix.is_some() {
@@ -617,7 +648,7 @@ fn run_split(
             output_accuracy: outputs,
             robustness,
         });
-        if model_cfg.fusion.is_none() {
+        if model_cfg.fusion.is_none() && model_cfg.ensemble == 0 {
             singles.push(model);
         }
     }
@@ -642,7 +673,70 @@ struct Probes<'a> {
     fold_singles: &'a std::cell::RefCell<Vec<(usize, EmotionModel)>>,
 }
 
+/// The non-empty folds of the training windows, the windows without each, and all of them.
+struct Folds {
+    folds: Vec<Vec<usize>>,
+    fits: Vec<Vec<usize>>,
+    all: Vec<usize>,
+}
+
 impl Probes<'_> {
+    /// The non-empty folds of `folds` with their complements.
+    fn fits(&self, folds: Vec<Vec<usize>>) -> Folds {
+        let folds: Vec<Vec<usize>> = folds.into_iter().filter(|f| !f.is_empty()).collect();
+        let all: Vec<usize> = folds.iter().flatten().copied().collect();
+        let fits = (0..folds.len())
+            .map(|f| {
+                folds
+                    .iter()
+                    .enumerate()
+                    .filter(|(g, _)| *g != f)
+                    .flat_map(|(_, w)| w.iter().copied())
+                    .collect()
+            })
+            .collect();
+        Folds { folds, fits, all }
+    }
+
+    /// Trains `m`'s single-modality model on the windows `fit` (those without fold `f` of `k`; `all`
+    /// is every training window) unless the split has it already, for as many optimisation steps as
+    /// the model trained on every window takes; kept in `fold_singles`.
+    fn fold_single(
+        &self,
+        f: usize,
+        k: usize,
+        m: Modality,
+        fit: &[usize],
+        all: &[usize],
+        set: &dyn Fn(&[usize]) -> Result<TensorSet>,
+    ) -> Result<()> {
+        let want = (self.single_cfg)(m);
+        if self.fold_singles.borrow().iter().any(|(g, s)| *g == f && *s.config() == want) {
+            return Ok(());
+        }
+        let single = EmotionModel::new(&want, self.device, self.cfg.seed)?;
+        let single_fit = (self.single_windows)(m, fit);
+        let mut single_train = self.cfg.train.clone();
+        single_train.epochs = (self.cfg.train.epochs as f64 * (self.single_windows)(m, all).len() as f64
+            / single_fit.len().max(1) as f64)
+            .round() as usize;
+        let single_name = format!("{} ({m}_only expert, fold {}/{k})", self.name, f + 1);
+        let state = (self.state_file)(&format!("_mixfold{f}_expert_{m}"));
+        train(
+            &single,
+            &set(&single_fit)?,
+            None,
+            &single_train,
+            self.cfg.seed,
+            state.as_deref(),
+            &mut |log| {
+                self.progress.epoch(&single_name, log);
+            },
+        )?;
+        self.fold_singles.borrow_mut().push((f, single));
+        Ok(())
+    }
+
     /// The output mix chosen on out-of-fold predictions: for each non-empty fold of `folds`, a model
     /// trained on the other folds predicts it ([`crate::mix`]). `None` with fewer than two non-empty
     /// folds (a class with fewer training trials than folds leaves some folds without it; folds left
@@ -654,26 +748,14 @@ impl Probes<'_> {
         set: &dyn Fn(&[usize]) -> Result<TensorSet>,
         trial_of: &dyn Fn(usize) -> u64,
     ) -> Result<(Option<crate::model::OutputMix>, Vec<EmotionModel>)> {
-        let folds: Vec<Vec<usize>> = folds.into_iter().filter(|f| !f.is_empty()).collect();
+        let Folds { folds, fits, all } = self.fits(folds);
         let k = folds.len();
         if k < 2 {
             return Ok((None, Vec::new()));
         }
         let mut probes = Vec::new();
         let mut out_of_fold: Option<OutputProbs> = None;
-        let all: Vec<usize> = folds.iter().flatten().copied().collect();
         let total = all.len();
-        // The training windows without each fold.
-        let fits: Vec<Vec<usize>> = (0..k)
-            .map(|f| {
-                folds
-                    .iter()
-                    .enumerate()
-                    .filter(|(g, _)| *g != f)
-                    .flat_map(|(_, w)| w.iter().copied())
-                    .collect()
-            })
-            .collect();
         // An expert joins only if its single-modality model has training windows without each fold
         // (the audio-only model's need audio: with listening trials, some folds may lack them).
         let experts: Vec<Modality> = self
@@ -698,30 +780,7 @@ impl Probes<'_> {
             let mut probs = OutputProbs::collect(&probe, &held_set)?;
             for &m in &experts {
                 let want = (self.single_cfg)(m);
-                let known = self.fold_singles.borrow().iter().any(|(g, s)| *g == f && *s.config() == want);
-                if !known {
-                    let single = EmotionModel::new(&want, self.device, self.cfg.seed)?;
-                    let single_fit = (self.single_windows)(m, fit);
-                    let mut single_train = self.cfg.train.clone();
-                    single_train.epochs = (self.cfg.train.epochs as f64
-                        * (self.single_windows)(m, &all).len() as f64
-                        / single_fit.len().max(1) as f64)
-                        .round() as usize;
-                    let single_name = format!("{} ({m}_only expert, fold {}/{k})", self.name, f + 1);
-                    let state = (self.state_file)(&format!("_mixfold{f}_expert_{m}"));
-                    train(
-                        &single,
-                        &set(&single_fit)?,
-                        None,
-                        &single_train,
-                        self.cfg.seed,
-                        state.as_deref(),
-                        &mut |log| {
-                            self.progress.epoch(&single_name, log);
-                        },
-                    )?;
-                    self.fold_singles.borrow_mut().push((f, single));
-                }
+                self.fold_single(f, k, m, fit, &all, set)?;
                 let singles = self.fold_singles.borrow();
                 let single = singles.iter().find(|(g, s)| *g == f && *s.config() == want).map(|(_, s)| s);
                 if let Some(single) = single {
@@ -744,7 +803,7 @@ impl Probes<'_> {
             resamples: self.cfg.late_fusion_bootstrap,
             seed: self.cfg.seed,
         };
-        let mut mix = oof.choose_bagged(self.cfg.late_fusion_temperatures, &bagging)?;
+        let mix = oof.choose_bagged(self.cfg.late_fusion_temperatures, &bagging)?;
         // The ensemble's fold models predict with the mix chosen on them, each with its fold's experts.
         for (f, probe) in probes.iter_mut().enumerate() {
             probe.set_output_mix(Some(mix.clone()))?;
@@ -760,7 +819,6 @@ impl Probes<'_> {
                 probe.copy_expert(trained)?;
             }
         }
-        mix.members = probes.len();
         Ok((Some(mix), probes))
     }
 }

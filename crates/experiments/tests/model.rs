@@ -475,13 +475,11 @@ mod runs {
         let ensemble = run(&cfg, &seen).unwrap();
         assert_eq!(seen.0.lock().unwrap().len(), 10 + mix.experts.len(), "no extra training");
         let e = &ensemble.runs[0];
-        let emix = e.output_mix.as_ref().expect("a mix");
-        assert_eq!(emix.members, 3);
-        assert_eq!(experiments::OutputMix { members: 0, ..emix.clone() }, *mix, "the same choice");
+        assert_eq!(e.output_mix.as_ref(), Some(mix), "the same choice");
         assert_eq!(e.output_accuracy.as_ref().unwrap()["fused"], outputs["fused"], "the same fused model");
         let path = e.checkpoint.as_ref().expect("a checkpoint");
         let (loaded, meta) = experiments::checkpoint::load(std::path::Path::new(path), &Device::Cpu).unwrap();
-        assert_eq!(meta.model.output_mix.as_ref().map(|m| m.members), Some(3));
+        assert_eq!(meta.model.ensemble, 3);
         let predictions =
             experiments::checkpoint::predict(&loaded, &meta, &cfg.data_dir, &[1], false).unwrap();
         assert!(!predictions.is_empty());
@@ -489,6 +487,22 @@ mod runs {
             let sum: f32 = p.probabilities.iter().sum();
             assert!((sum - 1.0).abs() < 1e-4 && p.probabilities.iter().all(|x| x.is_finite()), "{p:?}");
         }
+        // A single-modality row is an ensemble too, of the fold models its experts already have: the
+        // EEG-only row adds no training beyond its own, and the fused model is the same.
+        cfg.eeg_only = true;
+        let seen = Settings(Mutex::new(Vec::new()));
+        let with_row = run(&cfg, &seen).unwrap();
+        let trained = seen.0.lock().unwrap().clone();
+        assert_eq!(trained.len(), 11 + mix.experts.len(), "{trained:?}");
+        assert_eq!(trained[0], "subject 1 eeg_only none");
+        assert!(trained[1].contains("eeg_only expert, fold 1/3"), "{trained:?}");
+        let row = with_row.runs.iter().find(|r| r.modality == "eeg_only").unwrap();
+        let (single, meta) =
+            experiments::checkpoint::load(row.checkpoint.as_ref().unwrap(), &Device::Cpu).unwrap();
+        assert_eq!((meta.model.ensemble, single.config().ensemble), (3, 3));
+        let fused = with_row.runs.iter().find(|r| r.modality == "eeg_audio").unwrap();
+        assert_eq!((fused.accuracy, fused.output_mix.as_ref()), (e.accuracy, Some(mix)));
+        cfg.eeg_only = false;
         cfg.late_fusion_ensemble = false;
         cfg.checkpoint_dir = None;
         // Bagged weights: the held-out windows grouped by their trials (a misaligned grouping mixes
@@ -755,7 +769,6 @@ fn output_mix_mixes_the_present_outputs_in_evaluation() {
         heads: vec![(Eeg, 0.5), (Audio, 0.3)],
         experts: Vec::new(),
         temperatures: [("fused".to_owned(), 0.5), ("audio".to_owned(), 2.0)].into(),
-        members: 0,
     };
     let cfg = ModelConfig {
         unimodal_loss: 1.0,
@@ -798,7 +811,6 @@ fn output_mix_mixes_the_present_outputs_in_evaluation() {
         heads: vec![(Audio, 1.0)],
         experts: Vec::new(),
         temperatures: Default::default(),
-        members: 0,
     };
     let mut m2 = EmotionModel::new(&cfg, &dev, 3).unwrap();
     m2.set_output_mix(Some(only_audio)).unwrap();
@@ -807,13 +819,8 @@ fn output_mix_mixes_the_present_outputs_in_evaluation() {
     let (pf, pa) = (softmax(&out.classifier_logits), softmax(&out.unimodal_logits[1].1));
     assert!((0..5).all(|c| (got[1][c] - pf[1][c]).abs() < 1e-6 && (got[0][c] - pa[0][c]).abs() < 1e-6));
     // Weights the model cannot use.
-    let weights = |fused, heads| OutputMix {
-        fused,
-        heads,
-        experts: Vec::new(),
-        temperatures: Default::default(),
-        members: 0,
-    };
+    let weights =
+        |fused, heads| OutputMix { fused, heads, experts: Vec::new(), temperatures: Default::default() };
     let temperature = |output: &str, t| OutputMix {
         temperatures: [(output.to_owned(), t)].into(),
         ..weights(0.5, vec![(Eeg, 0.5)])
@@ -865,7 +872,6 @@ fn output_mix_experts_predict_as_the_single_model_and_survive_a_checkpoint() {
             heads: vec![(Eeg, 0.0), (Audio, 0.0)],
             experts: vec![expert(&single, 1.0)],
             temperatures: Default::default(),
-            members: 0,
         }))
         .unwrap();
     let params: Vec<String> = model.parameters().into_iter().map(|(n, _)| n).collect();
@@ -889,7 +895,6 @@ fn output_mix_experts_predict_as_the_single_model_and_survive_a_checkpoint() {
         heads: vec![(Eeg, 0.0), (Audio, 0.0)],
         experts: vec![expert(&single, 0.5), expert(&audio_single, 0.5)],
         temperatures: Default::default(),
-        members: 0,
     };
     model.set_output_mix(Some(mix.clone())).unwrap();
     model.copy_expert(&single).unwrap();
@@ -928,13 +933,7 @@ fn output_mix_experts_predict_as_the_single_model_and_survive_a_checkpoint() {
     assert!(matches!(model.copy_expert(&other), Err(Error::Input(_))));
     let video = EmotionModel::new(&ModelConfig::video_only(4), &dev, 1).unwrap();
     for experts in [vec![expert(&video, 1.0)], vec![expert(&single, 0.5), expert(&single, 0.5)]] {
-        let bad = OutputMix {
-            fused: 0.0,
-            heads: Vec::new(),
-            experts,
-            temperatures: Default::default(),
-            members: 0,
-        };
+        let bad = OutputMix { fused: 0.0, heads: Vec::new(), experts, temperatures: Default::default() };
         assert!(matches!(model.set_output_mix(Some(bad)), Err(Error::Input(_))));
     }
     let fused_expert = MixExpert { weight: 1.0, model: fused_cfg.clone() };
@@ -943,14 +942,13 @@ fn output_mix_experts_predict_as_the_single_model_and_survive_a_checkpoint() {
         heads: Vec::new(),
         experts: vec![fused_expert],
         temperatures: Default::default(),
-        members: 0,
     };
     assert!(matches!(model.set_output_mix(Some(bad)), Err(Error::Input(_))));
 }
 
 /// The cross-validation ensemble: in evaluation the prediction is the mean of the model's and its
-/// members' mixed probabilities (training is the model's alone); members are stored under `members.{i}.`
-/// and loaded back; a member of another configuration, or one the mix does not have, is an error.
+/// members' (mixed) probabilities (training is the model's alone); members are stored under `members.{i}.`
+/// and loaded back; a member of another configuration, or one the ensemble does not have, is an error.
 #[test]
 fn ensemble_members_average_the_mixed_probabilities_and_survive_a_checkpoint() {
     use core_types::Modality::{Audio, Eeg};
@@ -962,21 +960,18 @@ fn ensemble_members_average_the_mixed_probabilities_and_survive_a_checkpoint() {
         heads: vec![(Eeg, 0.5), (Audio, 0.2)],
         experts: Vec::new(),
         temperatures: [("eeg".to_owned(), 2.0)].into(),
-        members: 0,
     };
     let single_cfg = ModelConfig {
         unimodal_loss: 1.0,
         output_mix: Some(mix.clone()),
         ..ModelConfig::fused(4, FusionMode::Gated)
     };
-    let cfg = ModelConfig { output_mix: Some(OutputMix { members: 2, ..mix.clone() }), ..single_cfg.clone() };
-    let model = EmotionModel::new(&cfg, &dev, 3).unwrap();
     let alone = EmotionModel::new(&single_cfg, &dev, 3).unwrap();
     let folds =
         [EmotionModel::new(&single_cfg, &dev, 5).unwrap(), EmotionModel::new(&single_cfg, &dev, 6).unwrap()];
-    for (i, f) in folds.iter().enumerate() {
-        model.copy_member(i, f).unwrap();
-    }
+    let model = EmotionModel::ensemble_of(&alone, &[&folds[0], &folds[1]]).unwrap();
+    assert_eq!(model.config().ensemble, 2);
+    assert!(matches!(EmotionModel::ensemble_of(&model, &[&folds[0]]), Err(Error::Input(_))), "nested");
     let eeg = encoders::seeded_randn(0.0, 1.0, &[3, 4, 200], 20, &dev).unwrap();
     let audio = encoders::seeded_randn(0.0, 1.0, &[3, 13, 200], 21, &dev).unwrap();
     let present = audio_mask(&Tensor::new(&[1f32, 0.0, 1.0], &dev).unwrap());
@@ -995,6 +990,22 @@ fn ensemble_members_average_the_mixed_probabilities_and_survive_a_checkpoint() {
     // Training predicts with the model's own classifier.
     let train = model.forward_present(&eeg, Some(&audio), &present, true).unwrap();
     assert_eq!(max_abs_diff(&train.logits, &train.classifier_logits), 0.0);
+    // A single-modality model's ensemble averages its members' softmax outputs.
+    let singles: Vec<EmotionModel> =
+        (0..3).map(|s| EmotionModel::new(&ModelConfig::eeg_only(4), &dev, 30 + s).unwrap()).collect();
+    let single_ensemble = EmotionModel::ensemble_of(&singles[0], &[&singles[1], &singles[2]]).unwrap();
+    let eeg_probs = |m: &EmotionModel| {
+        let logits = m.forward(&eeg, None, false).unwrap();
+        candle_nn::ops::softmax(&logits, 1).unwrap().to_vec2::<f32>().unwrap()
+    };
+    let got = eeg_probs(&single_ensemble);
+    let each: Vec<_> = singles.iter().map(eeg_probs).collect();
+    for i in 0..3 {
+        for c in 0..5 {
+            let want = (each[0][i][c] + each[1][i][c] + each[2][i][c]) / 3.0;
+            assert!((got[i][c] - want).abs() < 1e-6, "EEG-only ensemble, sample {i} class {c}");
+        }
+    }
     // Wrong members.
     assert!(matches!(model.copy_member(2, &folds[0]), Err(Error::Input(_))));
     let concat =
@@ -1008,7 +1019,7 @@ fn ensemble_members_average_the_mixed_probabilities_and_survive_a_checkpoint() {
     let stored = candle_core::safetensors::load(&path, &dev).unwrap();
     assert!(stored.keys().any(|k| k.starts_with("members.1.eeg_encoder.")), "{:?}", stored.keys());
     let (loaded, meta) = load(&path, &dev).unwrap();
-    assert_eq!(meta.model.output_mix.as_ref().map(|m| m.members), Some(2));
+    assert_eq!(meta.model.ensemble, 2);
     let now = model.forward_present(&eeg, Some(&audio), &present, false).unwrap();
     let again = loaded.forward_present(&eeg, Some(&audio), &present, false).unwrap();
     assert_eq!(max_abs_diff(&again.logits, &now.logits), 0.0);
