@@ -78,7 +78,8 @@ pub struct ExperimentConfig {
     /// every held-out window. 0 (and configs without the field): one choice on every held-out window.
     #[serde(default)]
     pub late_fusion_bootstrap: usize,
-    /// Cross-validation ensemble (with `late_fusion_folds` > 1 and no validation split): every model
+    /// Cross-validation ensemble (needs `late_fusion_folds` > 1, no validation split and, with fused
+    /// models, `unimodal_loss` > 0; otherwise the run is an input error): every model
     /// predicts with the mean of its own class probabilities and those of the models of its kind
     /// trained without each fold — for a fused model the fold models whose out-of-fold predictions chose
     /// its mix (each with that mix and its fold's experts), for a single-modality row the fold models of

@@ -245,6 +245,16 @@ pub fn run_with(
                 .into(),
         ));
     }
+    if cfg.late_fusion_ensemble
+        && (cfg.late_fusion_folds < 2
+            || cfg.val_fraction > 0.0
+            || (!cfg.fusion_modes.is_empty() && cfg.unimodal_loss <= 0.0))
+    {
+        return Err(Error::Input(
+            "the cross-validation ensemble is made of the late-fusion fold models: it needs late fusion folds ≥ 2, no validation split, and, with fused models, unimodal losses > 0 (their heads are what the mix weights)"
+                .into(),
+        ));
+    }
     let device = device(&cfg.device)?;
     let dirs = subject_dirs(cfg)?;
     let mut results = Results {

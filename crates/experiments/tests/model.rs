@@ -549,6 +549,13 @@ mod runs {
         assert!(val.runs[0].output_mix.is_some());
         cfg.late_fusion_folds = 1;
         assert!(run(&cfg, &Quiet).unwrap_err().to_string().contains("2 folds"));
+        // An ensemble without fold models to make it of is an error, not a silent single model.
+        cfg.late_fusion_ensemble = true;
+        for (folds, val, unimodal) in [(0, 0.0, 3.0), (3, 0.34, 3.0), (3, 0.0, 0.0)] {
+            (cfg.late_fusion_folds, cfg.val_fraction, cfg.unimodal_loss) = (folds, val, unimodal);
+            let err = run(&cfg, &Quiet).unwrap_err().to_string();
+            assert!(err.contains("cross-validation ensemble"), "{err}");
+        }
     }
 
     /// The same config (also read back from its `config.json`) gives the same numbers.
