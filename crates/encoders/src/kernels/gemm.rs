@@ -178,13 +178,22 @@ fn matmul_on<T: Real>(
     if m == 0 || n == 0 {
         return;
     }
+    // The micro-kernels store columns of the destination as vectors: a row-major destination is
+    // computed as its transpose, `dstᵀ = rhsᵀ × lhsᵀ`, as `gemm::gemm` does before it reaches the kernels
+    // that are called here directly. Otherwise each element is stored on its own, which made the products
+    // of the convolutions' backward passes up to 11× slower (AMD Zen 5, docs/benchmarks.md).
+    let (m, n, (dst_cs, dst_rs), lhs, rhs) = if dst.cs < dst.rs {
+        (n, m, (dst.rs, dst.cs), rhs.t(), lhs.t())
+    } else {
+        (m, n, (dst.cs, dst.rs), lhs, rhs)
+    };
     let args = (
         m,
         n,
         k,
         dst.data.as_mut_ptr(),
-        isize_of(dst.cs),
-        isize_of(dst.rs),
+        isize_of(dst_cs),
+        isize_of(dst_rs),
         accumulate,
         lhs.data.as_ptr(),
         isize_of(lhs.cs),
@@ -195,7 +204,8 @@ fn matmul_on<T: Real>(
         if parallel { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None },
     );
     // SAFETY: every index gemm forms is `i·rs + j·cs` with `i`, `j` inside the shape given for that
-    // operand, and the asserts above show each such index lies inside its slice. `dst` is borrowed
+    // operand, and the asserts above show each such index lies inside its slice (a transposed view
+    // reaches the same indices). `dst` is borrowed
     // mutably, so it aliases neither input, and its elements are distinct, so the writes do not overlap.
     // `T` is `f32` or `f64` (the sealed `Real` trait), told apart by its `DTYPE`, so the casts keep the
     // element type. `isa` is supported by this CPU (asserted above).

@@ -70,6 +70,8 @@ impl Isa {
     /// The default on this CPU: the widest it has, except AVX-512 on AMD's Zen 4 (family 25), whose
     /// 512-bit instructions run as two 256-bit halves: there `gemm`'s AVX-512 kernels trained the models
     /// slower than its AVX2 ones (1767 against 2029 samples/s, `docs/benchmarks.md`), so it gets AVX2.
+    /// (Measured before row-major destinations were handed to the kernels transposed, which sped up the
+    /// AVX-512 path most; not measured again on a Zen 4 since.)
     #[must_use]
     pub fn detected() -> Self {
         if Self::Avx512.is_supported() && !half_width_avx512() {
