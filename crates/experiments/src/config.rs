@@ -90,7 +90,7 @@ pub struct ExperimentConfig {
     pub late_fusion_ensemble: bool,
     /// Adaptive fused models: weight of the router's balance penalty (`FusionConfig::router_balance`),
     /// which keeps the router from settling on one mode; 0 (and configs without the field): none.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "crate::model::is_zero")]
     pub router_balance: f32,
     /// Seed of weights, dropout and shuffling.
     pub seed: u64,
@@ -263,11 +263,4 @@ pub fn device(name: &str) -> Result<Device> {
         )),
         other => Err(Error::Input(format!("unknown device `{other}`; expected cpu or cuda"))),
     }
-}
-
-/// `skip_serializing_if` for settings whose 0 is the default (the configs of runs without them stay as
-/// they were).
-#[allow(clippy::trivially_copy_pass_by_ref)]
-fn is_zero(x: &f32) -> bool {
-    *x == 0.0
 }

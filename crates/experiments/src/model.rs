@@ -61,7 +61,7 @@ pub struct ModelConfig {
     /// that mix over its own outputs and its fold's experts). In evaluation the prediction is the mean of
     /// the class probabilities of the model and its members; training is the model's alone. 0 (and
     /// older files): the model alone.
-    #[serde(default, skip_serializing_if = "is_zero_count")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub ensemble: usize,
 }
 
@@ -258,16 +258,18 @@ fn eeg() -> Modality {
     Modality::Eeg
 }
 
-/// Whether a count is 0 (serde's `skip_serializing_if` for settings that older files lack).
-#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
-fn is_zero_count(v: &usize) -> bool {
-    *v == 0
+/// Sets each tensor of `to` to the value of the tensor at the same place in `from` (two models of one
+/// configuration list the same names in the same order).
+fn copy_tensors(to: &[(String, Var)], from: &[(String, Var)]) -> Result<()> {
+    for ((_, to), (_, from)) in to.iter().zip(from) {
+        to.set(from.as_tensor())?;
+    }
+    Ok(())
 }
 
-/// Whether a setting is 0 (serde's `skip_serializing_if` for settings that older files lack).
-#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
-pub(crate) fn is_zero(v: &f64) -> bool {
-    *v == 0.0
+/// Whether a setting is 0, its default (serde's `skip_serializing_if` for settings that older files lack).
+pub(crate) fn is_zero<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 /// Which samples of a batch have each modality: `(B)` of 1 (present) and 0 (absent); `None` means every
@@ -599,9 +601,7 @@ impl EmotionModel {
         }
         let cfg = ModelConfig { ensemble: members.len(), ..model.cfg.clone() };
         let out = EmotionModel::new(&cfg, &model.device, 0)?;
-        for ((_, to), (_, from)) in out.stored_tensors().iter().zip(model.stored_tensors()) {
-            to.set(from.as_tensor())?;
-        }
+        copy_tensors(&out.stored_tensors(), &model.stored_tensors())?;
         for (i, member) in members.iter().enumerate() {
             out.copy_member(i, member)?;
         }
@@ -653,10 +653,7 @@ impl EmotionModel {
                 self.cfg.name()
             )));
         }
-        for ((_, to), (_, from)) in member.stored_tensors().iter().zip(trained.stored_tensors()) {
-            to.set(from.as_tensor())?;
-        }
-        Ok(())
+        copy_tensors(&member.stored_tensors(), &trained.stored_tensors())
     }
 
     /// Copies the tensors of `trained` (a single-modality model) into the output mix's expert of the
@@ -675,10 +672,7 @@ impl EmotionModel {
                 self.cfg.name()
             )));
         };
-        for ((_, to), (_, from)) in expert.named_tensors().iter().zip(trained.named_tensors()) {
-            to.set(from.as_tensor())?;
-        }
-        Ok(())
+        copy_tensors(&expert.named_tensors(), &trained.named_tensors())
     }
 
     /// The single-modality experts of the output mix.

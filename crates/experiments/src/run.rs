@@ -582,9 +582,8 @@ fn run_split(
                 }
             }
             let fs = fold_singles.borrow();
-            let members: Vec<&EmotionModel> = (0..folds.fits.len())
-                .filter_map(|f| fs.iter().find(|(g, s)| *g == f && *s.config() == model_cfg).map(|(_, s)| s))
-                .collect();
+            let members: Vec<&EmotionModel> =
+                (0..folds.fits.len()).filter_map(|f| fold_single_of(&fs, f, &model_cfg)).collect();
             if members.len() < 2 {
                 drop(fs);
                 model
@@ -683,6 +682,15 @@ struct Probes<'a> {
     fold_singles: &'a std::cell::RefCell<Vec<(usize, EmotionModel)>>,
 }
 
+/// The single-modality model of configuration `cfg` trained without fold `f`, if `singles` holds it.
+fn fold_single_of<'a>(
+    singles: &'a [(usize, EmotionModel)],
+    f: usize,
+    cfg: &ModelConfig,
+) -> Option<&'a EmotionModel> {
+    singles.iter().find(|(g, s)| *g == f && s.config() == cfg).map(|(_, s)| s)
+}
+
 /// The non-empty folds of the training windows, the windows without each, and all of them.
 struct Folds {
     folds: Vec<Vec<usize>>,
@@ -721,7 +729,7 @@ impl Probes<'_> {
         set: &dyn Fn(&[usize]) -> Result<TensorSet>,
     ) -> Result<()> {
         let want = (self.single_cfg)(m);
-        if self.fold_singles.borrow().iter().any(|(g, s)| *g == f && *s.config() == want) {
+        if fold_single_of(&self.fold_singles.borrow(), f, &want).is_some() {
             return Ok(());
         }
         let single = EmotionModel::new(&want, self.device, self.cfg.seed)?;
@@ -792,8 +800,7 @@ impl Probes<'_> {
                 let want = (self.single_cfg)(m);
                 self.fold_single(f, k, m, fit, &all, set)?;
                 let singles = self.fold_singles.borrow();
-                let single = singles.iter().find(|(g, s)| *g == f && *s.config() == want).map(|(_, s)| s);
-                if let Some(single) = single {
+                if let Some(single) = fold_single_of(&singles, f, &want) {
                     probs.push_expert(single, &held_set)?;
                 }
             }
@@ -819,13 +826,9 @@ impl Probes<'_> {
             probe.set_output_mix(Some(mix.clone()))?;
             let singles = self.fold_singles.borrow();
             for (_, expert) in probe.experts() {
-                let trained = singles
-                    .iter()
-                    .find(|(g, s)| *g == f && s.config() == expert.config())
-                    .map(|(_, s)| s)
-                    .ok_or_else(|| {
-                        Error::Input(format!("{}: no fold {f} expert for the ensemble", self.name))
-                    })?;
+                let trained = fold_single_of(&singles, f, expert.config()).ok_or_else(|| {
+                    Error::Input(format!("{}: no fold {f} expert for the ensemble", self.name))
+                })?;
                 probe.copy_expert(trained)?;
             }
         }

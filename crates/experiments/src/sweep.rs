@@ -56,7 +56,7 @@ pub struct Job {
     /// Seed.
     pub seed: u64,
     /// Modality dropout of a fused setting, in thousandths.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "crate::model::is_zero")]
     pub modality_dropout_permille: u32,
     /// The trials the job trains on.
     #[serde(default, skip_serializing_if = "is_speaking")]
@@ -64,11 +64,6 @@ pub struct Job {
     /// A fused setting's modalities when they are not EEG and audio (empty: EEG and audio).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fused_set: Vec<Modality>,
-}
-
-#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
-fn is_zero(v: &u32) -> bool {
-    *v == 0
 }
 
 #[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
