@@ -44,6 +44,10 @@ pub struct Args {
     /// Make the video pure noise around a blob that flickers at a rate unrelated to the class.
     #[arg(long, conflicts_with = "no_video")]
     no_video_signal: bool,
+    /// Frame-to-frame brightness jitter of the video's blob, in luma levels (σ): higher makes the video
+    /// harder to read (0: the blob follows its class's rate exactly).
+    #[arg(long, default_value_t = SynthConfig::default().video_jitter, conflicts_with = "no_video")]
+    video_jitter: f64,
     /// Where the class lies: `modalities` (EEG rhythm and speech pitch) or `synchrony` (only in the lag
     /// between an EEG event and an audio event of the same window; see `eav::synth`).
     #[arg(long, default_value = "modalities")]
@@ -66,6 +70,7 @@ impl Args {
             decoy_audio: self.decoy_audio,
             video: !self.no_video,
             video_signal: !self.no_video_signal,
+            video_jitter: self.video_jitter,
             ..SynthConfig::default()
         }
     }

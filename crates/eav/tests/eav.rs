@@ -1102,6 +1102,61 @@ fn synthetic_video_carries_the_class_and_changes_nothing_else() {
     }
 }
 
+/// The blob's mean luma in every frame of one clip (the 8 × 8 pixels at the centre of a 32 × 24 frame).
+fn blob_trace(path: &std::path::Path) -> Vec<f64> {
+    video::decode_luma(path, None)
+        .unwrap()
+        .iter()
+        .map(|f| {
+            let mut s = 0.0;
+            for y in 8..16 {
+                for x in 12..20 {
+                    s += f64::from(f.data[y * 32 + x]);
+                }
+            }
+            s / 64.0
+        })
+        .collect()
+}
+
+/// `video_jitter` shakes the blob's brightness from frame to frame (the same jolt over the whole blob),
+/// 0 leaves it on its sinusoid, and settings written before the field existed read as 0, so the built-in
+/// tree is written again rather than kept with other clips.
+#[test]
+fn video_jitter_shakes_the_blob_and_older_settings_read_as_none() {
+    let clip = |jitter: f64| {
+        let root = tmp(&format!("synth-jitter-{jitter}"));
+        let cfg = eav::synth::SynthConfig {
+            subjects: 1,
+            trials: 2,
+            trial_seconds: 6.0,
+            video_jitter: jitter,
+            ..Default::default()
+        };
+        eav::synth::write_synthetic(&root, &cfg, &|_| {}).unwrap();
+        blob_trace(&root.join("subject1/Video/002_Trial_01_Speaking_Neutral.mp4"))
+    };
+    // Mean square of the second difference: a slow sinusoid has almost none; independent jolts of
+    // σ levels give about 6σ².
+    let roughness = |t: &[f64]| {
+        t.windows(3).map(|w| (w[0] - 2.0 * w[1] + w[2]).powi(2)).sum::<f64>() / (t.len() - 2) as f64
+    };
+    let (still, shaken) = (roughness(&clip(0.0)), roughness(&clip(9.0)));
+    assert!(still < 40.0, "without jitter: {still}");
+    assert!(shaken > 200.0 && shaken > 10.0 * still, "with jitter 9: {shaken} against {still}");
+    for bad in [-1.0, f64::NAN] {
+        let cfg = eav::synth::SynthConfig { subjects: 1, trials: 2, video_jitter: bad, ..Default::default() };
+        let err =
+            eav::synth::write_synthetic(&tmp("synth-jitter-bad"), &cfg, &|_| {}).unwrap_err().to_string();
+        assert!(err.contains("cannot make EAV windows") && err.contains("video_jitter"), "{err}");
+    }
+    let mut old = serde_json::to_value(eav::synth::SynthConfig::default()).unwrap();
+    old.as_object_mut().unwrap().remove("video_jitter");
+    let read: eav::synth::SynthConfig = serde_json::from_value(old).unwrap();
+    assert_eq!(read.video_jitter, 0.0);
+    assert_ne!(read, eav::synth::SynthConfig::default());
+}
+
 /// Video windows through preprocessing: every trial (listening ones too) gets its clip's windows, aligned
 /// with its EEG windows, equal to `video::windows` of the clip; they survive the cache bit for bit; a
 /// damaged clip is an error naming it when video is read, and is never opened when it is not.
