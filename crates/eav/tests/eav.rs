@@ -1070,22 +1070,9 @@ fn synthetic_video_carries_the_class_and_changes_nothing_else() {
     let rates = [0.6, 1.0, 1.4, 1.8, 2.2];
     let subject = eav::subject::load_subject(&eav::subject::discover(&with).unwrap()[0]).unwrap();
     for (trial, name) in subject.trials.iter().zip(&names) {
-        let frames = video::decode_luma(&with.join("subject1/Video").join(name), None).unwrap();
-        assert_eq!(frames.len(), 180);
-        let blob: Vec<f64> = frames
-            .iter()
-            .step_by(6)
-            .map(|f| {
-                let (x0, y0) = (12, 8);
-                let mut s = 0.0;
-                for y in y0..y0 + 8 {
-                    for x in x0..x0 + 8 {
-                        s += f64::from(f.data[y * 32 + x]);
-                    }
-                }
-                s / 64.0
-            })
-            .collect();
+        let trace = blob_trace(&with.join("subject1/Video").join(name));
+        assert_eq!(trace.len(), 180);
+        let blob: Vec<f64> = trace.into_iter().step_by(6).collect();
         let mean = blob.iter().sum::<f64>() / blob.len() as f64;
         let blob: Vec<f64> = blob.iter().map(|v| v - mean).collect();
         let power = |hz: f64| {
