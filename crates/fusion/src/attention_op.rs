@@ -52,6 +52,24 @@ impl AttentionOp {
     fn run<T: Real + SoftmaxRow>(&self, d: &Dims, q: &[T], k: &[T], v: &[T]) -> (Vec<T>, Vec<T>) {
         let mut ctx = zeros(d.batch * d.tq * d.embed);
         let mut p = zeros(d.batch * d.heads * d.tq * d.tk);
+        if self.products {
+            // One task per sample and head, so that a batch of one keeps every thread busy: each head's
+            // context goes to its own `(Tq, hd)` block, then into its columns of `ctx`.
+            let hd = d.head_dim();
+            let mut blocks = zeros(d.batch * d.heads * d.tq * hd);
+            blocks
+                .par_chunks_exact_mut(d.tq * hd)
+                .zip(p.par_chunks_exact_mut(d.tq * d.tk))
+                .enumerate()
+                .for_each(|(bh, (c, ph))| {
+                    let (b, h) = (bh / d.heads, bh % d.heads);
+                    let kv = b * d.tk * d.embed..(b + 1) * d.tk * d.embed;
+                    let qb = &q[b * d.tq * d.embed..(b + 1) * d.tq * d.embed];
+                    forward_head_products(d, h, qb, &k[kv.clone()], &v[kv], c, ph);
+                });
+            scatter_heads(d, d.tq, &blocks, &mut ctx);
+            return (ctx, p);
+        }
         // Samples are independent: one per task, the same arithmetic whatever the thread count.
         ctx.par_chunks_exact_mut(d.tq * d.embed)
             .zip(p.par_chunks_exact_mut(d.heads * d.tq * d.tk))
@@ -59,11 +77,7 @@ impl AttentionOp {
             .for_each(|(b, (c, pb))| {
                 let kv = b * d.tk * d.embed..(b + 1) * d.tk * d.embed;
                 let qb = &q[b * d.tq * d.embed..(b + 1) * d.tq * d.embed];
-                if self.products {
-                    forward_sample_products(d, qb, &k[kv.clone()], &v[kv], c, pb);
-                } else {
-                    forward_sample(d, qb, &k[kv.clone()], &v[kv], c, pb);
-                }
+                forward_sample(d, qb, &k[kv.clone()], &v[kv], c, pb);
             });
         (ctx, p)
     }
@@ -126,24 +140,40 @@ fn head_view<T>(data: &[T], rows: usize, h: usize, hd: usize, e: usize) -> View<
     View { data: &data[h * hd..], rows, cols: hd, rs: e, cs: 1 }
 }
 
-/// [`forward_sample`] with a matrix product per head for `q·kᵀ` and `P·v` (the same result up to rounding).
-fn forward_sample_products<'a, T: Real + SoftmaxRow>(
+/// Copies per-head blocks `(B, H, rows, hd)` into the columns of `(B, rows, E)`.
+fn scatter_heads<T: Copy + Send + Sync>(d: &Dims, rows: usize, blocks: &[T], out: &mut [T]) {
+    let hd = d.head_dim();
+    out.par_chunks_exact_mut(rows * d.embed).zip(blocks.par_chunks_exact(d.heads * rows * hd)).for_each(
+        |(o, bl)| {
+            for (h, head) in bl.chunks_exact(rows * hd).enumerate() {
+                for (i, src) in head.chunks_exact(hd).enumerate() {
+                    o[i * d.embed + h * hd..][..hd].copy_from_slice(src);
+                }
+            }
+        },
+    );
+}
+
+/// Head `h` of [`forward_sample`] with matrix products for `q·kᵀ` and `P·v` (the same result up to
+/// rounding): its context `(tq, hd)` into `ctx`, its weights `(tq, tk)` into `p`.
+fn forward_head_products<'a, T: Real + SoftmaxRow>(
     d: &Dims,
+    h: usize,
     q: &'a [T],
     k: &'a [T],
     v: &'a [T],
     ctx: &mut [T],
     p: &mut [T],
 ) {
-    let (hd, e, scale) = (d.head_dim(), d.embed, d.scale());
-    let head = |data: &'a [T], rows: usize, h: usize| head_view(data, rows, h, hd, e);
-    for h in 0..d.heads {
-        let ph = &mut p[h * d.tq * d.tk..][..d.tq * d.tk];
-        matmul(ViewMut::rows(ph, d.tq, d.tk, d.tk), false, head(q, d.tq, h), head(k, d.tk, h).t());
-        T::softmax_rows(ph, d.tk, scale);
-        let out = ViewMut { data: &mut ctx[h * hd..], rows: d.tq, cols: hd, rs: e, cs: 1 };
-        matmul(out, false, View::rows(ph, d.tq, d.tk), head(v, d.tk, h));
-    }
+    let (hd, e) = (d.head_dim(), d.embed);
+    matmul(
+        ViewMut::rows(p, d.tq, d.tk, d.tk),
+        false,
+        head_view(q, d.tq, h, hd, e),
+        head_view(k, d.tk, h, hd, e).t(),
+    );
+    T::softmax_rows(p, d.tk, d.scale());
+    matmul(ViewMut::rows(ctx, d.tq, hd, hd), false, View::rows(p, d.tq, d.tk), head_view(v, d.tk, h, hd, e));
 }
 
 /// `row ← softmax(row · scale)` for each row of `len` values, in place: the long-sequence attention's one
@@ -273,10 +303,12 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     if x < LOW { 0.0 } else { y * two_n }
 }
 
-/// [`backward_sample`] with matrix products per head.
+/// Head `h` of [`backward_sample`] with matrix products: the head's gradients `(tq, hd)`, `(tk, hd)`,
+/// `(tk, hd)` of q, k and v into `dq`, `dk`, `dv` (overwritten), from its weights `p` `(tq, tk)`.
 #[allow(clippy::too_many_arguments)]
-fn backward_sample_products<'a, T: Real>(
+fn backward_head_products<'a, T: Real>(
     d: &Dims,
+    h: usize,
     q: &'a [T],
     k: &'a [T],
     v: &'a [T],
@@ -287,28 +319,22 @@ fn backward_sample_products<'a, T: Real>(
     dv: &mut [T],
 ) {
     let (hd, e, scale) = (d.head_dim(), d.embed, T::from_f64(d.scale()));
-    let head = |data: &'a [T], rows: usize, h: usize| head_view(data, rows, h, hd, e);
-    let mut ds = vec![T::zero(); d.tq * d.tk];
-    for h in 0..d.heads {
-        let ph = &p[h * d.tq * d.tk..][..d.tq * d.tk];
-        let go = head(dctx, d.tq, h);
-        // dP = dctx·vᵀ; dv += Pᵀ·dctx
-        matmul(ViewMut::rows(&mut ds, d.tq, d.tk, d.tk), false, go, head(v, d.tk, h).t());
-        let dv_h = ViewMut { data: &mut dv[h * hd..], rows: d.tk, cols: hd, rs: e, cs: 1 };
-        matmul(dv_h, true, View::rows(ph, d.tq, d.tk).t(), go);
-        // dS = P·(dP − Σ P·dP), times the scale for q and k.
-        for (prow, srow) in ph.chunks_exact(d.tk).zip(ds.chunks_exact_mut(d.tk)) {
-            let dot = prow.iter().zip(srow.iter()).fold(T::zero(), |a, (x, y)| a + *x * *y);
-            for (s, pj) in srow.iter_mut().zip(prow) {
-                *s = *pj * (*s - dot) * scale;
-            }
+    let head = |data: &'a [T], rows: usize| head_view(data, rows, h, hd, e);
+    let mut ds = zeros::<T>(d.tq * d.tk);
+    let go = head(dctx, d.tq);
+    // dP = dctx·vᵀ; dv = Pᵀ·dctx
+    matmul(ViewMut::rows(&mut ds, d.tq, d.tk, d.tk), false, go, head(v, d.tk).t());
+    matmul(ViewMut::rows(dv, d.tk, hd, hd), false, View::rows(p, d.tq, d.tk).t(), go);
+    // dS = P·(dP − Σ P·dP), times the scale for q and k.
+    for (prow, srow) in p.chunks_exact(d.tk).zip(ds.chunks_exact_mut(d.tk)) {
+        let dot = prow.iter().zip(srow.iter()).fold(T::zero(), |a, (x, y)| a + *x * *y);
+        for (s, pj) in srow.iter_mut().zip(prow) {
+            *s = *pj * (*s - dot) * scale;
         }
-        // dq += dS·k; dk += dSᵀ·q
-        let dq_h = ViewMut { data: &mut dq[h * hd..], rows: d.tq, cols: hd, rs: e, cs: 1 };
-        matmul(dq_h, true, View::rows(&ds, d.tq, d.tk), head(k, d.tk, h));
-        let dk_h = ViewMut { data: &mut dk[h * hd..], rows: d.tk, cols: hd, rs: e, cs: 1 };
-        matmul(dk_h, true, View::rows(&ds, d.tq, d.tk).t(), head(q, d.tq, h));
     }
+    // dq = dS·k; dk = dSᵀ·q
+    matmul(ViewMut::rows(dq, d.tq, hd, hd), false, View::rows(&ds, d.tq, d.tk), head(k, d.tk));
+    matmul(ViewMut::rows(dk, d.tk, hd, hd), false, View::rows(&ds, d.tq, d.tk).t(), head(q, d.tq));
 }
 
 /// Backward for one sample: gradients of q, k, v from `dctx` and the forward's weights `p`.
@@ -413,24 +439,52 @@ impl CustomOp3 for AttentionOp {
             };
             let (qn, kn, pn) = (d.tq * d.embed, d.tk * d.embed, d.heads * d.tq * d.tk);
             let (mut dq, mut dk, mut dv) = (zeros::<T>(q.len()), zeros::<T>(k.len()), zeros::<T>(v.len()));
-            dq.par_chunks_exact_mut(qn)
-                .zip(dk.par_chunks_exact_mut(kn))
-                .zip(dv.par_chunks_exact_mut(kn))
-                .enumerate()
-                .for_each(|(b, ((dq, dk), dv))| {
-                    let run = if self.products { backward_sample_products::<T> } else { backward_sample::<T> };
-                    run(
-                        &d,
-                        &q[b * qn..][..qn],
-                        &k[b * kn..][..kn],
-                        &v[b * kn..][..kn],
-                        &p[b * pn..][..pn],
-                        &g[b * qn..][..qn],
-                        dq,
-                        dk,
-                        dv,
-                    );
-                });
+            if self.products {
+                // One task per sample and head (see `run`), each into its own blocks.
+                let hd = d.head_dim();
+                let (qh, kh) = (d.tq * hd, d.tk * hd);
+                let (mut bq, mut bk, mut bv) = (zeros::<T>(q.len()), zeros::<T>(k.len()), zeros::<T>(v.len()));
+                bq.par_chunks_exact_mut(qh)
+                    .zip(bk.par_chunks_exact_mut(kh))
+                    .zip(bv.par_chunks_exact_mut(kh))
+                    .enumerate()
+                    .for_each(|(bh, ((dq, dk), dv))| {
+                        let (b, h) = (bh / d.heads, bh % d.heads);
+                        backward_head_products::<T>(
+                            &d,
+                            h,
+                            &q[b * qn..][..qn],
+                            &k[b * kn..][..kn],
+                            &v[b * kn..][..kn],
+                            &p[b * pn + h * d.tq * d.tk..][..d.tq * d.tk],
+                            &g[b * qn..][..qn],
+                            dq,
+                            dk,
+                            dv,
+                        );
+                    });
+                scatter_heads(&d, d.tq, &bq, &mut dq);
+                scatter_heads(&d, d.tk, &bk, &mut dk);
+                scatter_heads(&d, d.tk, &bv, &mut dv);
+            } else {
+                dq.par_chunks_exact_mut(qn)
+                    .zip(dk.par_chunks_exact_mut(kn))
+                    .zip(dv.par_chunks_exact_mut(kn))
+                    .enumerate()
+                    .for_each(|(b, ((dq, dk), dv))| {
+                        backward_sample::<T>(
+                            &d,
+                            &q[b * qn..][..qn],
+                            &k[b * kn..][..kn],
+                            &v[b * kn..][..kn],
+                            &p[b * pn..][..pn],
+                            &g[b * qn..][..qn],
+                            dq,
+                            dk,
+                            dv,
+                        );
+                    });
+            }
             (T::to_cpu_storage_owned(dq), T::to_cpu_storage_owned(dk), T::to_cpu_storage_owned(dv))
         });
         Ok((
