@@ -95,6 +95,11 @@ pub struct Training {
     /// (bagging; the temperatures are fitted on every held-out window); 0: one choice on all of them.
     #[arg(long, default_value_t = experiments::config::DEFAULT_LATE_FUSION_BOOTSTRAP)]
     pub late_fusion_bootstrap: usize,
+    /// Late fusion: how the weights are chosen on the held-out predictions: `even` (of the mixes that
+    /// fit within one standard error of the best, the most even; each output at its own temperature)
+    /// or `best` (the best fit, temperatures refined with the weights; needed for bagging).
+    #[arg(long, default_value = "even")]
+    pub late_fusion_choice: experiments::config::MixChoice,
     /// Cross-validation ensemble: every model (fused and single-modality rows alike) predicts with the
     /// mean of itself and its kind's models trained without each late-fusion fold (carried in the
     /// checkpoint; each prediction runs folds + 1 models).
@@ -143,6 +148,7 @@ impl Training {
         cfg.late_fusion_experts = self.late_fusion_experts;
         cfg.late_fusion_temperatures = self.late_fusion_temperatures;
         cfg.late_fusion_bootstrap = self.late_fusion_bootstrap;
+        cfg.late_fusion_choice = self.late_fusion_choice;
         cfg.late_fusion_ensemble = self.late_fusion_ensemble;
         cfg.train.gradient_modulation = self.gradient_modulation;
         cfg.router_balance = self.router_balance;
@@ -171,6 +177,7 @@ impl Training {
             ("--late-fusion-experts", self.late_fusion_experts.to_string()),
             ("--late-fusion-temperatures", self.late_fusion_temperatures.to_string()),
             ("--late-fusion-bootstrap", self.late_fusion_bootstrap.to_string()),
+            ("--late-fusion-choice", self.late_fusion_choice.to_string()),
             ("--gradient-modulation", self.gradient_modulation.to_string()),
             ("--router-balance", self.router_balance.to_string()),
         ]

@@ -568,6 +568,37 @@ fn router_balance_reaches_the_adaptive_model() {
     assert_eq!(config, None);
 }
 
+/// `--late-fusion-choice` reaches `config.json` (`even` by default); an unknown choice, and bagging with
+/// the even choice, stop the run with a message saying why.
+#[test]
+fn late_fusion_choice_reaches_the_config_and_bad_combinations_fail() {
+    let root = tmp("choice-tree");
+    let r = root.display().to_string();
+    assert!(xtask(&["synth", "--out", &r, "--subjects", "1", "--trials", "20"]).status.success());
+    let run = |extra: &[&str]| {
+        let out = tmp("choice-run");
+        let o = out.display().to_string();
+        let args = ["baseline", "--use-audio", "--data-dir", &r, "--fusion-mode", "concat", "--epochs", "1"];
+        let output = xtask(&[&args[..], &["--out", &o], extra].concat());
+        let config = out.join("config.json");
+        let choice = config.exists().then(|| read_json(&config)["late_fusion_choice"].clone());
+        (output, choice)
+    };
+    let (out, choice) = run(&[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(choice, Some(serde_json::json!("even")));
+    let (out, choice) = run(&["--late-fusion-choice", "best", "--late-fusion-bootstrap", "20"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(choice, Some(serde_json::json!("best")));
+    let (out, _) = run(&["--late-fusion-choice", "widest"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected even or best"));
+    let (out, _) = run(&["--late-fusion-bootstrap", "20"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bagged weights") && err.contains("`best`"), "{err}");
+}
+
 /// The kernels' parallel reductions sum fixed chunks in a fixed order: one thread and two threads train
 /// bit-identical models (every checkpoint byte) with the same results.
 #[test]

@@ -78,6 +78,10 @@ pub struct ExperimentConfig {
     /// every held-out window. 0 (and configs without the field): one choice on every held-out window.
     #[serde(default)]
     pub late_fusion_bootstrap: usize,
+    /// Late fusion: how the weights are chosen on the held-out predictions ([`MixChoice`]).
+    /// Configs without the field (older runs): [`MixChoice::Best`].
+    #[serde(default)]
+    pub late_fusion_choice: MixChoice,
     /// Cross-validation ensemble (needs `late_fusion_folds` > 1, no validation split and, with fused
     /// models, `unimodal_loss` > 0; otherwise the run is an input error): every model
     /// predicts with the mean of its own class probabilities and those of the models of its kind
@@ -139,6 +143,7 @@ impl ExperimentConfig {
             late_fusion_experts: true,
             late_fusion_temperatures: true,
             late_fusion_bootstrap: DEFAULT_LATE_FUSION_BOOTSTRAP,
+            late_fusion_choice: MixChoice::Even,
             late_fusion_ensemble: false,
             router_balance: 0.0,
             seed: 42,
@@ -242,6 +247,44 @@ impl std::fmt::Display for Trials {
         f.write_str(match self {
             Self::Speaking => "speaking",
             Self::All => "all",
+        })
+    }
+}
+
+/// How an output mix's weights are chosen on held-out predictions ([`crate::mix`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MixChoice {
+    /// The weights with the lowest negative log-likelihood (with tempered outputs: the temperatures
+    /// refined together with the weights). Fits the held-out windows best, and follows their noise:
+    /// on a few dozen held-out trials the winner among near-equal mixes is partly chance.
+    #[default]
+    Best,
+    /// Each output at the temperature that fits it alone (with tempered outputs), then, among the
+    /// weights whose fit is within one standard error of the best (the paired per-trial difference of
+    /// negative log-likelihoods, trials as clusters), the most even ones (highest entropy; ties: the
+    /// better fit). Mixes the held-out windows cannot tell apart are not told apart; an output that
+    /// is clearly worse still gets nothing.
+    Even,
+}
+
+impl std::str::FromStr for MixChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "best" => Ok(Self::Best),
+            "even" => Ok(Self::Even),
+            other => Err(format!("unknown mix choice `{other}`; expected even or best")),
+        }
+    }
+}
+
+impl std::fmt::Display for MixChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Best => "best",
+            Self::Even => "even",
         })
     }
 }

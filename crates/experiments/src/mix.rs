@@ -27,6 +27,10 @@ pub const MIX_STEPS: usize = 10;
 /// `k = −TEMPERATURE_STEPS..=TEMPERATURE_STEPS`, i.e. 0.125 to 8 (ties go to the one nearest 1).
 pub const TEMPERATURE_STEPS: i32 = 12;
 
+/// How many standard errors of the paired per-trial difference a mix may fit worse than the best one
+/// and still be a candidate of [`OutputProbs::choose_even`] (the "one standard error" rule).
+pub const EVEN_STANDARD_ERRORS: f64 = 1.0;
+
 /// Rounds of [`OutputProbs::refine`] at most.
 const REFINE_ROUNDS: usize = 3;
 
@@ -358,27 +362,7 @@ impl OutputProbs {
     /// windows of two classes.
     pub fn choose_bagged(&self, calibrate: bool, bagging: &Bagging) -> Result<OutputMix> {
         let n = self.labels.len();
-        if bagging.groups.len() != n {
-            return Err(Error::Input(format!(
-                "bagging an output mix needs one group per window ({} groups for {n} windows)",
-                bagging.groups.len()
-            )));
-        }
-        // Each group as an index 0..G in order of first appearance, with its class: a trial has one
-        // emotion, so groups that mix labels are not these windows' trials.
-        let mut index_of = std::collections::BTreeMap::new();
-        let mut group = Vec::with_capacity(n);
-        for (g, &c) in bagging.groups.iter().zip(&self.labels) {
-            let next = index_of.len();
-            let &mut (index, class) = index_of.entry(g).or_insert((next, c));
-            if class != c {
-                return Err(Error::Input(format!(
-                    "bagging an output mix: group {g} holds windows of two classes (the groups are not these windows' trials)"
-                )));
-            }
-            group.push(index);
-        }
-        let groups = index_of.len();
+        let (group, groups) = self.group_index(&bagging.groups, "bagging an output mix")?;
         let (temperatures, weights) = self.choice(calibrate);
         if bagging.resamples == 0 || n == 0 {
             return Ok(self.mix(&weights, &temperatures));
@@ -422,6 +406,110 @@ impl OutputProbs {
         let scale = (MIX_STEPS * bagging.resamples) as f64;
         let weights: Vec<f64> = total.iter().map(|&s| s as f64 / scale).collect();
         Ok(self.mix(&weights, &temperatures))
+    }
+
+    /// Each window's group as an index `0..G` in order of first appearance, with `G`.
+    ///
+    /// # Errors
+    /// [`Error::Input`] when `groups` does not have one entry per window, or a group holds windows of
+    /// two classes (a trial has one emotion: such groups are not these windows' trials).
+    fn group_index(&self, groups: &[u64], what: &str) -> Result<(Vec<usize>, usize)> {
+        let n = self.labels.len();
+        if groups.len() != n {
+            return Err(Error::Input(format!(
+                "{what} needs one group per window ({} groups for {n} windows)",
+                groups.len()
+            )));
+        }
+        let mut index_of = std::collections::BTreeMap::new();
+        let mut group = Vec::with_capacity(n);
+        for (g, &c) in groups.iter().zip(&self.labels) {
+            let next = index_of.len();
+            let &mut (index, class) = index_of.entry(g).or_insert((next, c));
+            if class != c {
+                return Err(Error::Input(format!(
+                    "{what}: group {g} holds windows of two classes (the groups are not these windows' trials)"
+                )));
+            }
+            group.push(index);
+        }
+        Ok((group, index_of.len()))
+    }
+
+    /// The even mix of these outputs ([`crate::config::MixChoice::Even`]): with `calibrate`, each output
+    /// at the temperature of [`TEMPERATURE_STEPS`]'s grid that fits it alone best; then, on the grid of
+    /// [`MIX_STEPS`] steps, the weights whose mean negative log-likelihood per trial (`groups[i]` is
+    /// window `i`'s trial) is within [`EVEN_STANDARD_ERRORS`] standard errors of the best weights' (the
+    /// paired per-trial differences, so that trials, not their correlated windows, are the samples),
+    /// and among them the most even ones (the highest entropy of the weights; ties: the lower negative
+    /// log-likelihood).
+    ///
+    /// On a few dozen held-out trials many mixes fit almost equally well, and the one that fits best
+    /// is partly chance; of those the held-out windows cannot tell apart, the even one spreads the bet.
+    /// An output that fits clearly worse (a modality that misleads on trials its model has not seen)
+    /// moves the fit by more than the noise and gets no weight. With fewer than two trials: the best
+    /// weights.
+    ///
+    /// # Errors
+    /// [`Error::Input`] when `groups` does not have one entry per window, or a group holds windows of
+    /// two classes.
+    pub fn choose_even(&self, calibrate: bool, groups: &[u64]) -> Result<OutputMix> {
+        let (group, count) = self.group_index(groups, "an even output mix")?;
+        let k = self.outputs.len();
+        let temperatures: Vec<f64> = if calibrate {
+            self.outputs.iter().map(|o| o.fitted_temperature(&self.labels)).collect()
+        } else {
+            vec![1.0; k]
+        };
+        let mut tempered = self.clone();
+        for (j, &t) in temperatures.iter().enumerate() {
+            tempered.with_temperature(self, j, t);
+        }
+        let mut sizes = vec![0usize; count];
+        for &g in &group {
+            sizes[g] += 1;
+        }
+        // Every grid point's weights and mean negative log-likelihood per trial.
+        let mut grid: Vec<Vec<f64>> = Vec::new();
+        let mut per_trial: Vec<Vec<f64>> = Vec::new();
+        compositions(MIX_STEPS, &mut vec![0usize; k], 0, &mut |w| {
+            let weights: Vec<f64> = w.iter().map(|&s| s as f64 / MIX_STEPS as f64).collect();
+            let mut sums = vec![0.0; count];
+            for (i, &g) in group.iter().enumerate() {
+                sums[g] -= tempered.true_class_prob(&weights, i).max(1e-30).ln();
+            }
+            for (s, &size) in sums.iter_mut().zip(&sizes) {
+                *s /= size as f64;
+            }
+            grid.push(weights);
+            per_trial.push(sums);
+        });
+        let mean = |v: &mut dyn Iterator<Item = f64>| v.sum::<f64>() / count.max(1) as f64;
+        let fits: Vec<f64> = per_trial.iter().map(|v| mean(&mut v.iter().copied())).collect();
+        let mut best = 0;
+        for (c, &fit) in fits.iter().enumerate() {
+            if fit < fits[best] - 1e-12 {
+                best = c;
+            }
+        }
+        let entropy =
+            |w: &[f64]| -> f64 { -w.iter().filter(|&&x| x > 0.0).map(|&x| x * x.ln()).sum::<f64>() };
+        let mut chosen = best;
+        if count >= 2 {
+            for (c, trials) in per_trial.iter().enumerate() {
+                let diff: Vec<f64> = trials.iter().zip(&per_trial[best]).map(|(a, b)| a - b).collect();
+                let m = mean(&mut diff.iter().copied());
+                let variance = diff.iter().map(|d| (d - m).powi(2)).sum::<f64>() / (count - 1) as f64;
+                if m > EVEN_STANDARD_ERRORS * (variance / count as f64).sqrt() + 1e-12 {
+                    continue;
+                }
+                let (e, now) = (entropy(&grid[c]), entropy(&grid[chosen]));
+                if e > now + 1e-12 || ((e - now).abs() <= 1e-12 && fits[c] < fits[chosen] - 1e-12) {
+                    chosen = c;
+                }
+            }
+        }
+        Ok(self.mix(&grid[chosen], &temperatures))
     }
 
     /// The mix of `weights`, keeping the temperatures of the fused classifier and of the weighted
@@ -694,6 +782,58 @@ mod tests {
         let short = Bagging { groups: groups[..39].to_vec(), ..bagging };
         assert!(
             matches!(probs.choose_bagged(false, &short), Err(Error::Input(m)) if m.contains("39 groups for 40 windows"))
+        );
+    }
+
+    /// The even choice: two outputs that the held-out trials cannot tell apart (one a little better on
+    /// 11 trials of 20, a little worse on the rest) share the weight, where the best fit puts it all on
+    /// the one that is better on average; a confidently wrong output gets
+    /// nothing either way; with tempered outputs each keeps the temperature that fits it alone. Groups
+    /// must be the windows' trials.
+    #[test]
+    fn the_even_choice_shares_between_indistinguishable_outputs_and_skips_a_decoy() {
+        let groups: Vec<u64> = (0..40).map(|i| i / 2).collect();
+        let labels: Vec<usize> = groups.iter().map(|&g| g as usize % 5).collect();
+        let out = |source, probs: Vec<_>| Output { source, probs, present: vec![true; 40] };
+        let a = labels.iter().map(|&c| one_hot(c, 0.7)).collect();
+        let b =
+            labels.iter().zip(&groups).map(|(&c, &g)| one_hot(c, if g < 11 { 0.72 } else { 0.68 })).collect();
+        let decoy = labels.iter().map(|&c| one_hot((c + 1) % 5, 0.9)).collect();
+        let probs = OutputProbs {
+            labels: labels.clone(),
+            outputs: vec![
+                out(Source::Fused, a),
+                out(Source::Head(Modality::Eeg), b),
+                out(Source::Head(Modality::Audio), decoy),
+            ],
+        };
+        let best = probs.choose(false);
+        assert_eq!((best.fused, best.head(Modality::Eeg)), (0.0, 1.0), "{}", best.describe());
+        let even = probs.choose_even(false, &groups).unwrap();
+        assert_eq!(
+            (even.fused, even.head(Modality::Eeg), even.head(Modality::Audio)),
+            (0.5, 0.5, 0.0),
+            "{}",
+            even.describe()
+        );
+        assert!(even.temperatures.is_empty());
+        // Tempered: each weighted output at its own fitted temperature.
+        let tempered = probs.choose_even(true, &groups).unwrap();
+        assert!(tempered.fused > 0.0, "{}", tempered.describe());
+        assert_eq!(tempered.temperature("fused"), probs.outputs[0].fitted_temperature(&labels));
+        assert!(tempered.temperature("fused") < 1.0, "{}", tempered.describe());
+        assert_eq!(tempered.head(Modality::Audio), 0.0, "{}", tempered.describe());
+        // One output clearly better on every trial keeps all the weight.
+        let mut clear = probs.clone();
+        clear.outputs[1].probs = labels.iter().map(|&c| one_hot(c, 0.95)).collect();
+        let mix = clear.choose_even(false, &groups).unwrap();
+        assert_eq!((mix.fused, mix.head(Modality::Eeg)), (0.0, 1.0), "{}", mix.describe());
+        assert!(
+            matches!(probs.choose_even(false, &groups[..39]), Err(Error::Input(m)) if m.contains("39 groups for 40 windows"))
+        );
+        let wrong: Vec<u64> = (0..40).map(|i| i % 2).collect();
+        assert!(
+            matches!(probs.choose_even(false, &wrong), Err(Error::Input(m)) if m.contains("two classes"))
         );
     }
 

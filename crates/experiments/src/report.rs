@@ -187,8 +187,12 @@ pub fn write_results(dir: &Path, cfg: &ExperimentConfig, results: &Results) -> R
         cfg.unimodal_loss,
         if cfg.late_fusion_folds > 1 && cfg.unimodal_loss > 0.0 {
             format!(
-                "over {} folds{}{}{}{}",
+                "over {} folds, {} weights{}{}{}{}",
                 cfg.late_fusion_folds,
+                match cfg.late_fusion_choice {
+                    crate::config::MixChoice::Even => "even",
+                    crate::config::MixChoice::Best => "best-fit",
+                },
                 if cfg.late_fusion_experts { ", with single-modality experts" } else { "" },
                 if cfg.late_fusion_temperatures { ", tempered outputs" } else { "" },
                 if cfg.late_fusion_bootstrap > 0 {

@@ -10,7 +10,7 @@ use eav::dataset::Sample;
 use eav::split::{Protocol, Split, kfold, loso, official};
 use eav::subject::{SubjectDir, discover};
 
-use crate::config::{ExperimentConfig, Trials, device};
+use crate::config::{ExperimentConfig, MixChoice, Trials, device};
 use crate::data::{Normalisation, TensorSet};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -252,6 +252,12 @@ pub fn run_with(
     {
         return Err(Error::Input(
             "the cross-validation ensemble is made of the late-fusion fold models: it needs late fusion folds ≥ 2, no validation split, and, with fused models, unimodal losses > 0 (their heads are what the mix weights)"
+                .into(),
+        ));
+    }
+    if cfg.late_fusion_choice == MixChoice::Even && cfg.late_fusion_bootstrap > 0 {
+        return Err(Error::Input(
+            "bagged weights (late fusion bootstrap > 0) average best-fit choices: use them with the `best` mix choice"
                 .into(),
         ));
     }
@@ -549,12 +555,8 @@ fn run_split(
                     probs.push_expert(single, val)?;
                 }
             }
-            let bagging = Bagging {
-                groups: split.val.iter().map(|&i| trial_of(i)).collect(),
-                resamples: cfg.late_fusion_bootstrap,
-                seed: cfg.seed,
-            };
-            model.set_output_mix(Some(probs.choose_bagged(cfg.late_fusion_temperatures, &bagging)?))?;
+            let groups = split.val.iter().map(|&i| trial_of(i)).collect();
+            model.set_output_mix(Some(choose_mix(cfg, &probs, groups)?))?;
         }
         let weighted: Vec<Modality> = model.experts().iter().map(|(m, _)| *m).collect();
         train_singles(&weighted, &mut singles)?;
@@ -680,6 +682,21 @@ struct Probes<'a> {
     single_windows: &'a dyn Fn(Modality, &[usize]) -> Vec<usize>,
     /// Single-modality models trained without fold `f`, shared by the fused models of the split.
     fold_singles: &'a std::cell::RefCell<Vec<(usize, EmotionModel)>>,
+}
+
+/// The output mix `cfg` asks for, chosen on `probs` (held-out windows; `groups[i]` is window `i`'s trial).
+fn choose_mix(
+    cfg: &ExperimentConfig,
+    probs: &OutputProbs,
+    groups: Vec<u64>,
+) -> Result<crate::model::OutputMix> {
+    match cfg.late_fusion_choice {
+        MixChoice::Even => probs.choose_even(cfg.late_fusion_temperatures, &groups),
+        MixChoice::Best => probs.choose_bagged(
+            cfg.late_fusion_temperatures,
+            &Bagging { groups, resamples: cfg.late_fusion_bootstrap, seed: cfg.seed },
+        ),
+    }
 }
 
 /// The single-modality model of configuration `cfg` trained without fold `f`, if `singles` holds it.
@@ -815,12 +832,7 @@ impl Probes<'_> {
         let Some(oof) = out_of_fold else { return Ok((None, Vec::new())) };
         tracing::info!(name = self.name, accuracy = ?oof.accuracies(), nll = ?oof.nlls(), "out-of-fold outputs");
         // The held-out windows in the order they were collected: fold by fold.
-        let bagging = Bagging {
-            groups: folds.iter().flatten().map(|&i| trial_of(i)).collect(),
-            resamples: self.cfg.late_fusion_bootstrap,
-            seed: self.cfg.seed,
-        };
-        let mix = oof.choose_bagged(self.cfg.late_fusion_temperatures, &bagging)?;
+        let mix = choose_mix(self.cfg, &oof, folds.iter().flatten().map(|&i| trial_of(i)).collect())?;
         // The ensemble's fold models predict with the mix chosen on them, each with its fold's experts.
         for (f, probe) in probes.iter_mut().enumerate() {
             probe.set_output_mix(Some(mix.clone()))?;

@@ -464,7 +464,10 @@ mod runs {
         let dir = tempfile::tempdir().unwrap();
         experiments::report::write_results(dir.path(), &cfg, &with_experts).unwrap();
         let report = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
-        assert!(report.contains("late fusion over 3 folds") && report.contains(&mix.describe()), "{report}");
+        assert!(
+            report.contains("late fusion over 3 folds, even weights") && report.contains(&mix.describe()),
+            "{report}"
+        );
         // The cross-validation ensemble: no extra training (the fold models are those that chose the
         // mix), the same mix over the model and its three fold models, the same model trained on every
         // window; the checkpoint carries the members and loads back into a model that predicts.
@@ -506,8 +509,12 @@ mod runs {
         cfg.late_fusion_ensemble = false;
         cfg.checkpoint_dir = None;
         // Bagged weights: the held-out windows grouped by their trials (a misaligned grouping mixes
-        // classes and is an error), weights in steps of 1/(10 · resamples), the same tested model.
+        // classes and is an error), weights in steps of 1/(10 · resamples), the same tested model. They
+        // average best-fit choices: with the even choice they are an input error.
         cfg.late_fusion_bootstrap = 40;
+        let err = run(&cfg, &Quiet).unwrap_err().to_string();
+        assert!(err.contains("bagged weights") && err.contains("`best`"), "{err}");
+        cfg.late_fusion_choice = experiments::config::MixChoice::Best;
         let bagged = run(&cfg, &Quiet).unwrap();
         let r = &bagged.runs[0];
         let mix = r.output_mix.as_ref().expect("a mix");
@@ -520,7 +527,7 @@ mod runs {
         assert_eq!(r.output_accuracy.as_ref().unwrap()["fused"], outputs["fused"], "the same fused model");
         experiments::report::write_results(dir.path(), &cfg, &bagged).unwrap();
         let report = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
-        assert!(report.contains("weights bagged over 40 resamples"), "{report}");
+        assert!(report.contains("best-fit weights, with") && report.contains("bagged over 40"), "{report}");
         cfg.late_fusion_bootstrap = 0;
         cfg.late_fusion_folds = 0;
         let plain = run(&cfg, &Quiet).unwrap();
@@ -538,6 +545,7 @@ mod runs {
         let seen = Settings(Mutex::new(Vec::new()));
         let val = run(&cfg, &seen).unwrap();
         cfg.late_fusion_bootstrap = 0;
+        cfg.late_fusion_choice = experiments::config::MixChoice::Even;
         assert_eq!(
             *seen.0.lock().unwrap(),
             [
