@@ -7,7 +7,9 @@
 //! new trials (a voice whose pitch is unique to each trial lets a model memorise every training trial).
 //! On the training windows such a modality looks as good as an informative one; only trials the model
 //! has not seen tell them apart. [`OutputProbs::choose`] picks, on such windows, the weights of a grid
-//! over the simplex (steps of 0.1) with the lowest mean negative log-likelihood of the mixture.
+//! over the simplex (steps of 0.1) with the lowest mean negative log-likelihood of the mixture;
+//! [`OutputProbs::choose_even`] (the default of a run) the most even weights among those that the
+//! held-out trials cannot tell from that best fit.
 
 use candle_core::D;
 use core_types::{Emotion, Modality};
