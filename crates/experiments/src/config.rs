@@ -115,7 +115,7 @@ pub struct ExperimentConfig {
     /// Which trials' windows the models train on (test windows are always speaking windows with audio).
     #[serde(default)]
     pub trials: Trials,
-    /// Skip a subject whose files fail to load (recorded in [`Results::skipped`]) instead of stopping.
+    /// Skip a subject whose files fail to load (recorded in [`crate::results::Results::skipped`]) instead of stopping.
     #[serde(default)]
     pub skip_bad_subjects: bool,
 }
