@@ -285,10 +285,7 @@ impl OutputProbs {
     /// the others fixed, and the best weights again. Returns the negative log-likelihood, the
     /// temperatures and the weights.
     fn refine(&self, start: Vec<f64>) -> (f64, Vec<f64>, Vec<f64>) {
-        let mut tempered = self.clone();
-        for (j, &t) in start.iter().enumerate() {
-            tempered.with_temperature(self, j, t);
-        }
+        let mut tempered = self.tempered(&start);
         let mut temperatures = start;
         let (mut nll, mut weights) = tempered.best_weights();
         for _ in 0..REFINE_ROUNDS {
@@ -369,22 +366,7 @@ impl OutputProbs {
         if bagging.resamples == 0 || n == 0 {
             return Ok(self.mix(&weights, &temperatures));
         }
-        let mut tempered = self.clone();
-        for (j, &t) in temperatures.iter().enumerate() {
-            tempered.with_temperature(self, j, t);
-        }
-        // Every grid point's negative log-likelihood summed per group.
-        let mut grid: Vec<Vec<usize>> = Vec::new();
-        let mut per_group: Vec<Vec<f64>> = Vec::new();
-        compositions(MIX_STEPS, &mut vec![0usize; self.outputs.len()], 0, &mut |w| {
-            let weights: Vec<f64> = w.iter().map(|&s| s as f64 / MIX_STEPS as f64).collect();
-            let mut sums = vec![0.0; groups];
-            for (i, &g) in group.iter().enumerate() {
-                sums[g] -= tempered.true_class_prob(&weights, i).max(1e-30).ln();
-            }
-            grid.push(w.to_vec());
-            per_group.push(sums);
-        });
+        let (grid, per_group) = self.tempered(&temperatures).grid_nll_per_group(&group, groups);
         let mut rng = ChaCha8Rng::seed_from_u64(bagging.seed);
         let mut total = vec![0usize; self.outputs.len()];
         let mut counts = vec![0.0f64; groups];
@@ -408,6 +390,33 @@ impl OutputProbs {
         let scale = (MIX_STEPS * bagging.resamples) as f64;
         let weights: Vec<f64> = total.iter().map(|&s| s as f64 / scale).collect();
         Ok(self.mix(&weights, &temperatures))
+    }
+
+    /// These outputs with output `j`'s probabilities tempered with `temperatures[j]`.
+    fn tempered(&self, temperatures: &[f64]) -> Self {
+        let mut tempered = self.clone();
+        for (j, &t) in temperatures.iter().enumerate() {
+            tempered.with_temperature(self, j, t);
+        }
+        tempered
+    }
+
+    /// Every point of the grid of [`MIX_STEPS`] steps (as steps, in the order of [`compositions`]) with
+    /// the mixture's negative log-likelihood summed per group (`group[i]` is window `i`'s group index,
+    /// `0..groups`).
+    fn grid_nll_per_group(&self, group: &[usize], groups: usize) -> (Vec<Vec<usize>>, Vec<Vec<f64>>) {
+        let mut grid: Vec<Vec<usize>> = Vec::new();
+        let mut per_group: Vec<Vec<f64>> = Vec::new();
+        compositions(MIX_STEPS, &mut vec![0usize; self.outputs.len()], 0, &mut |w| {
+            let weights: Vec<f64> = w.iter().map(|&s| s as f64 / MIX_STEPS as f64).collect();
+            let mut sums = vec![0.0; groups];
+            for (i, &g) in group.iter().enumerate() {
+                sums[g] -= self.true_class_prob(&weights, i).max(1e-30).ln();
+            }
+            grid.push(w.to_vec());
+            per_group.push(sums);
+        });
+        (grid, per_group)
     }
 
     /// Each window's group as an index `0..G` in order of first appearance, with `G`.
@@ -463,29 +472,19 @@ impl OutputProbs {
         } else {
             vec![1.0; k]
         };
-        let mut tempered = self.clone();
-        for (j, &t) in temperatures.iter().enumerate() {
-            tempered.with_temperature(self, j, t);
-        }
         let mut sizes = vec![0usize; count];
         for &g in &group {
             sizes[g] += 1;
         }
         // Every grid point's weights and mean negative log-likelihood per trial.
-        let mut grid: Vec<Vec<f64>> = Vec::new();
-        let mut per_trial: Vec<Vec<f64>> = Vec::new();
-        compositions(MIX_STEPS, &mut vec![0usize; k], 0, &mut |w| {
-            let weights: Vec<f64> = w.iter().map(|&s| s as f64 / MIX_STEPS as f64).collect();
-            let mut sums = vec![0.0; count];
-            for (i, &g) in group.iter().enumerate() {
-                sums[g] -= tempered.true_class_prob(&weights, i).max(1e-30).ln();
-            }
+        let (steps, mut per_trial) = self.tempered(&temperatures).grid_nll_per_group(&group, count);
+        for sums in &mut per_trial {
             for (s, &size) in sums.iter_mut().zip(&sizes) {
                 *s /= size as f64;
             }
-            grid.push(weights);
-            per_trial.push(sums);
-        });
+        }
+        let grid: Vec<Vec<f64>> =
+            steps.iter().map(|w| w.iter().map(|&s| s as f64 / MIX_STEPS as f64).collect()).collect();
         let mean = |v: &mut dyn Iterator<Item = f64>| v.sum::<f64>() / count.max(1) as f64;
         let fits: Vec<f64> = per_trial.iter().map(|v| mean(&mut v.iter().copied())).collect();
         let mut best = 0;
