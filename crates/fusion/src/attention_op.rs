@@ -238,8 +238,68 @@ impl pulp::WithSimd for SoftmaxF32<'_> {
 
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _simd: S) {
-        for row in self.rows.chunks_exact_mut(self.len) {
+        let mut groups = self.rows.chunks_exact_mut(GROUP * self.len);
+        for group in &mut groups {
+            softmax_group(group, self.len, self.scale);
+        }
+        for row in groups.into_remainder().chunks_exact_mut(self.len) {
             softmax_f32(row, self.scale);
+        }
+    }
+}
+
+/// Rows whose reductions [`softmax_group`] interleaves.
+const GROUP: usize = 4;
+
+/// [`softmax_f32`] on `GROUP` rows of `len` values at once, the same operations per row in the same
+/// order (so the same bits), with the rows' maxima and sums interleaved: each row's reductions are
+/// chains of dependent operations (about 30 for a row of 125), which the CPU then overlaps.
+#[inline(always)]
+fn softmax_group(group: &mut [f32], len: usize, scale: f32) {
+    for s in group.iter_mut() {
+        *s *= scale;
+    }
+    let whole = len / LANES * LANES;
+    let mut lanes = [[f32::NEG_INFINITY; LANES]; GROUP];
+    for c in (0..whole).step_by(LANES) {
+        for (r, lanes) in lanes.iter_mut().enumerate() {
+            for (m, s) in lanes.iter_mut().zip(&group[r * len + c..][..LANES]) {
+                *m = if *s > *m { *s } else { *m };
+            }
+        }
+    }
+    let mut max = [f32::NEG_INFINITY; GROUP];
+    for i in whole..len {
+        for (r, m) in max.iter_mut().enumerate() {
+            *m = m.max(group[r * len + i]);
+        }
+    }
+    for t in 0..LANES {
+        for (m, lanes) in max.iter_mut().zip(&lanes) {
+            *m = m.max(lanes[t]);
+        }
+    }
+    for (row, max) in group.chunks_exact_mut(len).zip(max) {
+        for s in row.iter_mut() {
+            *s = exp_f32(*s - max);
+        }
+    }
+    let mut sums = [[0f32; LANES]; GROUP];
+    for c in (0..whole).step_by(LANES) {
+        for (r, sums) in sums.iter_mut().enumerate() {
+            for (t, s) in sums.iter_mut().zip(&group[r * len + c..][..LANES]) {
+                *t += *s;
+            }
+        }
+    }
+    let mut totals = [0f32; GROUP];
+    for (r, total) in totals.iter_mut().enumerate() {
+        *total = sums[r].iter().sum::<f32>() + group[r * len + whole..][..len - whole].iter().sum::<f32>();
+    }
+    for (row, total) in group.chunks_exact_mut(len).zip(totals) {
+        let inv = 1.0 / total;
+        for s in row.iter_mut() {
+            *s *= inv;
         }
     }
 }
@@ -308,6 +368,7 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
 #[allow(clippy::too_many_arguments)]
 fn backward_head_products<'a, T: Real>(
     d: &Dims,
+    ds: &mut [T],
     h: usize,
     q: &'a [T],
     k: &'a [T],
@@ -320,10 +381,9 @@ fn backward_head_products<'a, T: Real>(
 ) {
     let (hd, e, scale) = (d.head_dim(), d.embed, T::from_f64(d.scale()));
     let head = |data: &'a [T], rows: usize| head_view(data, rows, h, hd, e);
-    let mut ds = zeros::<T>(d.tq * d.tk);
     let go = head(dctx, d.tq);
-    // dP = dctx·vᵀ; dv = Pᵀ·dctx
-    matmul(ViewMut::rows(&mut ds, d.tq, d.tk, d.tk), false, go, head(v, d.tk).t());
+    // dP = dctx·vᵀ (overwrites `ds`); dv = Pᵀ·dctx
+    matmul(ViewMut::rows(ds, d.tq, d.tk, d.tk), false, go, head(v, d.tk).t());
     matmul(ViewMut::rows(dv, d.tk, hd, hd), false, View::rows(p, d.tq, d.tk).t(), go);
     // dS = P·(dP − Σ P·dP), times the scale for q and k.
     for (prow, srow) in p.chunks_exact(d.tk).zip(ds.chunks_exact_mut(d.tk)) {
@@ -333,8 +393,8 @@ fn backward_head_products<'a, T: Real>(
         }
     }
     // dq = dS·k; dk = dSᵀ·q
-    matmul(ViewMut::rows(dq, d.tq, hd, hd), false, View::rows(&ds, d.tq, d.tk), head(k, d.tk));
-    matmul(ViewMut::rows(dk, d.tk, hd, hd), false, View::rows(&ds, d.tq, d.tk).t(), head(q, d.tq));
+    matmul(ViewMut::rows(dq, d.tq, hd, hd), false, View::rows(ds, d.tq, d.tk), head(k, d.tk));
+    matmul(ViewMut::rows(dk, d.tk, hd, hd), false, View::rows(ds, d.tq, d.tk).t(), head(q, d.tq));
 }
 
 /// Backward for one sample: gradients of q, k, v from `dctx` and the forward's weights `p`.
@@ -448,10 +508,12 @@ impl CustomOp3 for AttentionOp {
                     .zip(bk.par_chunks_exact_mut(kh))
                     .zip(bv.par_chunks_exact_mut(kh))
                     .enumerate()
-                    .for_each(|(bh, ((dq, dk), dv))| {
+                    // One `(tq, tk)` scratch per split of the work, not per task: each task overwrites it.
+                    .for_each_init(|| vec![T::from_f64(0.0); d.tq * d.tk], |ds, (bh, ((dq, dk), dv))| {
                         let (b, h) = (bh / d.heads, bh % d.heads);
                         backward_head_products::<T>(
                             &d,
+                            ds,
                             h,
                             &q[b * qn..][..qn],
                             &k[b * kn..][..kn],
@@ -591,6 +653,52 @@ mod tests {
         let mut nan = vec![0.0f32, f32::NAN, 1.0];
         f32::softmax_rows(&mut nan, 3, 1.0);
         assert!(nan.iter().all(|x| x.is_nan()));
+    }
+
+    /// Rows taken four at a time give the bits of one row at a time, whatever the row length (whole
+    /// lanes, a remainder, rows shorter than the lanes) and the row count; a NaN row stays NaN and
+    /// leaves the other rows of its group alone.
+    #[test]
+    fn grouped_rows_are_single_rows_bit_for_bit() {
+        for len in [1usize, 3, 8, 9, 15, 16, 17, 31, 64, 65, 125, 157] {
+            for rows in [1usize, 3, 4, 5, 8, 11] {
+                let mut base: Vec<f32> = (0..len * rows).map(|j| ((j as f32) * 0.913).sin() * 40.0).collect();
+                if rows > 2 {
+                    base[len + len / 2] = f32::NAN;
+                }
+                let mut grouped = base.clone();
+                f32::softmax_rows(&mut grouped, len, 0.3);
+                let mut single = base;
+                for row in single.chunks_exact_mut(len) {
+                    encoders::cpu_op::vectorize(SoftmaxOne { row, scale: 0.3 });
+                }
+                for (r, (g, s)) in grouped.chunks_exact(len).zip(single.chunks_exact(len)).enumerate() {
+                    assert!(
+                        g.iter().zip(s).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "len {len}, {rows} rows: row {r}"
+                    );
+                    assert_eq!(
+                        g.iter().all(|x| x.is_nan()),
+                        rows > 2 && r == 1,
+                        "len {len}, {rows} rows: row {r}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// [`softmax_f32`] on one row, compiled as the grouped rows are.
+    struct SoftmaxOne<'a> {
+        row: &'a mut [f32],
+        scale: f32,
+    }
+
+    impl pulp::WithSimd for SoftmaxOne<'_> {
+        type Output = ();
+
+        fn with_simd<S: pulp::Simd>(self, _simd: S) {
+            softmax_f32(self.row, self.scale);
+        }
     }
 
     /// In evaluation the op lets go of its weights; a backward pass then computes them again and gives
