@@ -240,10 +240,10 @@ impl pulp::WithSimd for SoftmaxF32<'_> {
     fn with_simd<S: pulp::Simd>(self, _simd: S) {
         let mut groups = self.rows.chunks_exact_mut(GROUP * self.len);
         for group in &mut groups {
-            softmax_group(group, self.len, self.scale);
+            softmax_group::<GROUP>(group, self.len, self.scale);
         }
         for row in groups.into_remainder().chunks_exact_mut(self.len) {
-            softmax_f32(row, self.scale);
+            softmax_group::<1>(row, self.len, self.scale);
         }
     }
 }
@@ -251,16 +251,17 @@ impl pulp::WithSimd for SoftmaxF32<'_> {
 /// Rows whose reductions [`softmax_group`] interleaves.
 const GROUP: usize = 4;
 
-/// [`softmax_f32`] on `GROUP` rows of `len` values at once, the same operations per row in the same
-/// order (so the same bits), with the rows' maxima and sums interleaved: each row's reductions are
-/// chains of dependent operations (about 30 for a row of 125), which the CPU then overlaps.
+/// The softmax of `G` rows of `len` values at once, each row's operations the same and in the same
+/// order whatever `G` (so the same bits), with the rows' maxima and sums interleaved: each row's
+/// reductions are chains of dependent operations (about 30 for a row of 125), which the CPU overlaps
+/// across rows.
 #[inline(always)]
-fn softmax_group(group: &mut [f32], len: usize, scale: f32) {
+fn softmax_group<const G: usize>(group: &mut [f32], len: usize, scale: f32) {
     for s in group.iter_mut() {
         *s *= scale;
     }
     let whole = len / LANES * LANES;
-    let mut lanes = [[f32::NEG_INFINITY; LANES]; GROUP];
+    let mut lanes = [[f32::NEG_INFINITY; LANES]; G];
     for c in (0..whole).step_by(LANES) {
         for (r, lanes) in lanes.iter_mut().enumerate() {
             for (m, s) in lanes.iter_mut().zip(&group[r * len + c..][..LANES]) {
@@ -268,7 +269,7 @@ fn softmax_group(group: &mut [f32], len: usize, scale: f32) {
             }
         }
     }
-    let mut max = [f32::NEG_INFINITY; GROUP];
+    let mut max = [f32::NEG_INFINITY; G];
     for i in whole..len {
         for (r, m) in max.iter_mut().enumerate() {
             *m = m.max(group[r * len + i]);
@@ -284,7 +285,7 @@ fn softmax_group(group: &mut [f32], len: usize, scale: f32) {
             *s = exp_f32(*s - max);
         }
     }
-    let mut sums = [[0f32; LANES]; GROUP];
+    let mut sums = [[0f32; LANES]; G];
     for c in (0..whole).step_by(LANES) {
         for (r, sums) in sums.iter_mut().enumerate() {
             for (t, s) in sums.iter_mut().zip(&group[r * len + c..][..LANES]) {
@@ -292,7 +293,7 @@ fn softmax_group(group: &mut [f32], len: usize, scale: f32) {
             }
         }
     }
-    let mut totals = [0f32; GROUP];
+    let mut totals = [0f32; G];
     for (r, total) in totals.iter_mut().enumerate() {
         *total = sums[r].iter().sum::<f32>() + group[r * len + whole..][..len - whole].iter().sum::<f32>();
     }
@@ -301,36 +302,6 @@ fn softmax_group(group: &mut [f32], len: usize, scale: f32) {
         for s in row.iter_mut() {
             *s *= inv;
         }
-    }
-}
-
-#[inline(always)]
-fn softmax_f32(row: &mut [f32], scale: f32) {
-    for s in row.iter_mut() {
-        *s *= scale;
-    }
-    let mut lanes = [f32::NEG_INFINITY; LANES];
-    let mut chunks = row.chunks_exact(LANES);
-    for c in &mut chunks {
-        for (m, s) in lanes.iter_mut().zip(c) {
-            *m = if *s > *m { *s } else { *m };
-        }
-    }
-    let max = chunks.remainder().iter().chain(&lanes).fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-    for s in row.iter_mut() {
-        *s = exp_f32(*s - max);
-    }
-    let mut sums = [0f32; LANES];
-    let mut chunks = row.chunks_exact(LANES);
-    for c in &mut chunks {
-        for (t, s) in sums.iter_mut().zip(c) {
-            *t += *s;
-        }
-    }
-    let sum = sums.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>();
-    let inv = 1.0 / sum;
-    for s in row.iter_mut() {
-        *s *= inv;
     }
 }
 
@@ -670,7 +641,7 @@ mod tests {
                 f32::softmax_rows(&mut grouped, len, 0.3);
                 let mut single = base;
                 for row in single.chunks_exact_mut(len) {
-                    encoders::cpu_op::vectorize(SoftmaxOne { row, scale: 0.3 });
+                    encoders::cpu_op::vectorize(SoftmaxF32 { rows: row, len, scale: 0.3 });
                 }
                 for (r, (g, s)) in grouped.chunks_exact(len).zip(single.chunks_exact(len)).enumerate() {
                     assert!(
@@ -684,20 +655,6 @@ mod tests {
                     );
                 }
             }
-        }
-    }
-
-    /// [`softmax_f32`] on one row, compiled as the grouped rows are.
-    struct SoftmaxOne<'a> {
-        row: &'a mut [f32],
-        scale: f32,
-    }
-
-    impl pulp::WithSimd for SoftmaxOne<'_> {
-        type Output = ();
-
-        fn with_simd<S: pulp::Simd>(self, _simd: S) {
-            softmax_f32(self.row, self.scale);
         }
     }
 
