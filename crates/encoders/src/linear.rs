@@ -57,15 +57,12 @@ impl Module for Linear {
 /// # Errors
 /// When the sizes do not match, or from candle.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
-    let rank = x.rank();
-    if crate::cpu_op::supported(x) && rank >= 2 && x.dtype() == weight.dtype() && x.dtype() == bias.dtype() {
-        let dims = x.dims();
-        let (lead, inputs) = (&dims[..rank - 1], dims[rank - 1]);
-        let rows = lead.iter().product::<usize>();
-        let x2 = x.contiguous()?.reshape((rows, inputs))?;
-        let y = x2.apply_op3(&weight.contiguous()?, &bias.contiguous()?, kernels::LinearOp)?;
-        let outputs = y.dim(1)?;
-        return y.reshape([lead, &[outputs]].concat());
+    if crate::cpu_op::supported(x)
+        && x.rank() >= 2
+        && x.dtype() == weight.dtype()
+        && x.dtype() == bias.dtype()
+    {
+        return x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, kernels::LinearOp);
     }
     linear_generic(x, weight, bias)
 }

@@ -72,11 +72,27 @@ impl MultiHeadAttention {
         keep_weights: bool,
         train: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        let q = rotate(&self.project(query, 0)?, q_times, self.heads)?;
-        let k = rotate(&self.project(context, 1)?, k_times, self.heads)?;
-        let v = self.project(context, 2)?;
+        let (q, k, v) = (self.project(query, 0)?, self.project(context, 1)?, self.project(context, 2)?);
+        if encoders::cpu_op::supported(&q) && !GENERIC_ROTATE.with(std::cell::Cell::get) {
+            // The rotation inside the attention op: no rotated copies in the graph.
+            let rotation = crate::attention_op::Rotation {
+                q: rotation_tables(&q, q_times, self.heads)?,
+                k: rotation_tables(&k, k_times, self.heads)?,
+            };
+            let (ctx, weights) = crate::attention_op::attend_long(
+                &q,
+                &k,
+                &v,
+                self.heads,
+                keep_weights,
+                train,
+                Some(rotation),
+            )?;
+            return Ok((self.out_proj.forward(&ctx)?, weights));
+        }
+        let (q, k) = (rotate(&q, q_times, self.heads)?, rotate(&k, k_times, self.heads)?);
         let (ctx, weights) = if encoders::cpu_op::supported(&q) {
-            crate::attention_op::attend_long(&q, &k, &v, self.heads, keep_weights, train)?
+            crate::attention_op::attend_long(&q, &k, &v, self.heads, keep_weights, train, None)?
         } else {
             let (ctx, w) = self.forward_generic(&q, &k, &v)?;
             (ctx, Some(w))
@@ -112,10 +128,10 @@ impl MultiHeadAttention {
     }
 }
 
-/// Rotates the feature pairs of `x` `(B, T, E)` by their step's angle; see
-/// [`MultiHeadAttention::forward_timed`].
-fn rotate(x: &Tensor, times: &[f64], heads: usize) -> Result<Tensor> {
-    let (b, t, e) = x.dims3()?;
+/// The rotation tables of steps at `times` for `x` `(B, T, E)` split into `heads`: `[cos, sin]`, each
+/// `(1, T, E/2)`, one angle per feature pair (see [`MultiHeadAttention::forward_timed`]).
+fn rotation_tables(x: &Tensor, times: &[f64], heads: usize) -> Result<[Tensor; 2]> {
+    let (_, t, e) = x.dims3()?;
     let hd = e / heads;
     let pairs = hd / 2;
     let tables = crate::tables::cached(crate::tables::Kind::Rotation, times, (heads, e), x, || {
@@ -136,79 +152,28 @@ fn rotate(x: &Tensor, times: &[f64], heads: usize) -> Result<Tensor> {
         };
         Ok(vec![table(cos)?, table(sin)?])
     })?;
-    let (cos, sin) = (&tables[0], &tables[1]);
-    if encoders::cpu_op::supported(x) && !GENERIC_ROTATE.with(std::cell::Cell::get) {
-        return Ok(x.contiguous()?.apply_op3(cos, sin, RotateOp)?);
-    }
+    let [cos, sin]: [Tensor; 2] =
+        tables.try_into().map_err(|_| crate::Error::Input("rotation tables: not a cos and a sin".into()))?;
+    Ok([cos, sin])
+}
+
+/// Rotates the feature pairs of `x` `(B, T, E)` by their step's angle with candle's ops: pair `(e, o)`
+/// becomes `(e·c − o·s, e·s + o·c)`. Other devices, and the tests' reference for the rotation the CPU
+/// attention op applies itself (the same arithmetic, so the same bits).
+fn rotate(x: &Tensor, times: &[f64], heads: usize) -> Result<Tensor> {
+    let (b, t, e) = x.dims3()?;
+    let [cos, sin] = rotation_tables(x, times, heads)?;
     let pairs_view = x.reshape((b, t, e / 2, 2))?;
     let (even, odd) = (pairs_view.narrow(3, 0, 1)?.squeeze(3)?, pairs_view.narrow(3, 1, 1)?.squeeze(3)?);
-    let new_even = (even.broadcast_mul(cos)? - odd.broadcast_mul(sin)?)?;
-    let new_odd = (even.broadcast_mul(sin)? + odd.broadcast_mul(cos)?)?;
+    let new_even = (even.broadcast_mul(&cos)? - odd.broadcast_mul(&sin)?)?;
+    let new_odd = (even.broadcast_mul(&sin)? + odd.broadcast_mul(&cos)?)?;
     Ok(Tensor::stack(&[new_even, new_odd], 3)?.reshape((b, t, e))?)
 }
 
 thread_local! {
-    /// Tests: run [`rotate`] through candle's ops even on the CPU, to compare the two paths.
+    /// Tests: rotate with candle's ops (and give the CPU attention op rotated queries and keys), to compare
+    /// with the rotation inside the op.
     static GENERIC_ROTATE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// [`rotate`] on the CPU as one op: `(x, cos, sin)` with `x` `(B, T, E)` and the tables `(1, T, E/2)`;
-/// pair `(e, o)` becomes `(e·c − o·s, e·s + o·c)`, the same arithmetic (so the same bits) as the eleven
-/// candle ops it replaces, and its gradient is the rotation back (`sin` negated), which is the bits those
-/// ops' backward passes give (each gradient value is a sum of two products).
-#[derive(Debug, Clone, Copy)]
-struct RotateOp;
-
-impl candle_core::CustomOp3 for RotateOp {
-    fn name(&self) -> &'static str {
-        "emofuse-rotate"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &encoders::cpu_op::CpuStorage,
-        l1: &candle_core::Layout,
-        s2: &encoders::cpu_op::CpuStorage,
-        l2: &candle_core::Layout,
-        s3: &encoders::cpu_op::CpuStorage,
-        l3: &candle_core::Layout,
-    ) -> candle_core::Result<(encoders::cpu_op::CpuStorage, candle_core::Shape)> {
-        use candle_core::WithDType;
-        use encoders::cpu_op::{contiguous, dispatch_float};
-        use rayon::prelude::*;
-        let (b, t, e) = l1.shape().dims3()?;
-        if l2.shape().dims() != [1, t, e / 2] || l3.shape() != l2.shape() || e % 2 != 0 {
-            candle_core::bail!("rotate: x {:?}, tables {:?} and {:?}", l1.shape(), l2.shape(), l3.shape());
-        }
-        dispatch_float!(s1, T => {
-            let x = contiguous::<T>(s1, l1, "rotate input")?;
-            let (cos, sin) = (contiguous::<T>(s2, l2, "rotate cos")?, contiguous::<T>(s3, l3, "rotate sin")?);
-            let mut out = encoders::cpu_op::zeros::<T>(x.len());
-            // One sample per task (the same arithmetic whatever the thread count).
-            x.par_chunks_exact(t * e).zip(out.par_chunks_exact_mut(t * e)).for_each(|(xs, os)| {
-                for (((xp, op), c), s) in xs.chunks_exact(2).zip(os.chunks_exact_mut(2)).zip(cos.iter().cycle()).zip(sin.iter().cycle()) {
-                    let (ev, od) = (xp[0], xp[1]);
-                    op[0] = ev * *c - od * *s;
-                    op[1] = ev * *s + od * *c;
-                }
-            });
-            debug_assert_eq!(out.len(), b * t * e);
-            Ok((T::to_cpu_storage_owned(out), l1.shape().clone()))
-        })
-    }
-
-    fn bwd(
-        &self,
-        _x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let back = sin.neg()?;
-        let g = grad.contiguous()?.apply_op3(cos, &back, RotateOp)?;
-        Ok((Some(g), None, None))
-    }
 }
 
 #[cfg(test)]
@@ -232,7 +197,7 @@ mod tests {
     }
 
     fn op_long(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Tensor {
-        crate::attention_op::attend_long(q, k, v, heads, false, true).unwrap().0
+        crate::attention_op::attend_long(q, k, v, heads, false, true, None).unwrap().0
     }
 
     fn generic(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Tensor {
@@ -277,30 +242,51 @@ mod tests {
         assert!(same < 1e-9);
     }
 
-    /// The rotation as one CPU op gives the bits of the candle ops it replaces, forward and backward, in
-    /// f32 and f64 (so the temporal mode trains to the same numbers either way).
+    /// The rotation inside the CPU attention op gives the bits of candle's rotation ops before the op:
+    /// the output, the weights and every gradient (query, context, projection weights), in f32 and f64,
+    /// for queries and keys of different lengths on different step times, in self- and cross-attention
+    /// (so the temporal mode trains to the same numbers either way).
     #[test]
-    fn rotate_op_equals_the_candle_ops_bit_for_bit() {
+    fn rotation_in_the_op_equals_the_candle_ops_bit_for_bit() {
         for dtype in [DType::F32, DType::F64] {
-            let x = Var::from_tensor(&random(&[3, 7, 12], 5).to_dtype(dtype).unwrap()).unwrap();
-            let r = random(&[3, 7, 12], 6).to_dtype(dtype).unwrap();
-            let times = [0.0, 0.04, 0.33, 0.5, 1.0, 2.7, 4.96];
-            let run = |generic: bool| {
-                GENERIC_ROTATE.with(|g| g.set(generic));
-                let y = rotate(x.as_tensor(), &times, 3).unwrap();
-                let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
-                GENERIC_ROTATE.with(|g| g.set(false));
-                let g = grads.get(x.as_tensor()).unwrap().to_dtype(DType::F64).unwrap();
-                let flat = |t: &Tensor| {
-                    t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap()
+            let varmap = VarMap::new();
+            let vb = VarBuilder::from_varmap(&varmap, dtype, &Device::Cpu);
+            let mha = MultiHeadAttention::new(12, 3, vb).unwrap();
+            encoders::init_pytorch_default(&varmap, 3).unwrap();
+            let query = Var::from_tensor(&random(&[3, 7, 12], 5).to_dtype(dtype).unwrap()).unwrap();
+            let context = Var::from_tensor(&random(&[3, 9, 12], 6).to_dtype(dtype).unwrap()).unwrap();
+            let r = random(&[3, 7, 12], 7).to_dtype(dtype).unwrap();
+            let tq = [0.0, 0.04, 0.33, 0.5, 1.0, 2.7, 4.96];
+            let tk = [0.02, 0.1, 0.2, 0.7, 1.1, 1.9, 2.0, 3.3, 4.0];
+            for cross in [true, false] {
+                let run = |generic: bool| {
+                    GENERIC_ROTATE.with(|g| g.set(generic));
+                    let (c, t) =
+                        if cross { (context.as_tensor(), &tk[..]) } else { (query.as_tensor(), &tq[..]) };
+                    let (y, w) = mha.forward_timed(query.as_tensor(), c, &tq, t, true, true).unwrap();
+                    let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                    GENERIC_ROTATE.with(|g| g.set(false));
+                    let bits = |t: &Tensor| -> Vec<u64> {
+                        let v =
+                            t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+                        v.into_iter().map(f64::to_bits).collect()
+                    };
+                    let mut out = vec![bits(&y), bits(&w.unwrap())];
+                    let mut tensors = vec![query.as_tensor().clone()];
+                    if cross {
+                        tensors.push(context.as_tensor().clone());
+                    }
+                    let data = varmap.data().lock().unwrap();
+                    let mut names: Vec<&String> = data.keys().collect();
+                    names.sort();
+                    tensors.extend(names.iter().map(|n| data[*n].as_tensor().clone()));
+                    out.extend(tensors.iter().map(|t| bits(grads.get(t).unwrap())));
+                    out
                 };
-                (flat(&y), flat(&g))
-            };
-            let (op, candle) = (run(false), run(true));
-            let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&op.0), bits(&candle.0), "{dtype:?} forward");
-            assert_eq!(bits(&op.1), bits(&candle.1), "{dtype:?} gradient");
-            assert!(op.1.iter().any(|v| *v != 0.0));
+                let (op, candle) = (run(false), run(true));
+                assert_eq!(op, candle, "{dtype:?}, cross {cross}");
+                assert!(op[2].iter().any(|b| f64::from_bits(*b) != 0.0));
+            }
         }
     }
 

@@ -22,6 +22,65 @@ pub(crate) struct AttentionOp {
     /// Per head, matrix products instead of element loops: for long sequences (the temporal mode). The
     /// element loops stay for the token attention of `cross_attention`, whose numbers are kept bit for bit.
     products: bool,
+    /// Rotary codes the op applies to `q` and `k` first (the temporal mode).
+    rotation: Option<Rotation>,
+}
+
+/// The rotation of the temporal mode's queries and keys (see `MultiHeadAttention::forward_timed`), applied
+/// inside the op instead of by two ops of its own before it: their outputs would be two more `(B, T, E)`
+/// tensors in the graph, each with a gradient candle allocates, zeroes and adds once more. Each feature
+/// pair `(e, o)` of step `t` becomes `(e·c − o·s, e·s + o·c)` with the tables' cosine `c` and sine `s`,
+/// and the gradient rotates back (`s` negated).
+#[derive(Debug, Clone)]
+pub(crate) struct Rotation {
+    /// `[cos, sin]` of the queries' steps, each `(1, Tq, E/2)`.
+    pub(crate) q: [Tensor; 2],
+    /// The same for the keys' steps, `(1, Tk, E/2)`.
+    pub(crate) k: [Tensor; 2],
+}
+
+/// `x` `(B, T, E)` with each feature pair rotated by the tables `cos`, `sin` `(T·E/2)` (the sine negated
+/// when `back`): one sample per task.
+fn rotate_pairs<T: Real>(x: &[T], steps: usize, e: usize, cos: &[T], sin: &[T], back: bool) -> Vec<T> {
+    let sin: Vec<T> =
+        if back { sin.iter().map(|s| T::from_f64(-s.to_f64())).collect() } else { sin.to_vec() };
+    let mut out = zeros(x.len());
+    if x.is_empty() {
+        return out;
+    }
+    out.par_chunks_exact_mut(steps * e).zip(x.par_chunks_exact(steps * e)).for_each(|(os, xs)| {
+        for (((op, xp), c), s) in os.chunks_exact_mut(2).zip(xs.chunks_exact(2)).zip(cos).zip(&sin) {
+            let (ev, od) = (xp[0], xp[1]);
+            op[0] = ev * *c - od * *s;
+            op[1] = ev * *s + od * *c;
+        }
+    });
+    out
+}
+
+/// A rotation table's values, checked to hold one angle per feature pair of `steps` steps.
+fn table<T: WithDType>(t: &Tensor, steps: usize, e: usize) -> candle_core::Result<Vec<T>> {
+    if t.dims() != [1, steps, e / 2] || !e.is_multiple_of(2) {
+        bail!("attention rotation: table {:?} for {steps} steps of {e} features", t.shape());
+    }
+    t.flatten_all()?.to_vec1::<T>()
+}
+
+impl Rotation {
+    /// `q` and `k` rotated (`back`: rotated back, for their gradients).
+    #[allow(clippy::type_complexity)]
+    fn apply<T: Real>(
+        &self,
+        d: &Dims,
+        q: &[T],
+        k: &[T],
+        back: bool,
+    ) -> candle_core::Result<(Vec<T>, Vec<T>)> {
+        let e = d.embed;
+        let (qc, qs) = (table::<T>(&self.q[0], d.tq, e)?, table::<T>(&self.q[1], d.tq, e)?);
+        let (kc, ks) = (table::<T>(&self.k[0], d.tk, e)?, table::<T>(&self.k[1], d.tk, e)?);
+        Ok((rotate_pairs(q, d.tq, e, &qc, &qs, back), rotate_pairs(k, d.tk, e, &kc, &ks, back)))
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -44,8 +103,8 @@ impl Dims {
 }
 
 impl AttentionOp {
-    pub(crate) fn new(heads: usize, products: bool) -> Self {
-        Self { heads, weights: Arc::default(), products }
+    pub(crate) fn new(heads: usize, products: bool, rotation: Option<Rotation>) -> Self {
+        Self { heads, weights: Arc::default(), products, rotation }
     }
 
     /// The context `(B, Tq, E)` and the weights `(B, H, Tq, Tk)` of contiguous `q`, `k`, `v`.
@@ -433,6 +492,8 @@ impl CustomOp3 for AttentionOp {
         let d = self.dims(l1, l2, l3)?;
         dispatch!(s1, T => {
             let (q, k, v) = (contiguous::<T>(s1, l1, "attention query")?, contiguous::<T>(s2, l2, "attention key")?, contiguous::<T>(s3, l3, "attention value")?);
+            let rotated = self.rotation.as_ref().map(|r| r.apply(&d, q, k, false)).transpose()?;
+            let (q, k) = rotated.as_ref().map_or((q, k), |(q, k)| (q.as_slice(), k.as_slice()));
             let (ctx, p) = self.run(&d, q, k, v);
             *self.weights.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(T::to_cpu_storage_owned(p));
             Ok((T::to_cpu_storage_owned(ctx), Shape::from((d.batch, d.tq, d.embed))))
@@ -460,6 +521,8 @@ impl CustomOp3 for AttentionOp {
         let (qs, ks, vs, gs) = (cpu_storage(&qs)?, cpu_storage(&ks)?, cpu_storage(&vs)?, cpu_storage(&gs)?);
         let (dq, dk, dv) = dispatch!(qs, T => {
             let (q, k, v, g) = (contiguous::<T>(qs, ql, "attention query")?, contiguous::<T>(ks, kl, "attention key")?, contiguous::<T>(vs, vl, "attention value")?, contiguous::<T>(gs, gl, "attention output gradient")?);
+            let rotated = self.rotation.as_ref().map(|r| r.apply(&d, q, k, false)).transpose()?;
+            let (q, k) = rotated.as_ref().map_or((q, k), |(q, k)| (q.as_slice(), k.as_slice()));
             let again;
             let p = match guard.as_ref() {
                 Some(p) => T::cpu_storage_as_slice(p)?,
@@ -518,6 +581,9 @@ impl CustomOp3 for AttentionOp {
                         );
                     });
             }
+            if let Some(r) = &self.rotation {
+                (dq, dk) = r.apply(&d, &dq, &dk, true)?;
+            }
             (T::to_cpu_storage_owned(dq), T::to_cpu_storage_owned(dk), T::to_cpu_storage_owned(dv))
         });
         Ok((
@@ -535,14 +601,15 @@ pub(crate) fn attend(
     v: &Tensor,
     heads: usize,
 ) -> candle_core::Result<(Tensor, Tensor)> {
-    let (ctx, w) = attend_with(q, k, v, heads, false, true, true)?;
+    let (ctx, w) = attend_with(q, k, v, heads, (false, None), true, true)?;
     let Some(w) = w else { bail!("attention forward left no weights") };
     Ok((ctx, w))
 }
 
 /// [`attend`] with matrix products per head (long sequences); the weights are copied out only when
 /// `keep` is set (at batch 256 and 125 steps they are 64 MB), and held for the backward pass only when
-/// `train` is set (without it a backward pass computes them again).
+/// `train` is set (without it a backward pass computes them again). With `rotation`, `q` and `k` are
+/// rotated inside the op first.
 pub(crate) fn attend_long(
     q: &Tensor,
     k: &Tensor,
@@ -550,8 +617,9 @@ pub(crate) fn attend_long(
     heads: usize,
     keep: bool,
     train: bool,
+    rotation: Option<Rotation>,
 ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
-    attend_with(q, k, v, heads, true, keep, train)
+    attend_with(q, k, v, heads, (true, rotation), keep, train)
 }
 
 fn attend_with(
@@ -559,11 +627,11 @@ fn attend_with(
     k: &Tensor,
     v: &Tensor,
     heads: usize,
-    products: bool,
+    (products, rotation): (bool, Option<Rotation>),
     keep: bool,
     store: bool,
 ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
-    let op = AttentionOp::new(heads, products);
+    let op = AttentionOp::new(heads, products, rotation);
     let weights = op.weights_handle();
     let (b, tq, _) = q.dims3()?;
     let tk = k.dim(1)?;
@@ -673,7 +741,7 @@ mod tests {
         let r = Tensor::from_vec(values(b * tq * e, 4.0), (b, tq, e), &Device::Cpu).unwrap();
         let run = |train: bool| {
             let (ctx, w) =
-                attend_long(q.as_tensor(), k.as_tensor(), v.as_tensor(), heads, true, train).unwrap();
+                attend_long(q.as_tensor(), k.as_tensor(), v.as_tensor(), heads, true, train, None).unwrap();
             let grads = (&ctx * &r).unwrap().sum_all().unwrap().backward().unwrap();
             let flat = |t: &Tensor| -> Vec<u32> {
                 t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect()
@@ -684,7 +752,7 @@ mod tests {
         };
         assert_eq!(run(true), run(false));
         let (_, none) =
-            attend_long(q.as_tensor(), k.as_tensor(), v.as_tensor(), heads, false, false).unwrap();
+            attend_long(q.as_tensor(), k.as_tensor(), v.as_tensor(), heads, false, false, None).unwrap();
         assert!(none.is_none());
     }
 

@@ -633,7 +633,7 @@ impl Fusion {
                             })?;
                             Sequence::new(seq.tensor().clone(), d, seq.times().to_vec())?;
                             same_batch("sequence", batch, seq.tensor())?;
-                            seqs.push(seq.tensor().broadcast_mul(scale)?);
+                            seqs.push(crate::graph_ops::scale_channels(seq.tensor(), scale)?);
                             times.push(seq.times());
                         }
                         None => {

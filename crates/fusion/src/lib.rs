@@ -43,6 +43,7 @@ mod attention;
 mod attention_op;
 mod error;
 mod fusion;
+mod graph_ops;
 mod layer_norm_op;
 mod tables;
 mod temporal;

@@ -231,14 +231,14 @@ impl Temporal {
                 let y = s.norm2.forward(x)?;
                 *x = (&*x + s.self_attn.forward_timed(&y, &y, t, t, false, train)?.0)?;
                 let y = s.norm3.forward(x)?;
-                *x = (&*x + s.ff2.forward(&s.ff1.forward(&y)?.relu()?)?)?;
+                *x = (&*x + s.ff2.forward(&crate::graph_ops::relu(&s.ff1.forward(&y)?)?)?)?;
             }
         }
         // Mean over time of each normalised stream, then over the modalities present in each sample.
         let pooled = h
             .iter()
             .zip(&self.out_norms)
-            .map(|(x, norm)| norm.forward(x)?.mean(1))
+            .map(|(x, norm)| crate::graph_ops::mean_over_time(&norm.forward(x)?))
             .collect::<candle_core::Result<Vec<_>>>()?;
         let mixed = match masks {
             Some((m, count)) => {

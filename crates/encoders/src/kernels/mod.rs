@@ -387,12 +387,25 @@ impl CustomOp3 for BlockOp {
     }
 }
 
-/// `x·Wᵀ + b` over `(x, weight, bias)`: `x` `(rows, inputs)`, weight `(outputs, inputs)`, bias `(outputs)`.
+/// `x·Wᵀ + b` over `(x, weight, bias)`: `x` `(…, inputs)` of rank ≥ 2 (its leading dimensions are the
+/// rows, and the output keeps them), weight `(outputs, inputs)`, bias `(outputs)`. Taking any rank saves
+/// the two reshapes around a rank-2 op, each a node of the graph whose gradient candle would allocate,
+/// zero and add once more.
 #[derive(Debug, Clone, Copy)]
 pub struct LinearOp;
 
+/// The output shape of [`LinearOp`] for an input of shape `x`.
+fn linear_out_shape(x: &Shape, outputs: usize) -> Shape {
+    let dims = x.dims();
+    Shape::from([&dims[..dims.len().saturating_sub(1)], &[outputs]].concat())
+}
+
 fn linear_geom(x: &Layout, w: &Layout, b: &Layout) -> candle_core::Result<LinearGeom> {
-    let (rows, inputs) = x.shape().dims2()?;
+    let dims = x.shape().dims();
+    let Some((&inputs, lead)) = dims.split_last().filter(|_| dims.len() >= 2) else {
+        bail!("linear: input {:?} has fewer than two dimensions", x.shape());
+    };
+    let rows = lead.iter().product::<usize>();
     let (outputs, w_inputs) = w.shape().dims2()?;
     if w_inputs != inputs {
         bail!("linear: input has {inputs} features, weight expects {w_inputs}");
@@ -422,7 +435,7 @@ impl CustomOp3 for LinearOp {
             let x = contiguous::<T>(s1, l1, "linear input")?;
             let w = contiguous::<T>(s2, l2, "linear weight")?;
             let b = contiguous::<T>(s3, l3, "linear bias")?;
-            Ok((T::to_cpu_storage_owned(linear::forward(&g, x, w, b)), Shape::from((g.rows, g.outputs))))
+            Ok((T::to_cpu_storage_owned(linear::forward(&g, x, w, b)), linear_out_shape(l1.shape(), g.outputs)))
         })
     }
 
@@ -440,7 +453,7 @@ impl CustomOp3 for LinearOp {
         let (ws, wl) = w.storage_and_layout();
         let (gs, gl) = grad.storage_and_layout();
         let g = linear_geom(xl, wl, b.layout())?;
-        if gl.shape().dims() != [g.rows, g.outputs] {
+        if *gl.shape() != linear_out_shape(xl.shape(), g.outputs) {
             bail!("linear backward: gradient {:?} does not match the output", gl.shape());
         }
         let (xs, ws, gs) = (cpu_storage(&xs)?, cpu_storage(&ws)?, cpu_storage(&gs)?);
