@@ -39,23 +39,12 @@ pub(crate) struct Rotation {
     pub(crate) k: [Tensor; 2],
 }
 
-/// `x` `(B, T, E)` with each feature pair rotated by the tables `cos`, `sin` `(T·E/2)` (the sine negated
-/// when `back`): one sample per task.
-fn rotate_pairs<T: Real>(x: &[T], steps: usize, e: usize, cos: &[T], sin: &[T], back: bool) -> Vec<T> {
-    let sin: Vec<T> =
-        if back { sin.iter().map(|s| T::from_f64(-s.to_f64())).collect() } else { sin.to_vec() };
-    let mut out = zeros(x.len());
-    if x.is_empty() {
-        return out;
-    }
-    out.par_chunks_exact_mut(steps * e).zip(x.par_chunks_exact(steps * e)).for_each(|(os, xs)| {
-        for (((op, xp), c), s) in os.chunks_exact_mut(2).zip(xs.chunks_exact(2)).zip(cos).zip(&sin) {
-            let (ev, od) = (xp[0], xp[1]);
-            op[0] = ev * *c - od * *s;
-            op[1] = ev * *s + od * *c;
-        }
-    });
-    out
+/// The rotation tables as values: cosine and sine of the queries' and the keys' steps, `T·E/2` each.
+struct Tables<T> {
+    qc: Vec<T>,
+    qs: Vec<T>,
+    kc: Vec<T>,
+    ks: Vec<T>,
 }
 
 /// A rotation table's values, checked to hold one angle per feature pair of `steps` steps.
@@ -67,20 +56,49 @@ fn table<T: WithDType>(t: &Tensor, steps: usize, e: usize) -> candle_core::Resul
 }
 
 impl Rotation {
-    /// `q` and `k` rotated (`back`: rotated back, for their gradients).
-    #[allow(clippy::type_complexity)]
-    fn apply<T: Real>(
-        &self,
-        d: &Dims,
-        q: &[T],
-        k: &[T],
-        back: bool,
-    ) -> candle_core::Result<(Vec<T>, Vec<T>)> {
+    /// The tables' values; `back`: the sines negated (the gradient's rotation back).
+    fn tables<T: Real>(&self, d: &Dims, back: bool) -> candle_core::Result<Tables<T>> {
         let e = d.embed;
-        let (qc, qs) = (table::<T>(&self.q[0], d.tq, e)?, table::<T>(&self.q[1], d.tq, e)?);
-        let (kc, ks) = (table::<T>(&self.k[0], d.tk, e)?, table::<T>(&self.k[1], d.tk, e)?);
-        Ok((rotate_pairs(q, d.tq, e, &qc, &qs, back), rotate_pairs(k, d.tk, e, &kc, &ks, back)))
+        let sign =
+            |v: Vec<T>| if back { v.into_iter().map(|s| T::from_f64(-s.to_f64())).collect() } else { v };
+        Ok(Tables {
+            qc: table(&self.q[0], d.tq, e)?,
+            qs: sign(table(&self.q[1], d.tq, e)?),
+            kc: table(&self.k[0], d.tk, e)?,
+            ks: sign(table(&self.k[1], d.tk, e)?),
+        })
     }
+}
+
+/// Rotates the feature pairs of the `rows` rows of `block` (`hd` features of head `h` per row) in place
+/// with the tables' `cos`, `sin` of those rows' steps (`E/2` angles per step).
+fn rotate_block<T: Real>(block: &mut [T], (h, hd, e): (usize, usize, usize), cos: &[T], sin: &[T]) {
+    let (half, pairs) = (e / 2, hd / 2);
+    for (t, row) in block.chunks_exact_mut(hd).enumerate() {
+        let (c, s) = (&cos[t * half + h * pairs..][..pairs], &sin[t * half + h * pairs..][..pairs]);
+        for ((pair, c), s) in row.chunks_exact_mut(2).zip(c).zip(s) {
+            let (ev, od) = (pair[0], pair[1]);
+            pair[0] = ev * *c - od * *s;
+            pair[1] = ev * *s + od * *c;
+        }
+    }
+}
+
+/// Head `h`'s columns of `x` `(rows, E)` into `out` `(rows, hd)`, rotated when `tables` are given: the
+/// head's operand for the matrix products (a view of `x` itself without rotation).
+fn head_operand<'a, T: Real>(
+    x: &'a [T],
+    rows: usize,
+    (h, hd, e): (usize, usize, usize),
+    tables: Option<(&[T], &[T])>,
+    out: &'a mut [T],
+) -> View<'a, T> {
+    let Some((cos, sin)) = tables else { return head_view(x, rows, h, hd, e) };
+    for (o, src) in out.chunks_exact_mut(hd).zip(x.chunks_exact(e)) {
+        o.copy_from_slice(&src[h * hd..][..hd]);
+    }
+    rotate_block(&mut out[..rows * hd], (h, hd, e), cos, sin);
+    View::rows(&out[..rows * hd], rows, hd)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -108,26 +126,48 @@ impl AttentionOp {
     }
 
     /// The context `(B, Tq, E)` and the weights `(B, H, Tq, Tk)` of contiguous `q`, `k`, `v`.
-    fn run<T: Real + SoftmaxRow>(&self, d: &Dims, q: &[T], k: &[T], v: &[T]) -> (Vec<T>, Vec<T>) {
+    /// With a rotation, `q` and `k` are rotated head by head, inside each task.
+    fn run<T: Real + SoftmaxRow>(
+        &self,
+        d: &Dims,
+        q: &[T],
+        k: &[T],
+        v: &[T],
+    ) -> candle_core::Result<(Vec<T>, Vec<T>)> {
         let mut ctx = zeros(d.batch * d.tq * d.embed);
         let mut p = zeros(d.batch * d.heads * d.tq * d.tk);
         if self.products {
             // One task per sample and head, so that a batch of one keeps every thread busy: each head's
             // context goes to its own `(Tq, hd)` block, then into its columns of `ctx`.
-            let hd = d.head_dim();
+            let (hd, e) = (d.head_dim(), d.embed);
+            let tables = self.rotation.as_ref().map(|r| r.tables::<T>(d, false)).transpose()?;
             let mut blocks = zeros(d.batch * d.heads * d.tq * hd);
+            let zero = T::from_f64(0.0);
             blocks
                 .par_chunks_exact_mut(d.tq * hd)
                 .zip(p.par_chunks_exact_mut(d.tq * d.tk))
                 .enumerate()
-                .for_each(|(bh, (c, ph))| {
-                    let (b, h) = (bh / d.heads, bh % d.heads);
-                    let kv = b * d.tk * d.embed..(b + 1) * d.tk * d.embed;
-                    let qb = &q[b * d.tq * d.embed..(b + 1) * d.tq * d.embed];
-                    forward_head_products(d, h, qb, &k[kv.clone()], &v[kv], c, ph);
-                });
+                // Rotated heads of q and k: one pair of scratch blocks per split of the work.
+                .for_each_init(
+                    || (vec![zero; d.tq * hd], vec![zero; d.tk * hd]),
+                    |(qs, ks), (bh, (c, ph))| {
+                        let (b, h) = (bh / d.heads, bh % d.heads);
+                        let kv = b * d.tk * e..(b + 1) * d.tk * e;
+                        let qb = &q[b * d.tq * e..(b + 1) * d.tq * e];
+                        let t = tables.as_ref();
+                        let qv = head_operand(qb, d.tq, (h, hd, e), t.map(|t| (&t.qc[..], &t.qs[..])), qs);
+                        let kv_ = head_operand(
+                            &k[kv.clone()],
+                            d.tk,
+                            (h, hd, e),
+                            t.map(|t| (&t.kc[..], &t.ks[..])),
+                            ks,
+                        );
+                        forward_head_products(d, qv, kv_, head_view(&v[kv], d.tk, h, hd, e), c, ph);
+                    },
+                );
             scatter_heads(d, d.tq, &blocks, &mut ctx);
-            return (ctx, p);
+            return Ok((ctx, p));
         }
         // Samples are independent: one per task, the same arithmetic whatever the thread count.
         ctx.par_chunks_exact_mut(d.tq * d.embed)
@@ -138,7 +178,7 @@ impl AttentionOp {
                 let qb = &q[b * d.tq * d.embed..(b + 1) * d.tq * d.embed];
                 forward_sample(d, qb, &k[kv.clone()], &v[kv], c, pb);
             });
-        (ctx, p)
+        Ok((ctx, p))
     }
 
     /// A handle to the weights the forward pass will compute.
@@ -213,26 +253,21 @@ fn scatter_heads<T: Copy + Send + Sync>(d: &Dims, rows: usize, blocks: &[T], out
     );
 }
 
-/// Head `h` of [`forward_sample`] with matrix products for `q·kᵀ` and `P·v` (the same result up to
-/// rounding): its context `(tq, hd)` into `ctx`, its weights `(tq, tk)` into `p`.
-fn forward_head_products<'a, T: Real + SoftmaxRow>(
+/// One head of [`forward_sample`] with matrix products for `q·kᵀ` and `P·v` (the same result up to
+/// rounding), from the head's `q` `(tq, hd)`, `k` and `v` `(tk, hd)`: its context `(tq, hd)` into `ctx`,
+/// its weights `(tq, tk)` into `p`.
+fn forward_head_products<T: Real + SoftmaxRow>(
     d: &Dims,
-    h: usize,
-    q: &'a [T],
-    k: &'a [T],
-    v: &'a [T],
+    q: View<'_, T>,
+    k: View<'_, T>,
+    v: View<'_, T>,
     ctx: &mut [T],
     p: &mut [T],
 ) {
-    let (hd, e) = (d.head_dim(), d.embed);
-    matmul(
-        ViewMut::rows(p, d.tq, d.tk, d.tk),
-        false,
-        head_view(q, d.tq, h, hd, e),
-        head_view(k, d.tk, h, hd, e).t(),
-    );
+    let hd = d.head_dim();
+    matmul(ViewMut::rows(p, d.tq, d.tk, d.tk), false, q, k.t());
     T::softmax_rows(p, d.tk, d.scale());
-    matmul(ViewMut::rows(ctx, d.tq, hd, hd), false, View::rows(p, d.tq, d.tk), head_view(v, d.tk, h, hd, e));
+    matmul(ViewMut::rows(ctx, d.tq, hd, hd), false, View::rows(p, d.tq, d.tk), v);
 }
 
 /// `row ← softmax(row · scale)` for each row of `len` values, in place: the long-sequence attention's one
@@ -393,27 +428,23 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     if x < LOW { 0.0 } else { y * two_n }
 }
 
-/// Head `h` of [`backward_sample`] with matrix products: the head's gradients `(tq, hd)`, `(tk, hd)`,
-/// `(tk, hd)` of q, k and v into `dq`, `dk`, `dv` (overwritten), from its weights `p` `(tq, tk)`.
+/// One head of [`backward_sample`] with matrix products, from the head's `q` `(tq, hd)`, `k`, `v`
+/// `(tk, hd)`, weights `p` `(tq, tk)` and output gradient `dctx` `(tq, hd)`: its gradients `(tq, hd)`,
+/// `(tk, hd)`, `(tk, hd)` of q, k and v into `dq`, `dk`, `dv` (overwritten); `ds` `(tq, tk)` is scratch.
 #[allow(clippy::too_many_arguments)]
-fn backward_head_products<'a, T: Real>(
+fn backward_head_products<T: Real>(
     d: &Dims,
     ds: &mut [T],
-    h: usize,
-    q: &'a [T],
-    k: &'a [T],
-    v: &'a [T],
+    (q, k, v): (View<'_, T>, View<'_, T>, View<'_, T>),
     p: &[T],
-    dctx: &'a [T],
+    go: View<'_, T>,
     dq: &mut [T],
     dk: &mut [T],
     dv: &mut [T],
 ) {
-    let (hd, e, scale) = (d.head_dim(), d.embed, T::from_f64(d.scale()));
-    let head = |data: &'a [T], rows: usize| head_view(data, rows, h, hd, e);
-    let go = head(dctx, d.tq);
+    let (hd, scale) = (d.head_dim(), T::from_f64(d.scale()));
     // dP = dctx·vᵀ (overwrites `ds`); dv = Pᵀ·dctx
-    matmul(ViewMut::rows(ds, d.tq, d.tk, d.tk), false, go, head(v, d.tk).t());
+    matmul(ViewMut::rows(ds, d.tq, d.tk, d.tk), false, go, v.t());
     matmul(ViewMut::rows(dv, d.tk, hd, hd), false, View::rows(p, d.tq, d.tk).t(), go);
     // dS = P·(dP − Σ P·dP), times the scale for q and k.
     for (prow, srow) in p.chunks_exact(d.tk).zip(ds.chunks_exact_mut(d.tk)) {
@@ -423,8 +454,8 @@ fn backward_head_products<'a, T: Real>(
         }
     }
     // dq = dS·k; dk = dSᵀ·q
-    matmul(ViewMut::rows(dq, d.tq, hd, hd), false, View::rows(ds, d.tq, d.tk), head(k, d.tk));
-    matmul(ViewMut::rows(dk, d.tk, hd, hd), false, View::rows(ds, d.tq, d.tk).t(), head(q, d.tq));
+    matmul(ViewMut::rows(dq, d.tq, hd, hd), false, View::rows(ds, d.tq, d.tk), k);
+    matmul(ViewMut::rows(dk, d.tk, hd, hd), false, View::rows(ds, d.tq, d.tk).t(), q);
 }
 
 /// Backward for one sample: gradients of q, k, v from `dctx` and the forward's weights `p`.
@@ -492,9 +523,7 @@ impl CustomOp3 for AttentionOp {
         let d = self.dims(l1, l2, l3)?;
         dispatch!(s1, T => {
             let (q, k, v) = (contiguous::<T>(s1, l1, "attention query")?, contiguous::<T>(s2, l2, "attention key")?, contiguous::<T>(s3, l3, "attention value")?);
-            let rotated = self.rotation.as_ref().map(|r| r.apply(&d, q, k, false)).transpose()?;
-            let (q, k) = rotated.as_ref().map_or((q, k), |(q, k)| (q.as_slice(), k.as_slice()));
-            let (ctx, p) = self.run(&d, q, k, v);
+            let (ctx, p) = self.run(&d, q, k, v)?;
             *self.weights.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(T::to_cpu_storage_owned(p));
             Ok((T::to_cpu_storage_owned(ctx), Shape::from((d.batch, d.tq, d.embed))))
         })
@@ -521,44 +550,48 @@ impl CustomOp3 for AttentionOp {
         let (qs, ks, vs, gs) = (cpu_storage(&qs)?, cpu_storage(&ks)?, cpu_storage(&vs)?, cpu_storage(&gs)?);
         let (dq, dk, dv) = dispatch!(qs, T => {
             let (q, k, v, g) = (contiguous::<T>(qs, ql, "attention query")?, contiguous::<T>(ks, kl, "attention key")?, contiguous::<T>(vs, vl, "attention value")?, contiguous::<T>(gs, gl, "attention output gradient")?);
-            let rotated = self.rotation.as_ref().map(|r| r.apply(&d, q, k, false)).transpose()?;
-            let (q, k) = rotated.as_ref().map_or((q, k), |(q, k)| (q.as_slice(), k.as_slice()));
             let again;
             let p = match guard.as_ref() {
                 Some(p) => T::cpu_storage_as_slice(p)?,
                 None => {
-                    again = self.run(&d, q, k, v).1;
+                    again = self.run(&d, q, k, v)?.1;
                     again.as_slice()
                 }
             };
             let (qn, kn, pn) = (d.tq * d.embed, d.tk * d.embed, d.heads * d.tq * d.tk);
             let (mut dq, mut dk, mut dv) = (zeros::<T>(q.len()), zeros::<T>(k.len()), zeros::<T>(v.len()));
             if self.products {
-                // One task per sample and head (see `run`), each into its own blocks.
-                let hd = d.head_dim();
+                // One task per sample and head (see `run`), each into its own blocks; with a rotation, the
+                // task rotates its heads of q and k as the forward pass did, and its gradients of them back.
+                let (hd, e) = (d.head_dim(), d.embed);
                 let (qh, kh) = (d.tq * hd, d.tk * hd);
+                let forward = self.rotation.as_ref().map(|r| r.tables::<T>(&d, false)).transpose()?;
+                let back = self.rotation.as_ref().map(|r| r.tables::<T>(&d, true)).transpose()?;
                 let (mut bq, mut bk, mut bv) = (zeros::<T>(q.len()), zeros::<T>(k.len()), zeros::<T>(v.len()));
+                let zero = T::from_f64(0.0);
                 bq.par_chunks_exact_mut(qh)
                     .zip(bk.par_chunks_exact_mut(kh))
                     .zip(bv.par_chunks_exact_mut(kh))
                     .enumerate()
-                    // One `(tq, tk)` scratch per split of the work, not per task: each task overwrites it.
-                    .for_each_init(|| vec![T::from_f64(0.0); d.tq * d.tk], |ds, (bh, ((dq, dk), dv))| {
-                        let (b, h) = (bh / d.heads, bh % d.heads);
-                        backward_head_products::<T>(
-                            &d,
-                            ds,
-                            h,
-                            &q[b * qn..][..qn],
-                            &k[b * kn..][..kn],
-                            &v[b * kn..][..kn],
-                            &p[b * pn + h * d.tq * d.tk..][..d.tq * d.tk],
-                            &g[b * qn..][..qn],
-                            dq,
-                            dk,
-                            dv,
-                        );
-                    });
+                    // Scratch per split of the work, not per task: the `(tq, tk)` gradient of the scores and
+                    // the rotated heads, each overwritten by every task.
+                    .for_each_init(
+                        || (vec![zero; d.tq * d.tk], vec![zero; qh], vec![zero; kh]),
+                        |(ds, qs, ks), (bh, ((dq, dk), dv))| {
+                            let (b, h) = (bh / d.heads, bh % d.heads);
+                            let t = forward.as_ref();
+                            let qv = head_operand(&q[b * qn..][..qn], d.tq, (h, hd, e), t.map(|t| (&t.qc[..], &t.qs[..])), qs);
+                            let kv = head_operand(&k[b * kn..][..kn], d.tk, (h, hd, e), t.map(|t| (&t.kc[..], &t.ks[..])), ks);
+                            let vv = head_view(&v[b * kn..][..kn], d.tk, h, hd, e);
+                            let go = head_view(&g[b * qn..][..qn], d.tq, h, hd, e);
+                            let ph = &p[b * pn + h * d.tq * d.tk..][..d.tq * d.tk];
+                            backward_head_products::<T>(&d, ds, (qv, kv, vv), ph, go, dq, dk, dv);
+                            if let Some(t) = &back {
+                                rotate_block(dq, (h, hd, e), &t.qc, &t.qs);
+                                rotate_block(dk, (h, hd, e), &t.kc, &t.ks);
+                            }
+                        },
+                    );
                 scatter_heads(&d, d.tq, &bq, &mut dq);
                 scatter_heads(&d, d.tk, &bk, &mut dk);
                 scatter_heads(&d, d.tk, &bv, &mut dv);
@@ -580,9 +613,6 @@ impl CustomOp3 for AttentionOp {
                             dv,
                         );
                     });
-            }
-            if let Some(r) = &self.rotation {
-                (dq, dk) = r.apply(&d, &dq, &dk, true)?;
             }
             (T::to_cpu_storage_owned(dq), T::to_cpu_storage_owned(dk), T::to_cpu_storage_owned(dv))
         });
