@@ -239,8 +239,9 @@ impl CustomOp1 for ReluOp {
         let dx = dispatch!(xs, T => {
             let x = contiguous::<T>(xs, xl, "relu input")?;
             let dy = contiguous::<T>(gs, gl, "relu output gradient")?;
-            let (one, zero) = (T::from_f64(1.0), T::from_f64(0.0));
-            T::to_cpu_storage_owned(zip_map(dy, x, |g, x| g * if x >= zero { one } else { zero }))
+            let zero = T::from_f64(0.0);
+            // The comparison as a number (as candle casts it), not a branch: the signs are unpredictable.
+            T::to_cpu_storage_owned(zip_map(dy, x, |g, x| g * T::from_f64(f64::from(u8::from(x >= zero)))))
         });
         Ok(Some(tensor_from(dx, x.dims(), x)?))
     }
