@@ -11,6 +11,8 @@ use encoders::cpu_op::{
 };
 use rayon::prelude::*;
 
+use crate::recycle::{self, Recycle};
+
 /// Attention weights `(B, H, Tq, Tk)` of the last forward pass.
 pub(crate) type Weights = Arc<Mutex<Option<CpuStorage>>>;
 
@@ -127,7 +129,7 @@ impl AttentionOp {
 
     /// The context `(B, Tq, E)` and the weights `(B, H, Tq, Tk)` of contiguous `q`, `k`, `v`.
     /// With a rotation, `q` and `k` are rotated head by head, inside each task.
-    fn run<T: Real + SoftmaxRow>(
+    fn run<T: Real + SoftmaxRow + Recycle>(
         &self,
         d: &Dims,
         q: &[T],
@@ -135,13 +137,16 @@ impl AttentionOp {
         v: &[T],
     ) -> candle_core::Result<(Vec<T>, Vec<T>)> {
         let mut ctx = zeros(d.batch * d.tq * d.embed);
-        let mut p = zeros(d.batch * d.heads * d.tq * d.tk);
+        let weights = d.batch * d.heads * d.tq * d.tk;
         if self.products {
+            // Every `(tq, tk)` block of the weights and every head's context block is overwritten whole by
+            // its matrix product: recycled buffers.
+            let mut p = recycle::take(weights);
             // One task per sample and head, so that a batch of one keeps every thread busy: each head's
             // context goes to its own `(Tq, hd)` block, then into its columns of `ctx`.
             let (hd, e) = (d.head_dim(), d.embed);
             let tables = self.rotation.as_ref().map(|r| r.tables::<T>(d, false)).transpose()?;
-            let mut blocks = zeros(d.batch * d.heads * d.tq * hd);
+            let mut blocks = recycle::take(d.batch * d.heads * d.tq * hd);
             let zero = T::from_f64(0.0);
             blocks
                 .par_chunks_exact_mut(d.tq * hd)
@@ -167,8 +172,10 @@ impl AttentionOp {
                     },
                 );
             scatter_heads(d, d.tq, &blocks, &mut ctx);
+            recycle::give(blocks);
             return Ok((ctx, p));
         }
+        let mut p = zeros(weights);
         // Samples are independent: one per task, the same arithmetic whatever the thread count.
         ctx.par_chunks_exact_mut(d.tq * d.embed)
             .zip(p.par_chunks_exact_mut(d.heads * d.tq * d.tk))
@@ -538,7 +545,7 @@ impl CustomOp3 for AttentionOp {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        let guard = self.weights.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut guard = self.weights.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let (qs, ql) = q.storage_and_layout();
         let (ks, kl) = k.storage_and_layout();
         let (vs, vl) = v.storage_and_layout();
@@ -550,13 +557,10 @@ impl CustomOp3 for AttentionOp {
         let (qs, ks, vs, gs) = (cpu_storage(&qs)?, cpu_storage(&ks)?, cpu_storage(&vs)?, cpu_storage(&gs)?);
         let (dq, dk, dv) = dispatch!(qs, T => {
             let (q, k, v, g) = (contiguous::<T>(qs, ql, "attention query")?, contiguous::<T>(ks, kl, "attention key")?, contiguous::<T>(vs, vl, "attention value")?, contiguous::<T>(gs, gl, "attention output gradient")?);
-            let again;
+            let mut again = None;
             let p = match guard.as_ref() {
                 Some(p) => T::cpu_storage_as_slice(p)?,
-                None => {
-                    again = self.run(&d, q, k, v)?.1;
-                    again.as_slice()
-                }
+                None => again.insert(self.run(&d, q, k, v)?.1).as_slice(),
             };
             let (qn, kn, pn) = (d.tq * d.embed, d.tk * d.embed, d.heads * d.tq * d.tk);
             let (mut dq, mut dk, mut dv) = (zeros::<T>(q.len()), zeros::<T>(k.len()), zeros::<T>(v.len()));
@@ -567,7 +571,8 @@ impl CustomOp3 for AttentionOp {
                 let (qh, kh) = (d.tq * hd, d.tk * hd);
                 let forward = self.rotation.as_ref().map(|r| r.tables::<T>(&d, false)).transpose()?;
                 let back = self.rotation.as_ref().map(|r| r.tables::<T>(&d, true)).transpose()?;
-                let (mut bq, mut bk, mut bv) = (zeros::<T>(q.len()), zeros::<T>(k.len()), zeros::<T>(v.len()));
+                // Overwritten whole, block by block, by the matrix products: recycled buffers.
+                let (mut bq, mut bk, mut bv) = (recycle::take::<T>(q.len()), recycle::take::<T>(k.len()), recycle::take::<T>(v.len()));
                 let zero = T::from_f64(0.0);
                 bq.par_chunks_exact_mut(qh)
                     .zip(bk.par_chunks_exact_mut(kh))
@@ -595,6 +600,9 @@ impl CustomOp3 for AttentionOp {
                 scatter_heads(&d, d.tq, &bq, &mut dq);
                 scatter_heads(&d, d.tk, &bk, &mut dk);
                 scatter_heads(&d, d.tk, &bv, &mut dv);
+                for b in [bq, bk, bv] {
+                    recycle::give(b);
+                }
             } else {
                 dq.par_chunks_exact_mut(qn)
                     .zip(dk.par_chunks_exact_mut(kn))
@@ -614,13 +622,29 @@ impl CustomOp3 for AttentionOp {
                         );
                     });
             }
+            if let (true, Some(p)) = (self.products, again) {
+                recycle::give(p);
+            }
             (T::to_cpu_storage_owned(dq), T::to_cpu_storage_owned(dk), T::to_cpu_storage_owned(dv))
         });
+        // The weights have served their backward pass (a second one would compute them again).
+        if let (true, Some(p)) = (self.products, guard.take()) {
+            give_storage(p);
+        }
         Ok((
             Some(tensor_from(dq, q.dims(), q)?),
             Some(tensor_from(dk, k.dims(), k)?),
             Some(tensor_from(dv, v.dims(), v)?),
         ))
+    }
+}
+
+/// Hands the weights of a long-sequence attention back to [`recycle`].
+fn give_storage(s: CpuStorage) {
+    match s {
+        CpuStorage::F32(v) => recycle::give(v),
+        CpuStorage::F64(v) => recycle::give(v),
+        _ => {}
     }
 }
 
@@ -678,6 +702,9 @@ fn attend_with(
         }
     };
     if !keep {
+        if let (true, Some(w)) = (products, w) {
+            give_storage(w);
+        }
         return Ok((ctx, None));
     }
     let Some(w) = w else { bail!("attention forward left no weights") };

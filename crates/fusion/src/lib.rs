@@ -45,6 +45,7 @@ mod error;
 mod fusion;
 mod graph_ops;
 mod layer_norm_op;
+mod recycle;
 mod tables;
 mod temporal;
 
