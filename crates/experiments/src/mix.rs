@@ -25,6 +25,11 @@ use crate::model::{EmotionModel, MixExpert, ModelConfig, OutputMix};
 /// Grid steps per unit weight when choosing a mix (0.1 apart).
 pub const MIX_STEPS: usize = 10;
 
+/// The weights of a grid point given as [`MIX_STEPS`] steps per output.
+fn step_weights(steps: &[usize]) -> Vec<f64> {
+    steps.iter().map(|&s| s as f64 / MIX_STEPS as f64).collect()
+}
+
 /// Temperatures tried when calibrating an output ([`OutputProbs::choose`]): `2^(k/4)` for
 /// `k = −TEMPERATURE_STEPS..=TEMPERATURE_STEPS`, i.e. 0.125 to 8 (ties go to the one nearest 1).
 pub const TEMPERATURE_STEPS: i32 = 12;
@@ -270,14 +275,14 @@ impl OutputProbs {
         let mut best: Option<(f64, Vec<usize>)> = None;
         let mut grid = vec![0usize; k];
         compositions(MIX_STEPS, &mut grid, 0, &mut |w| {
-            let weights: Vec<f64> = w.iter().map(|&s| s as f64 / MIX_STEPS as f64).collect();
+            let weights = step_weights(w);
             let nll = self.nll(&weights);
             if best.as_ref().is_none_or(|(b, _)| nll < b - 1e-12) {
                 best = Some((nll, w.to_vec()));
             }
         });
         let (nll, w) = best.unwrap_or_else(|| (f64::INFINITY, vec![MIX_STEPS]));
-        (nll, w.iter().map(|&s| s as f64 / MIX_STEPS as f64).collect())
+        (nll, step_weights(&w))
     }
 
     /// From the temperatures `start`: the best weights, then, in turns (at most [`REFINE_ROUNDS`]), the
@@ -408,7 +413,7 @@ impl OutputProbs {
         let mut grid: Vec<Vec<usize>> = Vec::new();
         let mut per_group: Vec<Vec<f64>> = Vec::new();
         compositions(MIX_STEPS, &mut vec![0usize; self.outputs.len()], 0, &mut |w| {
-            let weights: Vec<f64> = w.iter().map(|&s| s as f64 / MIX_STEPS as f64).collect();
+            let weights = step_weights(w);
             let mut sums = vec![0.0; groups];
             for (i, &g) in group.iter().enumerate() {
                 sums[g] -= self.true_class_prob(&weights, i).max(1e-30).ln();
@@ -483,8 +488,7 @@ impl OutputProbs {
                 *s /= size as f64;
             }
         }
-        let grid: Vec<Vec<f64>> =
-            steps.iter().map(|w| w.iter().map(|&s| s as f64 / MIX_STEPS as f64).collect()).collect();
+        let grid: Vec<Vec<f64>> = steps.iter().map(|w| step_weights(w)).collect();
         let mean = |v: &mut dyn Iterator<Item = f64>| v.sum::<f64>() / count.max(1) as f64;
         let fits: Vec<f64> = per_trial.iter().map(|v| mean(&mut v.iter().copied())).collect();
         let mut best = 0;
