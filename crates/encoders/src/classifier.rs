@@ -61,7 +61,7 @@ impl EmotionClassifier {
 
 impl ModuleT for EmotionClassifier {
     fn forward_t(&self, z: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let h = self.fc1.forward(z)?.relu()?;
+        let h = self.fc1.forward_relu(z)?;
         self.fc2.forward(&self.dropout.forward_t(&h, train)?)
     }
 }

@@ -54,5 +54,5 @@ pub use encoder::{AudioEncoder, BN_EPS, BN_MOMENTUM, ConvSpec, EegEncoder, Encod
 pub use error::{Error, Result};
 pub use init::{init_pytorch_default, seeded_randn};
 pub use kernels::{Isa, IsaError, force_isa, isa, matmul_instruction_set};
-pub use linear::{Linear, linear};
+pub use linear::{Linear, linear, linear_relu};
 pub use video::{VideoEncoder, VideoEncoderConfig};

@@ -51,20 +51,50 @@ impl Module for Linear {
     }
 }
 
+impl Linear {
+    /// `relu(self.forward(x))` as one op on the CPU ([`linear_relu`]).
+    ///
+    /// # Errors
+    /// As [`Module::forward`].
+    pub fn forward_relu(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        linear_relu(x, &self.weight, &self.bias)
+    }
+}
+
 /// `x·Wᵀ + b` over the last dimension of `x` (rank ≥ 2; leading dimensions are kept), for a weight
 /// `(outputs, inputs)` and a bias `(outputs)`.
 ///
 /// # Errors
 /// When the sizes do not match, or from candle.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
-    if crate::cpu_op::supported(x)
-        && x.rank() >= 2
-        && x.dtype() == weight.dtype()
-        && x.dtype() == bias.dtype()
-    {
-        return x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, kernels::LinearOp);
+    if cpu_op_fits(x, weight, bias) {
+        return x.contiguous()?.apply_op3(
+            &weight.contiguous()?,
+            &bias.contiguous()?,
+            kernels::LinearOp::default(),
+        );
     }
     linear_generic(x, weight, bias)
+}
+
+/// `max(x·Wᵀ + b, 0)`: [`linear`] and candle's `relu`, with the same bits, as one op on the CPU.
+///
+/// # Errors
+/// As [`linear`].
+pub fn linear_relu(x: &Tensor, weight: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
+    if cpu_op_fits(x, weight, bias) {
+        return x.contiguous()?.apply_op3(
+            &weight.contiguous()?,
+            &bias.contiguous()?,
+            kernels::LinearOp::with_relu(),
+        );
+    }
+    linear_generic(x, weight, bias)?.relu()
+}
+
+/// Whether the CPU op takes these operands.
+fn cpu_op_fits(x: &Tensor, weight: &Tensor, bias: &Tensor) -> bool {
+    crate::cpu_op::supported(x) && x.rank() >= 2 && x.dtype() == weight.dtype() && x.dtype() == bias.dtype()
 }
 
 /// The same from candle ops: runs on every device, and serves as the cross-check of the CPU op.
@@ -77,6 +107,52 @@ mod tests {
     use candle_core::{DType, Device, Var};
 
     use super::*;
+
+    /// The linear op with its ReLU gives the bits of the linear op followed by candle's ReLU: the output
+    /// and every gradient, f32 and f64, rank 2 and 3, with pre-activations of exactly zero (a row of zero
+    /// inputs, zero biases of either sign) and below it. A NaN pre-activation gives 0, as candle's.
+    #[test]
+    fn linear_relu_is_linear_then_candles_relu_bit_for_bit() -> crate::Result<()> {
+        let dev = Device::Cpu;
+        for dtype in [DType::F32, DType::F64] {
+            for shape in [vec![7, 5], vec![3, 130, 5]] {
+                let n: usize = shape.iter().product();
+                // Every fourth row zero: its pre-activations are its biases.
+                let xs: Vec<f64> = (0..n)
+                    .map(|i| if (i / 5) % 4 == 1 { 0.0 } else { ((i * 37) % 23) as f64 / 7.0 - 1.5 })
+                    .collect();
+                let x = Var::from_tensor(&Tensor::from_vec(xs, shape.as_slice(), &dev)?.to_dtype(dtype)?)?;
+                let w = Var::from_tensor(&crate::seeded_randn(0.0, 1.0, &[4, 5], 2, &dev)?.to_dtype(dtype)?)?;
+                let b = Var::from_tensor(&Tensor::new(&[0.0f64, -0.0, 0.3, -0.4], &dev)?.to_dtype(dtype)?)?;
+                let dy = crate::seeded_randn(0.0, 1.0, &[&shape[..shape.len() - 1], &[4]].concat(), 3, &dev)?
+                    .to_dtype(dtype)?;
+                let run = |fused: bool| -> crate::Result<Vec<Vec<u64>>> {
+                    let y = if fused {
+                        linear_relu(x.as_tensor(), w.as_tensor(), b.as_tensor())?
+                    } else {
+                        linear(x.as_tensor(), w.as_tensor(), b.as_tensor())?.relu()?
+                    };
+                    let grads = (&y * &dy)?.sum_all()?.backward()?;
+                    let bits = |t: &Tensor| -> crate::Result<Vec<u64>> {
+                        let v = t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+                        Ok(v.into_iter().map(f64::to_bits).collect())
+                    };
+                    let mut out = vec![bits(&y)?];
+                    for v in [&x, &w, &b] {
+                        out.push(bits(grads.get(v.as_tensor()).expect("a gradient"))?);
+                    }
+                    Ok(out)
+                };
+                let (fused, apart) = (run(true)?, run(false)?);
+                assert_eq!(fused, apart, "{dtype:?} {shape:?}");
+                assert!(fused[0].iter().any(|b| f64::from_bits(*b) == 0.0), "some outputs are cut to zero");
+            }
+        }
+        let x = Tensor::new(&[[f32::NAN, 1.0]], &dev)?;
+        let (w, b) = (Tensor::new(&[[1.0f32, 1.0]], &dev)?, Tensor::new(&[0.0f32], &dev)?);
+        assert_eq!(linear_relu(&x, &w, &b)?.to_vec2::<f32>()?, [[0.0]]);
+        Ok(())
+    }
 
     /// Output and every gradient of the CPU op against candle's ops, f32 and f64, rank 2 and 3, with a
     /// weight that is a row range of a larger tensor (as attention's input projections use it).

@@ -1,10 +1,10 @@
-//! Three candle ops of the temporal mode as CPU custom ops, for their backward passes: candle's gradient
-//! of a per-channel scale sums over the batch and time axes one element at a time, with two integer
-//! divisions per element (3.3 ms for a `(32, 125, 128)` sequence on the Zen 5, twice per training step),
-//! its forward sum over the time axis does the same, and its ReLU gradient is four passes and four
-//! allocations (`x ≥ 0`, a cast, a product, the zeros it adds to). Each op here computes what candle's
-//! ops compute, element for element in the same order, so the results are the same bits (tested against
-//! candle's ops, gradients included); on other devices and dtypes the candle ops run.
+//! Two candle ops of the temporal mode as CPU custom ops: candle's gradient of a per-channel scale sums
+//! over the batch and time axes one element at a time, with two integer divisions per element (3.3 ms
+//! for a `(32, 125, 128)` sequence on the Zen 5, twice per training step), and its forward sum over the
+//! time axis does the same. Each op here computes what candle's ops compute, element for element in the
+//! same order, so the results are the same bits (tested against candle's ops, gradients included); on
+//! other devices and dtypes the candle ops run. (The feed-forward ReLU is part of its linear op:
+//! `encoders::linear_relu`.)
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor, WithDType, bail};
 use encoders::cpu_op::{contiguous, cpu_storage, dispatch_float as dispatch, tensor_from};
@@ -36,51 +36,9 @@ pub(crate) fn mean_over_time(x: &Tensor) -> candle_core::Result<Tensor> {
     x.mean(1)
 }
 
-/// `max(x, 0)` element-wise: candle's `x.relu()`, whose gradient passes where `x ≥ 0`.
-///
-/// # Errors
-/// From candle.
-pub(crate) fn relu(x: &Tensor) -> candle_core::Result<Tensor> {
-    if encoders::cpu_op::supported(x) && !GENERIC.with(std::cell::Cell::get) {
-        return x.contiguous()?.apply_op1(ReluOp);
-    }
-    x.relu()
-}
-
 thread_local! {
     /// Tests: run the functions above through candle's ops even on the CPU, to compare the two paths.
     static GENERIC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// The element types of the ops, with the ReLU candle applies to them.
-trait Element: encoders::cpu_op::Real {
-    /// `self.max(0)`, as candle's ReLU (a NaN becomes 0).
-    fn max0(self) -> Self;
-}
-
-impl Element for f32 {
-    fn max0(self) -> Self {
-        self.max(0.0)
-    }
-}
-
-impl Element for f64 {
-    fn max0(self) -> Self {
-        self.max(0.0)
-    }
-}
-
-/// `f(a, b)` element by element into a new buffer, in parallel blocks.
-fn zip_map<T: Element>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
-    let mut out = encoders::cpu_op::zeros::<T>(a.len());
-    out.par_chunks_mut(BLOCK * 64).zip(a.par_chunks(BLOCK * 64)).zip(b.par_chunks(BLOCK * 64)).for_each(
-        |((o, a), b)| {
-            for ((o, a), b) in o.iter_mut().zip(a).zip(b) {
-                *o = f(*a, *b);
-            }
-        },
-    );
-    out
 }
 
 /// The channels of `x` and a matching `scale` `(C)`.
@@ -98,7 +56,7 @@ fn channels(x: &Layout, scale: &Layout) -> candle_core::Result<usize> {
 #[derive(Debug, Clone, Copy)]
 struct ScaleOp;
 
-fn scale_rows<T: Element>(x: &[T], scale: &[T]) -> Vec<T> {
+fn scale_rows<T: encoders::cpu_op::Real>(x: &[T], scale: &[T]) -> Vec<T> {
     let c = scale.len();
     let mut out = encoders::cpu_op::zeros::<T>(x.len());
     out.par_chunks_mut(BLOCK * c).zip(x.par_chunks(BLOCK * c)).for_each(|(o, x)| {
@@ -213,40 +171,6 @@ impl CustomOp1 for TimeSumOp {
     }
 }
 
-/// `max(x, 0)`; gradient `dy · [x ≥ 0]` (candle's: the gradient times the cast comparison).
-#[derive(Debug, Clone, Copy)]
-struct ReluOp;
-
-impl CustomOp1 for ReluOp {
-    fn name(&self) -> &'static str {
-        "emofuse-relu"
-    }
-
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        dispatch!(s1, T => {
-            let x = contiguous::<T>(s1, l1, "relu input")?;
-            Ok((T::to_cpu_storage_owned(zip_map(x, x, |x, _| x.max0())), l1.shape().clone()))
-        })
-    }
-
-    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        if grad.dims() != x.dims() {
-            bail!("relu backward: gradient {:?} does not match the input {:?}", grad.shape(), x.shape());
-        }
-        let (xs, xl) = x.storage_and_layout();
-        let (gs, gl) = grad.storage_and_layout();
-        let (xs, gs) = (cpu_storage(&xs)?, cpu_storage(&gs)?);
-        let dx = dispatch!(xs, T => {
-            let x = contiguous::<T>(xs, xl, "relu input")?;
-            let dy = contiguous::<T>(gs, gl, "relu output gradient")?;
-            let zero = T::from_f64(0.0);
-            // The comparison as a number (as candle casts it), not a branch: the signs are unpredictable.
-            T::to_cpu_storage_owned(zip_map(dy, x, |g, x| g * T::from_f64(f64::from(u8::from(x >= zero)))))
-        });
-        Ok(Some(tensor_from(dx, x.dims(), x)?))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,25 +237,6 @@ mod tests {
             let x = var(&[b, t, d], seed, dtype);
             same_as_candle(&[&x], &|v| mean_over_time(&v[0]).unwrap(), seed);
         }
-
-        /// ReLU: the same bits as candle's, and its gradient passes where `x ≥ 0` (both zeros included).
-        #[test]
-        fn relu_is_candles_relu(n in 1usize..40_000, seed in 0u64..1000, f64_ in any::<bool>()) {
-            let dtype = if f64_ { DType::F64 } else { DType::F32 };
-            let x = var(&[n], seed, dtype);
-            same_as_candle(&[&x], &|v| relu(&v[0]).unwrap(), seed);
-        }
-    }
-
-    /// The ReLU of a NaN is 0 and its gradient there is `0·dy`, as candle's; `-0` passes the gradient.
-    #[test]
-    fn relu_of_nan_and_negative_zero() {
-        let x = Var::new(&[f32::NAN, -0.0, 0.0, -1.0, 2.0], &Device::Cpu).unwrap();
-        let y = relu(x.as_tensor()).unwrap();
-        assert_eq!(y.to_vec1::<f32>().unwrap()[2..], [0.0, 0.0, 2.0]);
-        assert_eq!(y.to_vec1::<f32>().unwrap()[0], 0.0);
-        let g = (y * 3.0).unwrap().sum_all().unwrap().backward().unwrap();
-        assert_eq!(g.get(x.as_tensor()).unwrap().to_vec1::<f32>().unwrap(), [0.0, 3.0, 3.0, 0.0, 3.0]);
     }
 
     /// Bad shapes are errors, not panics.

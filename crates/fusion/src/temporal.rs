@@ -231,7 +231,7 @@ impl Temporal {
                 let y = s.norm2.forward(x)?;
                 *x = (&*x + s.self_attn.forward_timed(&y, &y, t, t, false, train)?.0)?;
                 let y = s.norm3.forward(x)?;
-                *x = (&*x + s.ff2.forward(&crate::graph_ops::relu(&s.ff1.forward(&y)?)?)?)?;
+                *x = (&*x + s.ff2.forward(&s.ff1.forward_relu(&y)?)?)?;
             }
         }
         // Mean over time of each normalised stream, then over the modalities present in each sample.

@@ -21,6 +21,8 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor, WithDType, bail};
 
+use rayon::prelude::*;
+
 use crate::cpu_op::{contiguous, cpu_storage, dispatch_float as dispatch, tensor_from};
 
 pub use conv::{Conv2dGeom, ConvGeom};
@@ -59,6 +61,9 @@ pub trait Real: WithDType + sealed::Sealed {
         if self < Self::zero() { Self::zero() } else { self }
     }
 
+    /// `self.max(0)`: candle's ReLU (a NaN becomes 0), which the linear op's ReLU reproduces bit for bit.
+    fn max0(self) -> Self;
+
     /// Wraps a block's saved forward state.
     fn save(s: block::Saved<Self>) -> SavedAny;
 
@@ -67,6 +72,10 @@ pub trait Real: WithDType + sealed::Sealed {
 }
 
 impl Real for f32 {
+    fn max0(self) -> Self {
+        self.max(0.0)
+    }
+
     fn save(s: block::Saved<Self>) -> SavedAny {
         SavedAny::F32(s)
     }
@@ -77,6 +86,10 @@ impl Real for f32 {
 }
 
 impl Real for f64 {
+    fn max0(self) -> Self {
+        self.max(0.0)
+    }
+
     fn save(s: block::Saved<Self>) -> SavedAny {
         SavedAny::F64(s)
     }
@@ -391,8 +404,24 @@ impl CustomOp3 for BlockOp {
 /// rows, and the output keeps them), weight `(outputs, inputs)`, bias `(outputs)`. Taking any rank saves
 /// the two reshapes around a rank-2 op, each a node of the graph whose gradient candle would allocate,
 /// zero and add once more.
-#[derive(Debug, Clone, Copy)]
-pub struct LinearOp;
+///
+/// [`LinearOp::with_relu`]: `max(x·Wᵀ + b, 0)` as one op, the bits of the linear op followed by candle's
+/// ReLU: the output is candle's `max(v, 0)`, and the gradient reaching the product is candle's for that
+/// pair of nodes, `0 + dy·[v ≥ 0]` (the pre-activation `v` is kept for the backward pass). One node less,
+/// and no ReLU pass of its own either way.
+#[derive(Debug, Clone, Default)]
+pub struct LinearOp {
+    /// With a ReLU: the pre-activation of the last forward pass.
+    relu: Option<Arc<Mutex<Option<CpuStorage>>>>,
+}
+
+impl LinearOp {
+    /// The linear layer and a ReLU.
+    #[must_use]
+    pub fn with_relu() -> Self {
+        Self { relu: Some(Arc::default()) }
+    }
+}
 
 /// The output shape of [`LinearOp`] for an input of shape `x`.
 fn linear_out_shape(x: &Shape, outputs: usize) -> Shape {
@@ -435,7 +464,16 @@ impl CustomOp3 for LinearOp {
             let x = contiguous::<T>(s1, l1, "linear input")?;
             let w = contiguous::<T>(s2, l2, "linear weight")?;
             let b = contiguous::<T>(s3, l3, "linear bias")?;
-            Ok((T::to_cpu_storage_owned(linear::forward(&g, x, w, b)), linear_out_shape(l1.shape(), g.outputs)))
+            let y = linear::forward(&g, x, w, b);
+            let y = match &self.relu {
+                None => y,
+                Some(saved) => {
+                    let out: Vec<T> = y.par_iter().with_min_len(1 << 14).map(|v| v.max0()).collect();
+                    *saved.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(T::to_cpu_storage_owned(y));
+                    out
+                }
+            };
+            Ok((T::to_cpu_storage_owned(y), linear_out_shape(l1.shape(), g.outputs)))
         })
     }
 
@@ -457,8 +495,26 @@ impl CustomOp3 for LinearOp {
             bail!("linear backward: gradient {:?} does not match the output", gl.shape());
         }
         let (xs, ws, gs) = (cpu_storage(&xs)?, cpu_storage(&ws)?, cpu_storage(&gs)?);
+        let saved = self.relu.as_ref().map(|s| s.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
         let (dx, dw, db) = dispatch!(xs, T => {
             let dy = contiguous::<T>(gs, gl, "linear output gradient")?;
+            let masked: Vec<T>;
+            let dy = match &saved {
+                None => dy,
+                Some(pre) => {
+                    let Some(pre) = pre.as_ref() else { bail!("linear backward: no pre-activation saved") };
+                    let pre = T::cpu_storage_as_slice(pre)?;
+                    let zero = T::from_f64(0.0);
+                    // The mask as a number (not a branch: the signs are unpredictable), as candle casts it.
+                    masked = dy
+                        .par_iter()
+                        .zip(pre.par_iter())
+                        .with_min_len(1 << 14)
+                        .map(|(g, v)| zero + *g * T::from_f64(f64::from(u8::from(*v >= zero))))
+                        .collect();
+                    &masked[..]
+                }
+            };
             let (dx, dw, db) = linear::backward(
                 &g,
                 contiguous::<T>(xs, xl, "linear input")?,
