@@ -97,6 +97,7 @@ impl CustomOp2 for ScaleOp {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let c = channels(x.layout(), scale.layout())?;
+        let grad = grad.contiguous()?;
         if grad.dims() != x.dims() {
             bail!(
                 "channel scale backward: gradient {:?} does not match the input {:?}",
@@ -152,6 +153,7 @@ impl CustomOp1 for TimeSumOp {
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let (b, t, d) = x.dims3()?;
+        let grad = grad.contiguous()?;
         if grad.dims() != [b, d] {
             bail!("time-sum backward: gradient {:?} for an input {:?}", grad.shape(), x.shape());
         }
@@ -237,6 +239,27 @@ mod tests {
             let x = var(&[b, t, d], seed, dtype);
             same_as_candle(&[&x], &|v| mean_over_time(&v[0]).unwrap(), seed);
         }
+    }
+
+    /// A gradient that arrives transposed (not contiguous) gives the same result as its contiguous copy.
+    #[test]
+    fn strided_gradients_are_taken() {
+        let (x, s) = (var(&[2, 3, 4], 1, DType::F32), var(&[4], 2, DType::F32));
+        let strided = var(&[2, 4, 3], 3, DType::F32).as_tensor().transpose(1, 2).unwrap();
+        assert!(!strided.is_contiguous());
+        let y = x.as_tensor().apply_op2(s.as_tensor(), ScaleOp).unwrap();
+        let (a, b) = (
+            ScaleOp.bwd(x.as_tensor(), s.as_tensor(), &y, &strided).unwrap(),
+            ScaleOp.bwd(x.as_tensor(), s.as_tensor(), &y, &strided.contiguous().unwrap()).unwrap(),
+        );
+        assert_eq!((bits(&a.0.unwrap()), bits(&a.1.unwrap())), (bits(&b.0.unwrap()), bits(&b.1.unwrap())));
+        let sum = x.as_tensor().apply_op1(TimeSumOp).unwrap();
+        let strided = var(&[4, 2], 4, DType::F32).as_tensor().t().unwrap();
+        let (a, b) = (
+            TimeSumOp.bwd(x.as_tensor(), &sum, &strided).unwrap().unwrap(),
+            TimeSumOp.bwd(x.as_tensor(), &sum, &strided.contiguous().unwrap()).unwrap().unwrap(),
+        );
+        assert_eq!(bits(&a), bits(&b));
     }
 
     /// Bad shapes are errors, not panics.
