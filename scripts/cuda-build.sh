@@ -12,7 +12,8 @@
 # Exit status: 0 built; 3 the toolkit could not be fetched (no network to PyPI: nothing was checked);
 # anything else a failure (the build itself, a broken cache). Cold: about 13 minutes on 2 cores (the
 # toolkit, 0.35 GB, and candle's CUDA kernels); with the cache: a minute or two (our own crates and the
-# link of xtask). Cache: about 2 GB (1.8 GB measured, toolkit 0.27 GB included).
+# link of xtask). Cache: about 2 GB (1.8 GB measured on 2026-12-02: the unpacked toolkit 0.27 GB, the
+# build the rest).
 #
 # The cache outlives the clone, so a later run (CI on a fresh clone) neither downloads nor rebuilds the
 # dependencies again.
