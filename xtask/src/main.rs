@@ -46,7 +46,7 @@ struct Cli {
     #[arg(long, global = true)]
     threads: Option<usize>,
     /// Instruction set of the CPU kernels' matrix products: avx512, avx2, neon or scalar (default: the
-    /// widest this CPU runs well, or `$EMOFUSE_ISA`). For measurements and cross-checks: every path gives
+    /// widest this CPU has, or `$EMOFUSE_ISA`). For measurements and cross-checks: every path gives
     /// the same results within round-off.
     #[arg(long, global = true)]
     isa: Option<encoders::Isa>,

@@ -67,14 +67,13 @@ impl Isa {
         Self::ALL.into_iter().filter(|i| i.is_supported()).collect()
     }
 
-    /// The default on this CPU: the widest it has, except AVX-512 on AMD's Zen 4 (family 25), whose
-    /// 512-bit instructions run as two 256-bit halves: there `gemm`'s AVX-512 kernels trained the models
-    /// slower than its AVX2 ones (1767 against 2029 samples/s, `docs/benchmarks.md`), so it gets AVX2.
-    /// (Measured before row-major destinations were handed to the kernels transposed, which sped up the
-    /// AVX-512 path most; not measured again on a Zen 4 since.)
+    /// The default on this CPU: the widest it has. (AMD's Zen 4 runs 512-bit instructions as two 256-bit
+    /// halves; it was once kept on AVX2, which trained faster there before the matrix products handed
+    /// row-major destinations to the kernels transposed. Measured again on a Zen 4 since, AVX-512 trained
+    /// at 0.97–1.22× and inferred at 1.02–1.29× the AVX2 path: `docs/benchmarks.md`.)
     #[must_use]
     pub fn detected() -> Self {
-        if Self::Avx512.is_supported() && !half_width_avx512() {
+        if Self::Avx512.is_supported() {
             Self::Avx512
         } else if Self::Avx2.is_supported() {
             Self::Avx2
@@ -98,20 +97,6 @@ impl std::str::FromStr for Isa {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::ALL.into_iter().find(|i| i.name() == s).ok_or_else(|| IsaError::Unknown(s.to_owned()))
     }
-}
-
-/// Whether this is an AMD family-25 CPU (Zen 3 and Zen 4; only Zen 4 has AVX-512).
-fn half_width_avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let leaf0 = std::arch::x86_64::__cpuid(0);
-        let amd = [leaf0.ebx, leaf0.edx, leaf0.ecx] == [0x6874_7541, 0x6974_6e65, 0x444d_4163];
-        let eax = std::arch::x86_64::__cpuid(1).eax;
-        let family = ((eax >> 8) & 0xf) + ((eax >> 20) & 0xff);
-        amd && family == 25
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
 }
 
 /// 0: not forced; otherwise 1 + the index in [`Isa::ALL`].
