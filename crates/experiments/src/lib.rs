@@ -40,7 +40,13 @@
 //! thread of rayon's pool, so that the thread doing the step's serial work also takes part in the kernels'
 //! parallel loops: called from a program's main thread, training the concat model on two cores went from
 //! 540–682 to 750–927 samples/s that way (the main thread no longer sleeps through every loop while the
-//! pool's threads spin against its work between them).
+//! pool's threads spin against its work between them). candle runs large element-wise ops (the
+//! gradient additions of its backward pass) on a thread of its own that spins 25 000 rounds after each op
+//! before it sleeps; on as many compute threads as cores that spinning takes CPU time from the work.
+//! `cargo xtask` sets `CANDLE_BARRIER_POOL_SPIN_LIMIT=0` at start-up, before any thread exists (candle
+//! reads it once); a program that trains should do the same (a loop of training steps on two cores of an
+//! AMD Zen 4, three alternating rounds without / with it: concat 1307 / 1412, 1330 / 1406, 1261 / 1180
+//! samples/s, temporal 256 / 330, 232 / 268, 242 / 271; `docs/benchmarks.md`).
 
 mod atomic;
 pub mod checkpoint;
