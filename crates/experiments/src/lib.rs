@@ -44,9 +44,8 @@
 //! gradient additions of its backward pass) on a thread of its own that spins 25 000 rounds after each op
 //! before it sleeps; on as many compute threads as cores that spinning takes CPU time from the work.
 //! `cargo xtask` sets `CANDLE_BARRIER_POOL_SPIN_LIMIT=0` at start-up, before any thread exists (candle
-//! reads it once); a program that trains should do the same (a loop of training steps on two cores of an
-//! AMD Zen 4, three alternating rounds without / with it: concat 1307 / 1412, 1330 / 1406, 1261 / 1180
-//! samples/s, temporal 256 / 330, 232 / 268, 242 / 271; `docs/benchmarks.md`).
+//! reads it once); a program that trains should do the same (measured: `docs/benchmarks.md`, the Zen 4
+//! section).
 
 mod atomic;
 pub mod checkpoint;
